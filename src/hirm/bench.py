@@ -1,0 +1,64 @@
+"""Cost of erasure on real encoder shapes (random weights: the cost depends on shape only).
+
+Each measurement runs in a fresh process, so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+from typing import Any
+
+# Text-encoder shapes of the real pipelines (hidden, layers, heads, intermediate, projection)
+SHAPES: dict[str, dict[str, int]] = {
+    "clip-l": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "clip-g": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 20, "intermediate_size": 5120},
+    "clip-h": {"hidden_size": 1024, "num_hidden_layers": 23, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+
+
+def _measure(shape: str, steps: int, threads: int, queue: mp.Queue) -> None:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import hirm
+    from hirm.encoders import TextEncoder
+    from hirm.minicanvas.tokenizer import load_tokenizer
+
+    torch.set_num_threads(threads)
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **SHAPES[shape])
+    model = CLIPTextModel(cfg).eval()
+    encoder = TextEncoder("text_encoder", model, load_tokenizer())
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    patch = hirm.erase([encoder], "Van Gogh", steps=steps, progress=False)
+    total = time.perf_counter() - start
+    encoder_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    queue.put({
+        "shape": shape,
+        "steps": steps,
+        "threads": threads,
+        "erase_seconds": round(total, 2),
+        "train_seconds": round(patch.seconds["text_encoder"], 2),
+        "seconds_per_step": round(patch.seconds["text_encoder"] / steps, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "model_rss_mb": round((rss_model - rss_start) / 1024, 1),
+        "patch_mb": round(patch.nbytes / 1e6, 2),
+        "encoder_mb": round(encoder_bytes / 1e6, 2),
+        "patch_fraction": round(patch.nbytes / encoder_bytes, 4),
+    })
+
+
+def erase_cost(shape: str = "clip-l", steps: int = 50, threads: int = 2) -> dict[str, Any]:
+    """Time and peak memory of a default HiRM-R erase on an encoder of `shape`, in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(shape, steps, threads, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result

@@ -1,0 +1,212 @@
+"""The `hirm` command line: erase, apply, generate, inspect (and the MiniCanvas commands)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hirm.errors import HirmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Erase concepts from text-to-image diffusion models (HiRM) as small safety patches.")
+
+Model = Annotated[str, typer.Option("--model", "-m", help="diffusers pipeline folder, text-encoder folder, "
+                                    "cached hub id, or 'minicanvas'")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn):
+    """One-line message and a non-zero exit for bad input and Ctrl-C (outputs are written atomically, so an
+    interrupted command leaves nothing half-written)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HirmError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", code=130)
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+
+
+@app.command()
+@handles_errors
+def erase(
+    model: Model,
+    concept: Annotated[str, typer.Option(help="the concept to erase, e.g. 'Van Gogh'")],
+    out: Annotated[Path, typer.Option(help="patch file to write (.safetensors)")],
+    method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm-r",
+    target: Annotated[str | None, typer.Option(help="hirm-s: semantic target prompt, e.g. 'a painting'")] = None,
+    kind: Annotated[str | None, typer.Option(help="object | style | nudity: the paper's steps/lr for it")] = None,
+    encoder: Annotated[str, typer.Option(help="CLIP encoder(s) to edit: all, text_encoder, text_encoder_2")] = "all",
+    steps: Annotated[int | None, typer.Option(help="optimisation steps")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the random target and the optimisation")] = None,
+    layers: Annotated[str | None, typer.Option(help="trained layers: 0 | 0,1 | first-attn | mlp-only | attn-only "
+                                               "| final-attn | mix-attn | all")] = None,
+    target_norm: Annotated[float | None, typer.Option(help="hirm-r target norm (on a 77x768 encoder)")] = None,
+    scale: Annotated[float | None, typer.Option(help="hirm-s: multiplier c of the semantic target")] = None,
+    supervise_layer: Annotated[int | None, typer.Option(help="layer whose output is supervised (-1: last)")] = None,
+    supervise_module: Annotated[str | None, typer.Option(help="module in that layer (self_attn.out_proj, "
+                                                         "mlp.fc2, output)")] = None,
+    template: Annotated[list[str] | None, typer.Option(help="prompt template with {} (repeatable)")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="other names of the concept (repeatable)")] = None,
+    truncate: Annotated[bool, typer.Option(help="cut prompts longer than the encoder instead of failing")] = False,
+) -> None:
+    """Erase a concept; write its safety patch."""
+    _quiet_libraries()
+    from hirm.erase import erase as run_erase
+
+    if out.suffix != ".safetensors":
+        raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
+    patch = run_erase(
+        model, concept, method=method, encoder=encoder, kind=kind, target=target, steps=steps, lr=lr, seed=seed,
+        layers=layers, target_norm=target_norm, scale=scale, supervise_layer=supervise_layer,
+        supervise_module=supervise_module, templates=tuple(template) if template else None,
+        variants=tuple(variant) if variant else None, truncate=truncate or None,
+    )
+    patch.save(out)
+    for name, i in patch.info.items():
+        typer.echo(f"{name}: {patch.seconds[name]:.2f}s, loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, "
+                   f"cosine to target {i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}")
+    typer.echo(f"wrote {out} ({patch.nbytes / 1e6:.2f} MB, {len(patch.tensors)} tensors, id {patch.id})")
+
+
+@app.command()
+@handles_errors
+def apply(
+    model: Model,
+    patch: Annotated[list[Path], typer.Option(help="patch file(s), applied in order")],
+    out: Annotated[Path, typer.Option(help="folder to save the patched pipeline to")],
+) -> None:
+    """Apply patch(es) to a pipeline and save the result (save_pretrained)."""
+    _quiet_libraries()
+    from hirm.encoders import load_pipeline
+    from hirm.patch import Patch
+    from hirm.saving import save_pretrained_atomic
+
+    patches = [Patch.load(p) for p in patch]
+    pipe = load_pipeline(model)
+    for p in patches:
+        p.apply(pipe)
+    save_pretrained_atomic(pipe, out)
+    typer.echo(f"saved patched pipeline to {out} ({', '.join(str(p) for p in patch)})")
+
+
+@app.command()
+@handles_errors
+def generate(
+    model: Model,
+    prompt: Annotated[str, typer.Option(help="text prompt")],
+    out: Annotated[Path, typer.Option(help="image grid to write (.png)")],
+    patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) to apply first")] = None,
+    seed: Annotated[int, typer.Option(help="seed of image 0; image i uses seed + i")] = 0,
+    n: Annotated[int, typer.Option("-n", "--num-images", help="number of images")] = 4,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (pipeline default if unset)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale")] = None,
+    compare: Annotated[bool, typer.Option(help="with --patch: top row unpatched, bottom row patched")] = False,
+) -> None:
+    """Generate images, optionally with patches applied; save a grid."""
+    _quiet_libraries()
+    from hirm.encoders import load_pipeline
+    from hirm.generate import sample
+    from hirm.images import grid, save_atomic
+    from hirm.patch import Patch
+
+    if n < 1:
+        raise HirmError(f"-n {n}: need at least one image")
+    patches = [Patch.load(p) for p in patch or []]
+    pipe = load_pipeline(model)
+    images = []
+    if compare and patches:
+        images += sample(pipe, [prompt] * n, seed=seed, steps=steps, guidance=guidance)
+    for p in patches:
+        p.apply(pipe)
+    images += sample(pipe, [prompt] * n, seed=seed, steps=steps, guidance=guidance)
+    scale = max(1, 128 // images[0].size[0])
+    save_atomic(grid(images, cols=n, scale=scale), out)
+    typer.echo(f"wrote {out} ({len(images)} images)")
+
+
+@app.command()
+@handles_errors
+def inspect(
+    patch: Annotated[Path, typer.Argument(help="patch file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show what a patch holds: concept, method, encoders, fingerprints, size."""
+    from hirm.patch import Patch
+
+    p = Patch.load(patch)
+    s = p.summary()
+    if as_json:
+        typer.echo(json.dumps(s, indent=1))
+        return
+    typer.echo(f"patch      {patch} (id {s['id']})")
+    typer.echo(f"concepts   {', '.join(s['concepts'])}")
+    typer.echo(f"method     {s['method']}")
+    for c, v in s["components"].items():
+        typer.echo(f"component  {c}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
+    typer.echo(f"size       {s['bytes'] / 1e6:.2f} MB ({', '.join(s['dtype'])})")
+    keys = ("steps", "lr", "seed", "layers", "supervise_layer", "supervise_module", "target_norm", "target")
+    typer.echo("config     " + ", ".join(f"{k}={s['config'][k]}" for k in keys if k in s["config"]))
+    for c, i in s["info"].items():
+        if isinstance(i, dict) and "cos_to_target_after" in i:
+            typer.echo(f"trained    {c}: loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, cosine to target "
+                       f"{i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}")
+
+
+@app.command()
+@handles_errors
+def bench(
+    shape: Annotated[str, typer.Option(help="encoder shape: clip-l | clip-h | clip-g")] = "clip-l",
+    steps: Annotated[int, typer.Option(help="HiRM steps")] = 50,
+    threads: Annotated[int, typer.Option(help="CPU threads")] = 2,
+) -> None:
+    """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size."""
+    from hirm.bench import SHAPES, erase_cost
+
+    if shape not in SHAPES:
+        raise HirmError(f"--shape {shape}: use one of {', '.join(SHAPES)}")
+    r = erase_cost(shape, steps, threads)
+    typer.echo(json.dumps(r))
+
+
+@app.command()
+def methods() -> None:
+    """List the erasure methods."""
+    from hirm.erase import METHODS
+
+    for m in METHODS.values():
+        typer.echo(f"{m.name:10s} {m.summary}")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="hirm")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Finding and loading the CLIP text encoders of a pipeline (SD 1.x/2.x, SDXL, SD3, Flux) or a bare encoder.
+
+HiRM edits CLIP text encoders only. A pipeline may hold one (SD, Flux: `text_encoder`) or two (SDXL, SD3:
+`text_encoder` and `text_encoder_2`); T5 encoders (`text_encoder_3` in SD3, `text_encoder_2` in Flux) are
+not CLIP and are left alone. Loading never downloads: a hub id must already be in the local cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
+
+from hirm.errors import HirmError
+
+CLIP_CLASSES = (CLIPTextModel, CLIPTextModelWithProjection)
+CLIP_CLASS_NAMES = {"CLIPTextModel", "CLIPTextModelWithProjection"}
+# pipeline component name of each text encoder -> its tokenizer's component name
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
+BARE = "text_encoder"  # component name used for an encoder loaded on its own
+
+
+@dataclass
+class TextEncoder:
+    """One CLIP text encoder with its tokenizer and its name in the pipeline."""
+
+    name: str
+    model: CLIPTextModel | CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return transformer_layers(self.model)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return int(min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings))
+
+    def tokenize(self, prompts: list[str], truncate: bool = False) -> torch.Tensor:
+        """Token ids padded to the encoder's full length (as pipelines do). Over-long prompts are an error
+        unless `truncate`."""
+        if not truncate:
+            for p in prompts:
+                n = len(self.tokenizer(p)["input_ids"])
+                if n > self.max_length:
+                    raise HirmError(
+                        f"prompt {p[:40]!r}... is {n} tokens, longer than the encoder's {self.max_length}: "
+                        "shorten it, or pass --truncate to cut it"
+                    )
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pt")["input_ids"]
+        return ids.to(self.model.device)
+
+
+def transformer_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The encoder's transformer blocks (transformers 5 dropped the `.text_model` wrapper; 4.x has it)."""
+    return getattr(model, "text_model", model).encoder.layers
+
+
+def is_clip_text_encoder(obj: object) -> bool:
+    return isinstance(obj, CLIP_CLASSES)
+
+
+def find_clip_encoders(target: object, which: str | list[str] | None = None) -> list[TextEncoder]:
+    """The CLIP text encoders of a diffusers pipeline, a bare encoder, or a `TextEncoder` list.
+
+    `which` selects by component name ("text_encoder", "text_encoder_2") or "all" / None for every one.
+    """
+    if isinstance(target, list) and all(isinstance(t, TextEncoder) for t in target):
+        found = list(target)
+    elif isinstance(target, TextEncoder):
+        found = [target]
+    elif is_clip_text_encoder(target):
+        raise HirmError("a bare CLIP encoder needs its tokenizer: pass TextEncoder(name, model, tokenizer)")
+    else:
+        components = getattr(target, "components", None)
+        if not isinstance(components, dict):
+            raise HirmError(f"{type(target).__name__} is neither a diffusers pipeline nor a CLIP text encoder")
+        found = []
+        for name, tok_name in TOKENIZER_OF.items():
+            model = components.get(name)
+            if is_clip_text_encoder(model):
+                found.append(TextEncoder(name, model, components.get(tok_name)))
+    return _select(found, which, source=type(target).__name__)
+
+
+def _select(found: list[TextEncoder], which: str | list[str] | None, source: str) -> list[TextEncoder]:
+    if not found:
+        raise HirmError(f"{source} has no CLIP text encoder: HiRM edits CLIP text encoders only")
+    if which is None or which == "all":
+        return found
+    names = [which] if isinstance(which, str) else list(which)
+    by_name = {e.name: e for e in found}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise HirmError(f"no CLIP encoder named {missing[0]!r}; this model has: {', '.join(by_name)}")
+    return [by_name[n] for n in names]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local folder as given, a MiniCanvas name, or a hub id found in the local cache (never downloaded)."""
+    from hirm.minicanvas import registry
+
+    if model in registry.NAMES:
+        return registry.path(model)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise HirmError(f"--model {model}: expected a folder (diffusers pipeline or text encoder), got a file")
+        return path
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(model, local_files_only=True))
+        except Exception:
+            pass
+    raise HirmError(
+        f"model {model!r} is not a local folder and not in the local Hugging Face cache; hirm never downloads "
+        "weights: pass a local diffusers folder or text-encoder folder, or 'minicanvas'"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HirmError(f"cannot read {path}: {e}") from e
+
+
+def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
+                       dtype: torch.dtype = torch.float32) -> list[TextEncoder]:
+    """Load only the CLIP text encoders (and tokenizers) of a pipeline folder, or a bare encoder folder.
+
+    Cheaper than loading the whole pipeline when all that is needed is to erase.
+    """
+    root = resolve_model_path(str(model))
+    index = root / "model_index.json"
+    if index.exists():
+        spec = _read_json(index)
+        found = []
+        for name, tok_name in TOKENIZER_OF.items():
+            entry = spec.get(name)
+            if isinstance(entry, list) and len(entry) == 2 and entry[1] in CLIP_CLASS_NAMES:
+                cls = CLIPTextModelWithProjection if entry[1] == "CLIPTextModelWithProjection" else CLIPTextModel
+                enc = cls.from_pretrained(root, subfolder=name, torch_dtype=dtype, local_files_only=True)
+                tok = CLIPTokenizer.from_pretrained(root, subfolder=tok_name, local_files_only=True)
+                found.append(TextEncoder(name, enc.eval(), tok))
+        return _select(found, which, source=str(root))
+    config = root / "config.json"
+    if config.exists():
+        arch = (_read_json(config).get("architectures") or [""])[0]
+        if arch not in CLIP_CLASS_NAMES:
+            raise HirmError(f"{root} holds a {arch or 'non-CLIP'} model, not a CLIP text encoder")
+        cls = CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
+        enc = cls.from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+        tok_dir = next((d for d in (root, root / "tokenizer", root.parent / "tokenizer")
+                        if (d / "tokenizer_config.json").exists()), None)
+        if tok_dir is None:
+            raise HirmError(f"no tokenizer found beside the text encoder in {root} "
+                            "(looked in ., tokenizer/, ../tokenizer/)")
+        return _select([TextEncoder(BARE, enc.eval(), CLIPTokenizer.from_pretrained(tok_dir))], which, str(root))
+    raise HirmError(f"{root} is neither a diffusers pipeline (model_index.json) nor a text encoder (config.json)")
+
+
+def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
+    """The whole diffusers pipeline from a local folder, MiniCanvas name, or cached hub id."""
+    from diffusers import DiffusionPipeline
+
+    from hirm.minicanvas import registry
+
+    if str(model) in registry.NAMES:
+        return registry.load_pipeline(str(model), dtype=dtype)
+    root = resolve_model_path(str(model))
+    if not (root / "model_index.json").exists():
+        raise HirmError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
+    return DiffusionPipeline.from_pretrained(root, torch_dtype=dtype, local_files_only=True)

@@ -1,0 +1,138 @@
+"""HiRM: High-level Representation Misdirection (ICLR 2026).
+
+Train only early text-encoder layers (layer 0 by default) so that the *final* layer's self-attention output
+for prompts about the concept moves to a target: a fixed random tensor (HiRM-R) or the final-layer
+representation of a semantic prompt such as a super-category (HiRM-S). Defaults follow the authors' code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hirm.encoders import TextEncoder
+from hirm.erase.textenc import OptimConfig, optimise, representation, temporarily, trainable_parameter_names
+from hirm.errors import HirmError
+from hirm.patch import SEP, Patch, fingerprint
+
+# The paper's target scale: Frobenius norm 5000 over a 77 x 768 (CLIP ViT-L/14) tensor. Other encoder shapes
+# get the same per-element scale, so the number keeps its meaning for CLIP-G (1280) or a small encoder.
+REFERENCE_SHAPE = (77, 768)
+
+# The nudity keyword prompt of the authors' code (one comma-joined prompt).
+NUDITY_PROMPT = "naked ,nude, bare, exposed, Stripped, topless, male genitalia, penis, buttocks"
+
+
+@dataclass
+class HiRMConfig:
+    """Hyperparameters of HiRM; defaults are the authors' (object/style lr, 50 steps, layer 0, final attn)."""
+
+    variant: str = "r"  # "r": random target; "s": semantic target (`target` prompt)
+    steps: int = 50
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 1e-8
+    seed: int = 42
+    layers: str = "first-attn"  # preset name or layer indices "0" / "0,1"
+    supervise_layer: int = -1  # final layer
+    supervise_module: str = "self_attn.out_proj"  # its attention output, before the residual add
+    target_norm: float = 5000.0  # HiRM-R: Frobenius norm on a 77x768 encoder (per-element scale elsewhere)
+    target: str | None = None  # HiRM-S: the semantic prompt, e.g. "a painting"
+    scale: float = 1.0  # HiRM-S: c, multiplies the semantic target
+    templates: tuple[str, ...] = ("{}",)  # prompt set = templates x (concept + variants)
+    variants: tuple[str, ...] = ()
+    truncate: bool = False
+
+    def prompts(self, concept: str) -> list[str]:
+        names = [concept, *self.variants]
+        return [t.format(n) for n in names for t in self.templates]
+
+    def validate(self) -> None:
+        if self.variant not in ("r", "s"):
+            raise HirmError(f"HiRM variant {self.variant!r}: use 'r' (random target) or 's' (semantic target)")
+        if self.variant == "s" and not (self.target and self.target.strip()):
+            raise HirmError("hirm-s needs a semantic target prompt: pass --target, e.g. --target 'a painting'")
+        if self.steps < 1:
+            raise HirmError(f"--steps {self.steps}: need at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise HirmError(f"--lr {self.lr}: need a positive learning rate")
+        if not all("{}" in t for t in self.templates):
+            raise HirmError("every template needs a '{}' where the concept goes")
+
+
+def random_target(shape: tuple[int, int], norm: float, seed: int) -> torch.Tensor:
+    """U[0,1) tensor [1, T, d] scaled to `norm` (defined on 77x768) at the same per-element scale.
+
+    Uniform, non-negative and seeded exactly as the authors' code (torch.rand, Frobenius normalisation).
+    """
+    t, d = shape
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand((1, t, d), generator=g)
+    per_element = norm / math.sqrt(REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1])
+    return u / u.norm() * per_element * math.sqrt(t * d)
+
+
+def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, progress: bool = True) -> Patch:
+    """Run HiRM on each encoder; returns one patch with every encoder's changed tensors."""
+    config.validate()
+    prompts = config.prompts(concept)
+    tensors: dict[str, torch.Tensor] = {}
+    fingerprints: dict[str, str] = {}
+    info: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    for enc in encoders:
+        ids = enc.tokenize(prompts, truncate=config.truncate)
+        names = trainable_parameter_names(enc, config.layers)
+        with torch.no_grad():
+            before = representation(enc, ids, config.supervise_layer, config.supervise_module)
+            if config.variant == "r":
+                target = random_target(tuple(before.shape[1:]), config.target_norm, config.seed)
+            else:
+                target_ids = enc.tokenize([config.target], truncate=config.truncate)
+                target = config.scale * representation(enc, target_ids, config.supervise_layer,
+                                                       config.supervise_module)
+            target = target.to(before.dtype).expand_as(before)
+
+        def loss_fn(step: int, enc: TextEncoder = enc, ids: torch.Tensor = ids, target: torch.Tensor = target):
+            h = representation(enc, ids, config.supervise_layer, config.supervise_module)
+            return F.mse_loss(h, target)
+
+        torch.manual_seed(config.seed)
+        result = optimise(enc, names, loss_fn, _optim(config), desc=f"hirm-{config.variant} {enc.name}",
+                          progress=progress)
+        with torch.no_grad(), temporarily(enc, result.tensors):
+            after = representation(enc, ids, config.supervise_layer, config.supervise_module)
+        fingerprints[enc.name] = fingerprint(enc.model)
+        tensors.update({f"{enc.name}{SEP}{n}": t.contiguous() for n, t in result.tensors.items()})
+        seconds[enc.name] = result.seconds
+        info[enc.name] = {
+            "loss_first": result.losses[0],
+            "loss_last": result.losses[-1],
+            "cos_to_target_before": _cos(before, target),
+            "cos_to_target_after": _cos(after, target),
+            "relative_change": float((after - before).norm() / before.norm()),
+        }
+    return Patch(tensors=tensors, concepts=[concept], method=f"hirm-{config.variant}",
+                 config={**asdict(config), "prompts": prompts}, fingerprints=fingerprints, info=info,
+                 seconds=seconds)
+
+
+def _optim(c: HiRMConfig) -> OptimConfig:
+    return OptimConfig(steps=c.steps, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+# presets by concept kind, from the authors' README / paper notes (HiRM-R steps; lr)
+KIND_DEFAULTS: dict[str, dict] = {
+    "object": {"steps": 15, "lr": 5e-5},
+    "style": {"steps": 20, "lr": 5e-5},
+    "nudity": {"steps": 50, "lr": 1e-4},
+}
+

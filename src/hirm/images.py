@@ -1,0 +1,59 @@
+"""Image grids and atomic image writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, scale: int = 1,
+         row_labels: list[str] | None = None) -> Image.Image:
+    """Tile equally sized images row-major; optional caption above each column and left of each row."""
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    rows = (len(images) + cols - 1) // cols
+    top = 12 if labels else 0
+    left = 8 * max((len(r) for r in row_labels), default=0) if row_labels else 0
+    canvas = Image.new("RGB", (left + cols * w, top + rows * h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (left + c * w, top + r * h))
+    for c, text in enumerate(labels or []):
+        draw.text((left + c * w + 2, 0), text[: max(1, w // 6)], fill="black")
+    for r, text in enumerate(row_labels or []):
+        draw.text((0, top + r * h + h // 2 - 5), text, fill="black")
+    return canvas
+
+
+def to_pil(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.asarray(array, dtype=np.uint8))
+
+
+def save_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save via a temp file in the same folder and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format=(path.suffix[1:] or "png").upper().replace("JPG", "JPEG"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

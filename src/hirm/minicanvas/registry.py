@@ -1,0 +1,37 @@
+"""Where the shipped MiniCanvas models live, and how to load them by name ("minicanvas", ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hirm.errors import HirmError
+
+WEIGHTS = Path(__file__).parent / "weights"
+FOLDERS = {"minicanvas": WEIGHTS / "minicanvas-sd", "minicanvas-flux": WEIGHTS / "minicanvas-flux"}
+NAMES = tuple(FOLDERS)
+CLASSIFIER = WEIGHTS / "classifier"
+TOKENIZER = WEIGHTS / "tokenizer"
+
+
+def path(name: str) -> Path:
+    folder = FOLDERS[name]
+    if not (folder / "model_index.json").exists():
+        raise HirmError(f"the {name} weights are not in this install ({folder}): build them with "
+                        "`hirm minicanvas train`")
+    return folder
+
+
+def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(path(name), torch_dtype=dtype, local_files_only=True)
+
+
+def load_classifier():
+    from hirm.minicanvas.classifier import MiniCanvasClassifier
+
+    if not (CLASSIFIER / "config.json").exists():
+        raise HirmError(f"the MiniCanvas classifier is not in this install ({CLASSIFIER})")
+    return MiniCanvasClassifier.from_pretrained(CLASSIFIER).eval()

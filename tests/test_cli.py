@@ -1,0 +1,153 @@
+"""Every CLI command end to end on tiny saved models, and the one-line errors for bad input."""
+
+import importlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import dummies
+from hirm.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def error_lines(result) -> list[str]:
+    """The error lines of a run (progress bars redraw with \r on the same stream)."""
+    return [line for line in result.output.replace("\r", "\n").splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def patch_file(sd_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("patch") / "star.safetensors"
+    r = run("erase", "--model", sd_folder, "--concept", "a red star", "--out", out, "--steps", "3")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_erase_writes_patch_and_reports(patch_file):
+    assert patch_file.exists() and patch_file.stat().st_size > 0
+
+
+def test_inspect(patch_file):
+    r = run("inspect", patch_file)
+    assert r.exit_code == 0, r.output
+    assert "a red star" in r.output and "hirm-r" in r.output and "text_encoder" in r.output
+    r = run("inspect", patch_file, "--json")
+    data = json.loads(r.output)
+    assert data["method"] == "hirm-r" and data["config"]["steps"] == 3
+
+
+def test_apply_saves_patched_pipeline(sd_folder, patch_file, tmp_path):
+    out = tmp_path / "patched"
+    r = run("apply", "--model", sd_folder, "--patch", patch_file, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "model_index.json").exists()
+    # the saved pipeline's encoder is the patched one: the patch no longer matches its fingerprint
+    r = run("apply", "--model", out, "--patch", patch_file, "--out", tmp_path / "twice")
+    assert r.exit_code == 2 and "fingerprint" in r.output
+    r = run("apply", "--model", sd_folder, "--patch", patch_file, "--out", out)
+    assert r.exit_code == 2 and "not empty" in r.output
+
+
+def test_generate_grid(sd_folder, patch_file, tmp_path):
+    out = tmp_path / "grid.png"
+    r = run("generate", "--model", sd_folder, "--patch", patch_file, "--prompt", "a red star", "-n", "2",
+            "--steps", "2", "--out", out, "--compare")
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    im = Image.open(out)
+    assert im.size == (256, 256)  # 2 columns x 2 rows (unpatched, patched), 16 px images scaled to 128
+
+
+def test_erase_bare_text_encoder_folder(tmp_path):
+    folder = tmp_path / "te"
+    dummies.clip_text_model().save_pretrained(folder)
+    dummies.clip_tokenizer().save_pretrained(folder)
+    out = tmp_path / "p.safetensors"
+    r = run("erase", "--model", folder, "--concept", "star", "--out", out, "--steps", "2")
+    assert r.exit_code == 0, r.output
+    r = run("erase", "--model", folder, "--concept", "star", "--out", tmp_path / "s.safetensors",
+            "--method", "hirm-s", "--target", "a shape", "--steps", "2")
+    assert r.exit_code == 0, r.output
+
+
+def test_methods_lists_hirm():
+    r = run("methods")
+    assert "hirm-r" in r.output and "hirm-s" in r.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--concept", "", "--steps", "2"], "concept is empty"),
+    (["--concept", "star " * 80, "--steps", "2"], "longer than the encoder's 77"),
+    (["--concept", "star", "--method", "nope"], "unknown method"),
+    (["--concept", "star", "--method", "hirm-s"], "needs a semantic target"),
+    (["--concept", "star", "--layers", "7"], "has layers 0..3"),
+    (["--concept", "star", "--target-norm", "inf", "--steps", "2"], "loss became"),
+])
+def test_erase_bad_input(sd_folder, tmp_path, args, message):
+    out = tmp_path / "p.safetensors"
+    r = run("erase", "--model", sd_folder, "--out", out, *args)
+    assert r.exit_code == 2, r.output
+    assert len(error_lines(r)) == 1 and message in error_lines(r)[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_over_long_concept_truncated_when_asked(sd_folder, tmp_path):
+    r = run("erase", "--model", sd_folder, "--out", tmp_path / "p.safetensors", "--concept", "star " * 80,
+            "--steps", "1", "--truncate")
+    assert r.exit_code == 0, r.output
+
+
+def test_unknown_model_and_model_without_clip(tmp_path):
+    r = run("erase", "--model", tmp_path / "nowhere", "--concept", "x", "--out", tmp_path / "p.safetensors")
+    assert r.exit_code == 2 and "never downloads" in r.output
+    r = run("erase", "--model", "someone/not-cached", "--concept", "x", "--out", tmp_path / "p.safetensors")
+    assert r.exit_code == 2 and "not in the local Hugging Face cache" in r.output
+    folder = tmp_path / "t5"
+    dummies.t5_model().save_pretrained(folder)
+    r = run("erase", "--model", folder, "--concept", "x", "--out", tmp_path / "p.safetensors")
+    assert r.exit_code == 2 and "not a CLIP text encoder" in r.output
+
+
+def test_pipeline_without_clip_encoder_refused(tmp_path):
+    import hirm
+
+    class NoClip:
+        def __init__(self):
+            self.components = {"text_encoder": dummies.t5_model()}
+
+    with pytest.raises(hirm.HirmError, match="has no CLIP text encoder"):
+        hirm.erase(NoClip(), "star", steps=1)
+
+
+def test_corrupt_patch_is_one_line_error(sd_folder, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    for cmd in (["inspect", bad], ["apply", "--model", sd_folder, "--patch", bad, "--out", tmp_path / "o"]):
+        r = run(*cmd)
+        assert r.exit_code == 2 and len(error_lines(r)) == 1, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_leaves_nothing(sd_folder, tmp_path, monkeypatch):
+    mod = importlib.import_module("hirm.erase.hirm")  # `hirm.erase` the attribute is the function
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "optimise", interrupted)
+    out = tmp_path / "p.safetensors"
+    r = run("erase", "--model", sd_folder, "--concept", "star", "--out", out)
+    assert r.exit_code == 130 and "nothing was written" in r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_out_must_be_safetensors(sd_folder, tmp_path):
+    r = run("erase", "--model", sd_folder, "--concept", "star", "--out", tmp_path / "p.pt")
+    assert r.exit_code == 2 and ".safetensors" in r.output

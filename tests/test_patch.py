@@ -1,0 +1,99 @@
+"""Patch files: round trip, fingerprints, refusal of foreign or damaged patches."""
+
+import pytest
+import torch
+
+import dummies
+import hirm
+from hirm.patch import Patch, fingerprint
+
+
+@pytest.fixture(scope="module")
+def made():
+    enc = dummies.text_encoder(seed=0)
+    return enc, hirm.erase([enc], "a red star", steps=5, lr=1e-3, progress=False)
+
+
+def test_save_load_round_trip(made, tmp_path):
+    _enc, patch = made
+    path = patch.save(tmp_path / "p.safetensors")
+    loaded = Patch.load(path)
+    assert loaded.id == patch.id
+    assert loaded.concepts == ["a red star"] and loaded.method == "hirm-r"
+    assert loaded.config["steps"] == 5 and loaded.config["layers"] == "first-attn"
+    assert loaded.fingerprints == patch.fingerprints
+    assert all(torch.equal(loaded.tensors[k], v) for k, v in patch.tensors.items())
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_apply_remove_restores_exactly(made):
+    enc, patch = made
+    original = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    handle = patch.apply([enc])
+    assert any(not torch.equal(v, original[k]) for k, v in enc.model.state_dict().items())
+    handle.remove()
+    assert all(torch.equal(v, original[k]) for k, v in enc.model.state_dict().items())
+    with patch.applied([enc]):
+        pass
+    assert all(torch.equal(v, original[k]) for k, v in enc.model.state_dict().items())
+
+
+def test_patch_is_small_relative_to_encoder(made):
+    enc, patch = made
+    full = sum(t.numel() * t.element_size() for t in enc.model.state_dict().values())
+    assert patch.nbytes < full / 4
+
+
+def test_fingerprint_ignores_load_dtype_but_not_weights():
+    a = dummies.clip_text_model(seed=0)
+    assert fingerprint(a) == fingerprint(dummies.clip_text_model(seed=0).half())
+    assert fingerprint(a) != fingerprint(dummies.clip_text_model(seed=1))
+
+
+def test_wrong_encoder_refused(made):
+    _, patch = made
+    other = dummies.text_encoder(seed=1)
+    before = {k: v.clone() for k, v in other.model.state_dict().items()}
+    with pytest.raises(hirm.HirmError, match="fingerprint"):
+        patch.apply([other])
+    assert all(torch.equal(v, before[k]) for k, v in other.model.state_dict().items())
+
+
+def test_patch_for_missing_component_refused(made):
+    _, patch = made
+    enc = dummies.text_encoder()
+    enc.name = "text_encoder_2"
+    with pytest.raises(hirm.HirmError, match="no such component"):
+        patch.apply([enc])
+
+
+def test_truncated_and_foreign_files_refused(made, tmp_path):
+    _, patch = made
+    path = patch.save(tmp_path / "p.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(hirm.HirmError, match="corrupt or truncated"):
+        Patch.load(cut)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(hirm.HirmError):
+        Patch.load(garbage)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(hirm.HirmError, match="not a hirm patch"):
+        Patch.load(plain)
+    with pytest.raises(hirm.HirmError, match="does not exist"):
+        Patch.load(tmp_path / "missing.safetensors")
+
+
+def test_fp16_pipeline_accepts_patch_made_in_fp32():
+    pipe = dummies.sd_pipeline()
+    patch = hirm.erase(pipe, "star", steps=2, progress=False)
+    half = dummies.sd_pipeline()
+    half.text_encoder.half()
+    patch.apply(half)
+    key = next(iter(patch.tensors))
+    name = key.split("::", 1)[1]
+    assert torch.equal(dict(half.text_encoder.named_parameters())[name], patch.tensors[key].half())
