@@ -195,6 +195,110 @@ def bench(
     typer.echo(json.dumps(r))
 
 
+def _load_patches(paths: list[Path] | None) -> list:
+    from hirm.patch import Patch
+
+    return [Patch.load(p) for p in paths or []]
+
+
+def _parse_seeds(seeds: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise HirmError(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1") from None
+    if not out:
+        raise HirmError("--seeds is empty: give at least one seed, e.g. 0")
+    return out
+
+
+@app.command("eval")
+@handles_errors
+def eval_cmd(
+    model: Model = "minicanvas",
+    concept: Annotated[str | None, typer.Option(help="the erased MiniCanvas concept (object or style)")] = None,
+    patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) to apply")] = None,
+    seeds: Annotated[str, typer.Option(help="seeds per (object, style) cell, comma-separated")] = "0,1",
+    templates: Annotated[list[str] | None, typer.Option(help="prompt templates with {object} and {style} "
+                                                        "(repeatable); default 'a {object} image in {style} style'")]
+    = None,
+    base: Annotated[bool, typer.Option(help="also evaluate the unpatched model, for reference")] = False,
+    probe: Annotated[bool, typer.Option(help="also report the representation-space locality probe")] = False,
+    steps: Annotated[int | None, typer.Option(help="sampling steps")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the image grids and metrics.json")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+) -> None:
+    """UnlearnCanvas-style UA / IRA / CRA of an erasure on a MiniCanvas model."""
+    _quiet_libraries()
+    from hirm.eval.report import evaluate_erasure
+
+    result = evaluate_erasure(model, concept, _load_patches(patch), seeds=_parse_seeds(seeds),
+                              templates=tuple(templates) if templates else None, base=base, probe=probe,
+                              steps=steps, guidance=guidance, out=out, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        from hirm.eval.report import print_result
+
+        print_result(result)
+
+
+@app.command()
+@handles_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("hirm-demo"),
+    concept: Annotated[str, typer.Option(help="MiniCanvas concept to erase")] = "star",
+    seeds: Annotated[str, typer.Option(help="seeds per grid cell")] = "0",
+) -> None:
+    """Erase one concept from MiniCanvas with HiRM-R; before/after metrics, image grid and report."""
+    _quiet_libraries()
+    from hirm.eval.report import run_demo
+
+    run_demo(out, concept, _parse_seeds(seeds))
+
+
+minicanvas_app = typer.Typer(no_args_is_help=True, help="Build the embedded MiniCanvas world's models.")
+app.add_typer(minicanvas_app, name="minicanvas")
+
+
+@minicanvas_app.command("train")
+@handles_errors
+def minicanvas_train(
+    what: Annotated[str, typer.Argument(help="classifier | vae | text | unet")],
+    run_dir: Annotated[Path, typer.Option(help="checkpoint folder (resumes from it)")],
+    steps: Annotated[int | None, typer.Option(help="total steps (default: the shipped models' count)")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads")] = 2,
+) -> None:
+    """Train (or resume) one MiniCanvas model; checkpoints in --run-dir."""
+    import torch
+
+    from hirm.minicanvas import training
+
+    trainers = {"classifier": training.train_classifier, "vae": training.train_vae,
+                "text": training.train_text_encoder, "unet": training.train_unet}
+    if what not in trainers:
+        raise HirmError(f"unknown model {what!r}: use one of {', '.join(trainers)}")
+    torch.set_num_threads(threads)
+    trainers[what](run_dir, **({} if steps is None else {"steps": steps}))
+
+
+@minicanvas_app.command("preview")
+@handles_errors
+def minicanvas_preview(
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("minicanvas-world.png"),
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    """Render every object x style of the world (rows: objects, columns: styles)."""
+    from PIL import Image
+
+    from hirm.images import save_atomic
+    from hirm.minicanvas import world
+
+    g = world.render_grid(seed)
+    save_atomic(Image.fromarray(g).resize((g.shape[1] * 4, g.shape[0] * 4), Image.Resampling.NEAREST), out)
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def methods() -> None:
     """List the erasure methods."""

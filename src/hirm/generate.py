@@ -7,16 +7,20 @@ import inspect
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from hirm.errors import HirmError
 
 
 def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, guidance: float | None = None,
-           batch_size: int = 16, progress: bool = False) -> list[Image.Image]:
-    """One image per prompt; image i uses generator seed `seed + i`, so a prompt's image does not depend on
-    the batch it falls in."""
+           batch_size: int = 32, seeds: list[int] | None = None, progress: bool = False) -> list[Image.Image]:
+    """One image per prompt. Image i uses generator seed `seeds[i]` (default `seed + i`), so an image does not
+    depend on the batch it falls in."""
     if not prompts:
         raise HirmError("no prompts to sample")
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise HirmError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     params = inspect.signature(pipe.__call__).parameters
     kwargs: dict = {"output_type": "np"}
     if steps is not None:
@@ -24,14 +28,15 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, gu
     if guidance is not None:
         kwargs["guidance_scale"] = guidance
     if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=not progress)
+        pipe.set_progress_bar_config(disable=True)
     out: list[Image.Image] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) < 2, leave=False):
         chunk = prompts[start : start + batch_size]
-        gens = [torch.Generator(device="cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
         call = dict(kwargs)
         if "generator" in params:
-            call["generator"] = gens
+            chunk_seeds = seeds[start : start + len(chunk)]
+            call["generator"] = [torch.Generator(device="cpu").manual_seed(s) for s in chunk_seeds]
         with torch.no_grad():
             result = pipe(prompt=chunk, **call)
         images = np.asarray(result.images)

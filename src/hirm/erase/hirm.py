@@ -46,6 +46,14 @@ class HiRMConfig:
     templates: tuple[str, ...] = ("{}",)  # prompt set = templates x (concept + variants)
     variants: tuple[str, ...] = ()
     truncate: bool = False
+    # Beyond the paper (all off in the paper's recipe): which token positions are supervised ("all", or
+    # "concept": from the first concept token on, the only positions that can see it under the causal mask),
+    # whether biases train (a bias shift moves every prompt alike), and a retain term that keeps the final
+    # hidden states of unrelated prompts where they were.
+    positions: str = "all"
+    train_biases: bool = True
+    retain_weight: float = 0.0
+    retain_prompts: tuple[str, ...] = ()
 
     def prompts(self, concept: str) -> list[str]:
         names = [concept, *self.variants]
@@ -62,6 +70,10 @@ class HiRMConfig:
             raise HirmError(f"--lr {self.lr}: need a positive learning rate")
         if not all("{}" in t for t in self.templates):
             raise HirmError("every template needs a '{}' where the concept goes")
+        if self.positions not in ("all", "concept"):
+            raise HirmError(f"--positions {self.positions!r}: use 'all' (paper) or 'concept'")
+        if self.retain_weight > 0 and not self.retain_prompts:
+            raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
 
 
 def random_target(shape: tuple[int, int], norm: float, seed: int) -> torch.Tensor:
@@ -87,6 +99,10 @@ def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, pr
     for enc in encoders:
         ids = enc.tokenize(prompts, truncate=config.truncate)
         names = trainable_parameter_names(enc, config.layers)
+        if not config.train_biases:
+            names = [n for n in names if not n.endswith(".bias")]
+        mask = supervised_positions(enc, ids, [concept, *config.variants], config.positions)
+        retain_ids = enc.tokenize(list(config.retain_prompts), truncate=True) if config.retain_weight > 0 else None
         with torch.no_grad():
             before = representation(enc, ids, config.supervise_layer, config.supervise_module)
             if config.variant == "r":
@@ -96,10 +112,17 @@ def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, pr
                 target = config.scale * representation(enc, target_ids, config.supervise_layer,
                                                        config.supervise_module)
             target = target.to(before.dtype).expand_as(before)
+            retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
 
-        def loss_fn(step: int, enc: TextEncoder = enc, ids: torch.Tensor = ids, target: torch.Tensor = target):
+        def loss_fn(step: int, enc: TextEncoder = enc, ids: torch.Tensor = ids, target: torch.Tensor = target,
+                    mask: torch.Tensor = mask, retain_ids: torch.Tensor | None = retain_ids,
+                    retain_target: torch.Tensor | None = retain_target) -> torch.Tensor:
             h = representation(enc, ids, config.supervise_layer, config.supervise_module)
-            return F.mse_loss(h, target)
+            loss = masked_mse(h, target, mask)
+            if retain_ids is not None:
+                kept = enc.model(input_ids=retain_ids).last_hidden_state
+                loss = loss + config.retain_weight * F.mse_loss(kept, retain_target)
+            return loss
 
         torch.manual_seed(config.seed)
         result = optimise(enc, names, loss_fn, _optim(config), desc=f"hirm-{config.variant} {enc.name}",
@@ -112,21 +135,48 @@ def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, pr
         info[enc.name] = {
             "loss_first": result.losses[0],
             "loss_last": result.losses[-1],
-            "cos_to_target_before": _cos(before, target),
-            "cos_to_target_after": _cos(after, target),
-            "relative_change": float((after - before).norm() / before.norm()),
+            "cos_to_target_before": _cos(before, target, mask),
+            "cos_to_target_after": _cos(after, target, mask),
+            "relative_change": float(((after - before) * mask).norm() / (before * mask).norm()),
         }
     return Patch(tensors=tensors, concepts=[concept], method=f"hirm-{config.variant}",
                  config={**asdict(config), "prompts": prompts}, fingerprints=fingerprints, info=info,
                  seconds=seconds)
 
 
+def supervised_positions(enc: TextEncoder, ids: torch.Tensor, names: list[str], positions: str) -> torch.Tensor:
+    """[N, T, 1] float mask of supervised token positions."""
+    mask = torch.ones(ids.shape[0], ids.shape[1], 1)
+    if positions == "all":
+        return mask
+    starts = []
+    for row in ids.tolist():
+        start = None
+        for name in names:
+            sub = enc.tokenizer(name, add_special_tokens=False)["input_ids"]
+            hit = next((i for i in range(len(row) - len(sub) + 1) if row[i : i + len(sub)] == sub), None)
+            if hit is not None:
+                start = hit if start is None else min(start, hit)
+        if start is None:
+            raise HirmError("--positions concept: a prompt does not contain the concept's tokens; every template "
+                            "must include the concept")
+        starts.append(start)
+    pos = torch.arange(ids.shape[1])[None, :]
+    return (pos >= torch.tensor(starts)[:, None]).float()[..., None]
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the supervised positions (all of them: exactly F.mse_loss)."""
+    diff = (h - target) ** 2 * mask
+    return diff.sum() / (mask.sum() * h.shape[-1])
+
+
 def _optim(c: HiRMConfig) -> OptimConfig:
     return OptimConfig(steps=c.steps, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+def _cos(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(F.cosine_similarity((a * mask).flatten(), (b * mask).flatten(), dim=0))
 
 
 # presets by concept kind, from the authors' README / paper notes (HiRM-R steps; lr)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -108,11 +109,16 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: floa
 
 def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optimizer, total_steps: int,
              step_fn: Callable[[int], dict[str, float]], base_lr: float, save_every: int = 200,
-             desc: str = "train", on_save: Callable[[RunState], None] | None = None,
-             warmup: int = 100) -> RunState:
-    """The one training loop: resume, step with a cosine schedule, log, checkpoint, finish."""
+             desc: str = "train", before_save: Callable[[], dict] | None = None,
+             warmup: int = 100, state: RunState | None = None) -> RunState:
+    """The one training loop: resume, step with a cosine schedule, log, checkpoint, finish.
+
+    `before_save` runs before each checkpoint and returns extra counters stored in its state.json; pass
+    `state` when the caller already restored the checkpoint itself.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = load_checkpoint(run_dir, models, opt)
+    if state is None:
+        state = load_checkpoint(run_dir, models, opt)
     log = (run_dir / "log.jsonl").open("a")
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5)
     t_last = time.time()
@@ -131,9 +137,8 @@ def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optim
             log.write(json.dumps({"step": state.step, "seconds": round(state.seconds, 1), **metrics}) + "\n")
             log.flush()
         if state.step % save_every == 0 or state.step == total_steps:
-            save_checkpoint(run_dir, models, opt, state)
-            if on_save is not None:
-                on_save(state)
+            extra = before_save() if before_save is not None else None
+            save_checkpoint(run_dir, models, opt, state, extra)
     bar.close()
     return state
 
@@ -213,15 +218,17 @@ def train_classifier(run_dir: Path, steps: int = 6000, batch_size: int = 128, lr
 def make_vae():
     from diffusers import AutoencoderKL
 
-    # 32x32x3 -> 8x8x4, as SD's VAE (4 latent channels; 4x instead of 8x downsampling at this image size)
+    # 32x32x3 -> 8x8x8. 4x downsampling as SD's 8x does at 256 px; 8 latent channels rather than SD's 4
+    # (SD3 and Flux use 16) so that 2-3 px textures (stripes, checks, grain) survive a small, quickly
+    # trained autoencoder. Measured: 4 channels lost every texture after 260 steps.
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 128), layers_per_block=1,
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(16, 32, 64), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        norm_num_groups=16, sample_size=world.IMAGE_SIZE, mid_block_add_attention=False,
+        norm_num_groups=8, sample_size=world.IMAGE_SIZE, mid_block_add_attention=False,
     )
 
 
-def train_vae(run_dir: Path, steps: int = 4000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+def train_vae(run_dir: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
               kl_weight: float = 1e-6, save_every: int = 250):
     seed_everything(seed)
     vae = make_vae()
@@ -273,6 +280,268 @@ def evaluate_vae(vae, n_per_pair: int = 10, seed: int = 777_777) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------ text encoder
+
+
+def make_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=49408, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=256,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return CLIPTextModel(cfg)
+
+
+class LiTHeads(nn.Module):
+    """Trainable projections of the LiT objective (not shipped: SD uses the encoder's hidden states)."""
+
+    def __init__(self, text_dim: int = 256, image_dim: int = 256, dim: int = 256):
+        super().__init__()
+        self.image = nn.Sequential(nn.Linear(image_dim, 512), nn.GELU(), nn.Linear(512, dim))
+        self.pooled = nn.Linear(text_dim, dim, bias=False)  # EOS token (CLIP's pooled output; Flux's vector)
+        self.sequence = nn.Linear(text_dim, dim, bias=False)  # mean over all 77 positions (what SD attends to)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+
+def compatibility(batch: world.Batch) -> torch.Tensor:
+    """[captions, images] bool: image j shows everything caption i names (multi-positive InfoNCE targets)."""
+    labels = {k: torch.as_tensor(v) for k, v in batch.labels().items()}
+    n = len(batch.captions)
+    ok = torch.ones(n, n, dtype=torch.bool)
+    for i, names in enumerate(batch.mentioned):
+        for attr in names:
+            ok[i] &= labels[attr] == labels[attr][i]
+    return ok
+
+
+def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where each row may have several positives."""
+    neg_inf = torch.finfo(logits.dtype).min
+    t2i = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positives, neg_inf), 1)
+    i2t = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~positives, neg_inf), 0)
+    return 0.5 * (t2i.mean() + i2t.mean())
+
+
+def text_features(encoder, heads: LiTHeads, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = encoder(input_ids=ids)
+    pooled = F.normalize(heads.pooled(out.pooler_output), dim=-1)
+    sequence = F.normalize(heads.sequence(out.last_hidden_state.mean(1)), dim=-1)
+    return pooled, sequence
+
+
+def train_text_encoder(run_dir: Path, steps: int = 1200, batch_size: int = 128, lr: float = 5e-4, seed: int = 0,
+                       save_every: int = 100, short_length: int = 24, full_every: int = 4):
+    """LiT: a CLIPTextModel trained contrastively against the frozen classifier trunk.
+
+    Most steps use the first `short_length` positions (exact under the causal mask: every caption fits);
+    every `full_every`-th step runs all 77 positions so that each position embedding is trained.
+    """
+    from hirm.minicanvas import registry
+    from hirm.minicanvas.tokenizer import load_tokenizer
+
+    seed_everything(seed)
+    tokenizer = load_tokenizer()
+    encoder = make_text_encoder()
+    heads = LiTHeads()
+    clf = registry.load_classifier()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    params = list(encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-6)
+
+    def step(i: int) -> dict[str, float]:
+        b = world.render_batch(batch_size, seed=seed * 1_000_003 + 900_000 + i)
+        length = 77 if i % full_every == 0 else short_length
+        ids = tokenizer(b.captions, padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt")["input_ids"][:, :length]
+        with torch.no_grad():
+            img = clf.features(to_tensor(b.images))
+        img = F.normalize(heads.image(img), dim=-1)
+        pooled, sequence = text_features(encoder, heads, ids)
+        pos = compatibility(b)
+        scale = heads.log_scale.exp().clamp(max=100)
+        loss_pooled = multi_positive_nce(scale * pooled @ img.T, pos)
+        loss_seq = multi_positive_nce(scale * sequence @ img.T, pos)
+        loss = loss_pooled + loss_seq
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"loss": float(loss.detach()), "pooled": float(loss_pooled.detach()),
+                "seq": float(loss_seq.detach()), "len": length, "batch": batch_size}
+
+    state = run_loop(run_dir, {"text_encoder": encoder, "heads": heads}, opt, steps, step, lr, save_every,
+                     desc="text encoder", warmup=50)
+    metrics = evaluate_text_encoder(encoder, heads, clf, tokenizer)
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, **asdict(state)}, indent=1))
+    return encoder
+
+
+@torch.no_grad()
+def evaluate_text_encoder(encoder, heads: LiTHeads, clf, tokenizer, n_per_pair: int = 4,
+                          seed: int = 555_555) -> dict:
+    """Retrieval on held-out images: for each (object, style) caption of a fixed template, are the top-k
+    images of that object / style?"""
+    encoder.eval()
+    imgs, objs, stys = [], [], []
+    for o in range(len(world.OBJECTS)):
+        for s in range(len(world.STYLES)):
+            b = world.render_batch(n_per_pair, seed=seed + 1000 * o + s, object=o, style=s)
+            imgs.append(b.images)
+            objs.append(b.objects)
+            stys.append(b.styles)
+    img = F.normalize(heads.image(clf.features(to_tensor(np.concatenate(imgs)))), dim=-1)
+    objs_t, stys_t = torch.as_tensor(np.concatenate(objs)), torch.as_tensor(np.concatenate(stys))
+    out = {}
+    for tname, template in (("eval", world.EVAL_TEMPLATES[0]), ("train", world.TEMPLATES[0])):
+        captions, co, cs = [], [], []
+        for o, obj in enumerate(world.OBJECTS):
+            for s, sty in enumerate(world.STYLES):
+                captions.append(template.format(object=obj, style=sty))
+                co.append(o)
+                cs.append(s)
+        ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+        pooled, sequence = text_features(encoder, heads, ids)
+        for fname, feats in (("pooled", pooled), ("sequence", sequence)):
+            top = (feats @ img.T).topk(n_per_pair, dim=1).indices
+            out[f"{tname}_{fname}_top{n_per_pair}_object"] = float(
+                (objs_t[top] == torch.as_tensor(co)[:, None]).float().mean())
+            out[f"{tname}_{fname}_top{n_per_pair}_style"] = float(
+                (stys_t[top] == torch.as_tensor(cs)[:, None]).float().mean())
+            out[f"{tname}_{fname}_top{n_per_pair}_pair"] = float(
+                ((objs_t[top] == torch.as_tensor(co)[:, None]) & (stys_t[top] == torch.as_tensor(cs)[:, None]))
+                .float().mean())
+    encoder.train()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ mini-SD UNet
+
+
+def make_unet(latent_channels: int = 8, cross_attention_dim: int = 256):
+    from diffusers import UNet2DConditionModel
+
+    # 8x8 latents -> 4x4 -> 2x2; cross-attention on the text at 8x8 and 4x4, as SD attends at its finer levels
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=(64, 128, 192), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
+    )
+
+
+def make_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, prediction_type="epsilon", clip_sample=False)
+
+
+@torch.no_grad()
+def encode_captions(encoder, tokenizer, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    """[N, 77, d] fp16 last hidden states, as the SD pipeline conditions on them."""
+    out = []
+    for i in tqdm(range(0, len(captions), batch_size), desc="encode captions", mininterval=10):
+        ids = tokenizer(captions[i : i + batch_size], padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt")["input_ids"]
+        out.append(encoder(input_ids=ids).last_hidden_state.half())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def prepare_generator_data(path: Path, vae, encoder, tokenizer, n: int, seed: int) -> None:
+    """Render `n` captioned images once; store VAE latents and caption encodings (fp16) for training."""
+    if path.exists():
+        return
+    chunks, captions, objects, styles = [], [], [], []
+    gen = torch.Generator().manual_seed(seed)
+    for k in tqdm(range(0, n, 500), desc="render + encode images", mininterval=10):
+        b = world.render_batch(min(500, n - k), seed=seed * 7919 + k)
+        chunks.append(vae.encode(to_tensor(b.images)).latent_dist.sample(generator=gen).half().contiguous())
+        captions += b.captions
+        objects.append(torch.as_tensor(b.objects))
+        styles.append(torch.as_tensor(b.styles))
+    latents = torch.cat(chunks).contiguous()
+    tensors = {
+        "latents": latents,
+        "text": encode_captions(encoder, tokenizer, captions).contiguous(),
+        "empty": encode_captions(encoder, tokenizer, [""]),
+        "objects": torch.cat(objects),
+        "styles": torch.cat(styles),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"scaling_factor": str(float(1.0 / latents.float().std()))})
+    tmp.rename(path)
+
+
+def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
+               n_images: int = 80000, caption_dropout: float = 0.1, ema_decay: float = 0.999,
+               save_every: int = 250, components: Path | None = None):
+    """mini-SD: a UNet2DConditionModel on 8x8 VAE latents, conditioned on the frozen text encoder, with
+    caption dropout for classifier-free guidance. Trains from a fixed rendered set (latents and caption
+    encodings precomputed once: the text encoder would otherwise cost more than the UNet step)."""
+    from diffusers import AutoencoderKL
+    from diffusers.training_utils import EMAModel
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    from hirm.minicanvas.tokenizer import load_tokenizer
+
+    seed_everything(seed)
+    components = components or run_dir.parent / "components"
+    vae = AutoencoderKL.from_pretrained(components / "vae").eval()
+    encoder = CLIPTextModel.from_pretrained(components / "text_encoder").eval()
+    data_path = run_dir / "data.safetensors"
+    prepare_generator_data(data_path, vae, encoder, load_tokenizer(), n_images, seed)
+    data = load_file(str(data_path))
+    with safe_open(str(data_path), "pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
+    latents, text, empty = data["latents"], data["text"], data["empty"]
+    unet = make_unet(latent_channels=latents.shape[1], cross_attention_dim=text.shape[-1])
+    ema_unet = make_unet(latent_channels=latents.shape[1], cross_attention_dim=text.shape[-1])
+    ema_unet.load_state_dict(unet.state_dict())
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    state = load_checkpoint(run_dir, {"unet": unet, "ema_unet": ema_unet}, opt)
+    ema = EMAModel(ema_unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
+    if state.step:
+        ema.optimization_step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["ema_step"]
+    scheduler = make_scheduler()
+    alphas = scheduler.alphas_cumprod
+
+    def step(i: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        idx = torch.randint(0, len(latents), (batch_size,), generator=g)
+        x0 = latents[idx].float() * scaling
+        cond = text[idx].float()
+        drop = torch.rand(batch_size, generator=g) < caption_dropout
+        cond[drop] = empty.float()
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.step(unet.parameters())
+        return {"loss": float(loss.detach()), "batch": batch_size}
+
+    def sync_ema() -> dict:
+        ema.copy_to(ema_unet.parameters())
+        return {"ema_step": ema.optimization_step}
+
+    state = run_loop(run_dir, {"unet": unet, "ema_unet": ema_unet}, opt, steps, step, lr, save_every,
+                     desc="unet", before_save=sync_ema, warmup=200, state=state)
+    (run_dir / "scaling_factor.txt").write_text(str(scaling))
+    return unet, state
+
+
 def main() -> None:  # pragma: no cover - manual entry for background runs
     import argparse
 
@@ -284,7 +553,8 @@ def main() -> None:  # pragma: no cover - manual entry for background runs
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     kw = {} if a.steps is None else {"steps": a.steps}
-    {"classifier": train_classifier, "vae": train_vae}[a.what](a.run_dir, **kw)
+    trainers = {"classifier": train_classifier, "vae": train_vae, "text": train_text_encoder, "unet": train_unet}
+    trainers[a.what](a.run_dir, **kw)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,115 @@
+"""UnlearnCanvas-style evaluation on MiniCanvas: generate every object x every style, classify, and score
+the erasure of one concept as UA (unlearning accuracy), IRA (in-domain retain) and CRA (cross-domain retain).
+
+For an object concept: UA = fraction of its images NOT classified as it; IRA = object accuracy on the other
+objects' images; CRA = style accuracy on the other objects' images. For a style concept, swap the roles.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hirm.errors import HirmError
+from hirm.generate import sample
+from hirm.minicanvas import world
+from hirm.minicanvas.classifier import MiniCanvasClassifier, to_tensor
+
+
+@dataclass
+class Grid:
+    """Generated images of every (object, style, seed) cell, with the classifier's predictions."""
+
+    images: list  # PIL images, row-major over (object, style, seed)
+    objects: np.ndarray
+    styles: np.ndarray
+    pred_objects: np.ndarray
+    pred_styles: np.ndarray
+    prompts: list[str]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def concept_domain(concept: str) -> tuple[str, int]:
+    """("object" | "style", index) of a MiniCanvas concept name."""
+    if concept in world.OBJECTS:
+        return "object", world.OBJECTS.index(concept)
+    if concept in world.STYLES:
+        return "style", world.STYLES.index(concept)
+    raise HirmError(f"{concept!r} is not a MiniCanvas concept; objects: {', '.join(world.OBJECTS)}; "
+                    f"styles: {', '.join(world.STYLES)}")
+
+
+def generate_grid(pipe, classifier: MiniCanvasClassifier, seeds: tuple[int, ...] = (0, 1),
+                  templates: tuple[str, ...] = world.EVAL_TEMPLATES, steps: int | None = None,
+                  guidance: float | None = None, progress: bool = True) -> Grid:
+    """Every object x style x template x seed; image seed = seed * 1000 + cell index (same across models)."""
+    prompts, objs, stys, img_seeds = [], [], [], []
+    cell = 0
+    for o, obj in enumerate(world.OBJECTS):
+        for s, sty in enumerate(world.STYLES):
+            for template in templates:
+                for seed in seeds:
+                    prompts.append(" ".join(template.format(object=obj, style=sty).split()))
+                    objs.append(o)
+                    stys.append(s)
+                    img_seeds.append(seed * 1000 + cell)
+                cell += 1
+    start = time.perf_counter()
+    images = sample(pipe, prompts, seeds=img_seeds, steps=steps, guidance=guidance, progress=progress)
+    seconds = time.perf_counter() - start
+    batch = to_tensor(np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    pred = classifier.predict(batch)
+    return Grid(images, np.asarray(objs), np.asarray(stys), pred["object"].numpy(), pred["style"].numpy(),
+                prompts, seconds)
+
+
+def score(grid: Grid, concept: str | None) -> dict[str, Any]:
+    """UA/IRA/CRA for `concept` (None: plain accuracies of the model), plus per-concept accuracies."""
+    obj_ok = grid.pred_objects == grid.objects
+    sty_ok = grid.pred_styles == grid.styles
+    out: dict[str, Any] = {
+        "n_images": len(grid.images),
+        "object_acc": float(obj_ok.mean()),
+        "style_acc": float(sty_ok.mean()),
+        "per_object": {n: float(obj_ok[grid.objects == i].mean()) for i, n in enumerate(world.OBJECTS)},
+        "per_style": {n: float(sty_ok[grid.styles == i].mean()) for i, n in enumerate(world.STYLES)},
+        "seconds": round(grid.seconds, 2),
+    }
+    if concept is None:
+        return out
+    domain, idx = concept_domain(concept)
+    if domain == "object":
+        target, ok_same, ok_cross = grid.objects == idx, obj_ok, sty_ok
+    else:
+        target, ok_same, ok_cross = grid.styles == idx, sty_ok, obj_ok
+    out.update({
+        "concept": concept,
+        "domain": domain,
+        "ua": float(1.0 - ok_same[target].mean()),
+        "ira": float(ok_same[~target].mean()),
+        "cra": float(ok_cross[~target].mean()),
+    })
+    return out
+
+
+def evaluate(pipe, concept: str | None, classifier: MiniCanvasClassifier, patches: list | None = None,
+             **grid_kwargs: Any) -> tuple[dict[str, Any], Grid]:
+    """Score `pipe` (with `patches` applied for the duration) on the full grid."""
+    applied = [p.apply(pipe) for p in patches or []]
+    try:
+        grid = generate_grid(pipe, classifier, **grid_kwargs)
+    finally:
+        for handle in reversed(applied):
+            handle.remove()
+    return score(grid, concept), grid
+
+
+@torch.no_grad()
+def classify_images(classifier: MiniCanvasClassifier, images: list) -> dict[str, np.ndarray]:
+    batch = to_tensor(np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    return {k: v.numpy() for k, v in classifier.predict(batch).items()}

@@ -1,0 +1,57 @@
+"""UA / IRA / CRA as UnlearnCanvas defines them, checked on hand-made predictions."""
+
+import numpy as np
+import pytest
+
+from hirm.eval.minicanvas import Grid, score
+from hirm.minicanvas import world
+
+O, S = len(world.OBJECTS), len(world.STYLES)
+
+
+def make_grid(pred_obj, pred_sty):
+    objs = np.repeat(np.arange(O), S)
+    stys = np.tile(np.arange(S), O)
+    return Grid([None] * (O * S), objs, stys, pred_obj(objs, stys), pred_sty(objs, stys), [""] * (O * S), 1.0)
+
+
+def test_perfect_model_has_zero_ua_full_retention():
+    g = make_grid(lambda o, s: o.copy(), lambda o, s: s.copy())
+    r = score(g, "star")
+    assert (r["ua"], r["ira"], r["cra"]) == (0.0, 1.0, 1.0)
+
+
+def test_object_erasure():
+    star = world.OBJECTS.index("star")
+    # star images become circles and lose their style; one other object's images are wrong half the time
+    def po(o, s):
+        p = o.copy()
+        p[o == star] = 0
+        p[(o == 1) & (s < S // 2)] = 2
+        return p
+
+    def ps(o, s):
+        p = s.copy()
+        p[o == star] = (s[o == star] + 1) % S
+        return p
+
+    r = score(make_grid(po, ps), "star")
+    assert r["ua"] == 1.0
+    assert r["ira"] == pytest.approx(1 - (S // 2) / ((O - 1) * S))
+    assert r["cra"] == 1.0  # the target's own images do not count against cross-domain retention
+
+
+def test_style_erasure_swaps_roles():
+    mosaic = world.STYLES.index("mosaic")
+    r = score(make_grid(lambda o, s: np.where(s == mosaic, (o + 1) % O, o), lambda o, s: np.where(s == mosaic, 0, s)),
+              "mosaic")
+    assert r["ua"] == 1.0 and r["ira"] == 1.0 and r["cra"] == 1.0
+    assert r["domain"] == "style"
+
+
+def test_unknown_concept_is_clear_error():
+    import hirm
+
+    g = make_grid(lambda o, s: o, lambda o, s: s)
+    with pytest.raises(hirm.HirmError, match="not a MiniCanvas concept"):
+        score(g, "teapot")
