@@ -75,6 +75,14 @@ def erase(
     template: Annotated[list[str] | None, typer.Option(help="prompt template with {} (repeatable)")] = None,
     variant: Annotated[list[str] | None, typer.Option(help="other names of the concept (repeatable)")] = None,
     truncate: Annotated[bool, typer.Option(help="cut prompts longer than the encoder instead of failing")] = False,
+    positions: Annotated[str | None, typer.Option(help="supervised positions: all (paper) | concept")] = None,
+    train_biases: Annotated[bool | None, typer.Option("--train-biases/--no-train-biases",
+                                                      help="train layer biases too (paper: yes)")] = None,
+    retain_weight: Annotated[float | None, typer.Option(help="weight of the retain term (paper: 0)")] = None,
+    retain_prompt: Annotated[list[str] | None, typer.Option(help="prompt whose final representation must stay "
+                                                            "(repeatable)")] = None,
+    paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
+                                                 "this model")] = False,
 ) -> None:
     """Erase a concept; write its safety patch."""
     _quiet_libraries()
@@ -83,10 +91,12 @@ def erase(
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
     patch = run_erase(
-        model, concept, method=method, encoder=encoder, kind=kind, target=target, steps=steps, lr=lr, seed=seed,
-        layers=layers, target_norm=target_norm, scale=scale, supervise_layer=supervise_layer,
-        supervise_module=supervise_module, templates=tuple(template) if template else None,
-        variants=tuple(variant) if variant else None, truncate=truncate or None,
+        model, concept, method=method, encoder=encoder, kind=kind, paper_defaults=paper_defaults, target=target,
+        steps=steps, lr=lr, seed=seed, layers=layers, target_norm=target_norm, scale=scale,
+        supervise_layer=supervise_layer, supervise_module=supervise_module,
+        templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
+        truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
+        retain_prompts=tuple(retain_prompt) if retain_prompt else None,
     )
     patch.save(out)
     for name, i in patch.info.items():

@@ -33,12 +33,18 @@ METHODS: dict[str, Method] = {
 }
 
 
-def make_config(method: str, kind: str | None = None, **overrides: Any):
-    """The method's config: its defaults, then the concept-kind preset, then explicit overrides."""
+# hirm's recipe where it departs from the paper's (the config dataclasses' defaults are the papers' values);
+# `paper_defaults=True` / `--paper-defaults` drops these. See docs/locality.md for the measurements behind them.
+HIRM_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, **overrides: Any):
+    """The method's config: paper defaults, hirm's defaults (unless `paper_defaults`), the concept-kind
+    preset, then explicit overrides."""
     if method not in METHODS:
         raise HirmError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     spec = METHODS[method]
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {} if paper_defaults else dict(HIRM_DEFAULTS.get(method, {}))
     if kind is not None:
         if kind not in KIND_DEFAULTS:
             raise HirmError(f"--kind {kind!r}: use one of {', '.join(KIND_DEFAULTS)}")
@@ -53,7 +59,7 @@ def make_config(method: str, kind: str | None = None, **overrides: Any):
 
 
 def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[str] | None = None,
-          kind: str | None = None, progress: bool = True, **overrides: Any) -> Patch:
+          kind: str | None = None, paper_defaults: bool = False, progress: bool = True, **overrides: Any) -> Patch:
     """Erase `concept` from `model` (a pipeline, a `TextEncoder` list, or a path / id) and return the patch.
 
     `encoder` picks CLIP encoders by component name (default: all of them); `kind` ("object", "style",
@@ -61,12 +67,25 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
     """
     if not isinstance(concept, str) or not concept.strip():
         raise HirmError("the concept is empty: pass the text to erase, e.g. --concept 'Van Gogh'")
-    config = make_config(method, kind=kind, **overrides)
+    config = make_config(method, kind=kind, paper_defaults=paper_defaults, **overrides)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         encoders = load_text_encoders(model, which=encoder)
     else:
         encoders = find_clip_encoders(model, which=encoder)
+    if getattr(config, "retain_weight", 0) > 0 and not config.retain_prompts:
+        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concept.strip()))
     return METHODS[method].run(encoders, concept.strip(), config, progress=progress)
+
+
+def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
+    """Prompts to keep in place: the MiniCanvas world's own captions for its encoder, else a generic set."""
+    from hirm.erase.retain import GENERIC_PROMPTS
+    from hirm.minicanvas import registry, world
+
+    if all(registry.is_minicanvas(e.model) for e in encoders):
+        return tuple(world.retain_captions(concept))
+    lowered = concept.lower()
+    return tuple(p for p in GENERIC_PROMPTS if lowered not in p.lower())
 
 
 __all__ = ["METHODS", "HiRMConfig", "Method", "TextEncoder", "erase", "make_config"]

@@ -35,3 +35,12 @@ def load_classifier():
     if not (CLASSIFIER / "config.json").exists():
         raise HirmError(f"the MiniCanvas classifier is not in this install ({CLASSIFIER})")
     return MiniCanvasClassifier.from_pretrained(CLASSIFIER).eval()
+
+
+def is_minicanvas(model: torch.nn.Module) -> bool:
+    """Was this model loaded from the shipped MiniCanvas weights?"""
+    source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    try:
+        return Path(source).resolve().is_relative_to(WEIGHTS.resolve())
+    except (OSError, ValueError):
+        return False

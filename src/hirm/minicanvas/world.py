@@ -425,3 +425,25 @@ def render_grid(seed: int = 0, per_pair: int = 1) -> np.ndarray:
                                  for _ in range(per_pair)], axis=0) for s in range(len(STYLES))]
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+def concept_names(concept: str) -> tuple[str, ...]:
+    """A concept's name and its synonyms (objects also by nothing broader: super-categories are shared)."""
+    if concept in OBJECT_SYNONYMS:
+        return (concept, *OBJECT_SYNONYMS[concept])
+    if concept in STYLE_SYNONYMS:
+        return (concept, *STYLE_SYNONYMS[concept])
+    return (concept,)
+
+
+def retain_captions(concept: str, n: int = 64, seed: int = 12345) -> list[str]:
+    """`n` distinct world captions that do not name `concept` (a retain set for erasing it)."""
+    names = concept_names(concept)
+    out: list[str] = []
+    k = 0
+    while len(out) < n:
+        for c in render_batch(256, seed=seed + k).captions:
+            if not any(name in c for name in names) and c not in out:
+                out.append(c)
+        k += 1
+    return out[:n]
