@@ -1,5 +1,4 @@
 import dummies
-
 import hirm
 from hirm.eval.probe import locality_probe
 
