@@ -6,13 +6,13 @@ import pytest
 from hirm.eval.minicanvas import Grid, score
 from hirm.minicanvas import world
 
-O, S = len(world.OBJECTS), len(world.STYLES)
+N_OBJ, N_STY = len(world.OBJECTS), len(world.STYLES)
 
 
 def make_grid(pred_obj, pred_sty):
-    objs = np.repeat(np.arange(O), S)
-    stys = np.tile(np.arange(S), O)
-    return Grid([None] * (O * S), objs, stys, pred_obj(objs, stys), pred_sty(objs, stys), [""] * (O * S), 1.0)
+    objs = np.repeat(np.arange(N_OBJ), N_STY)
+    stys = np.tile(np.arange(N_STY), N_OBJ)
+    return Grid([None] * (N_OBJ * N_STY), objs, stys, pred_obj(objs, stys), pred_sty(objs, stys), [""] * (N_OBJ * N_STY), 1.0)
 
 
 def test_perfect_model_has_zero_ua_full_retention():
@@ -27,23 +27,23 @@ def test_object_erasure():
     def po(o, s):
         p = o.copy()
         p[o == star] = 0
-        p[(o == 1) & (s < S // 2)] = 2
+        p[(o == 1) & (s < N_STY // 2)] = 2
         return p
 
     def ps(o, s):
         p = s.copy()
-        p[o == star] = (s[o == star] + 1) % S
+        p[o == star] = (s[o == star] + 1) % N_STY
         return p
 
     r = score(make_grid(po, ps), "star")
     assert r["ua"] == 1.0
-    assert r["ira"] == pytest.approx(1 - (S // 2) / ((O - 1) * S))
+    assert r["ira"] == pytest.approx(1 - (N_STY // 2) / ((N_OBJ - 1) * N_STY))
     assert r["cra"] == 1.0  # the target's own images do not count against cross-domain retention
 
 
 def test_style_erasure_swaps_roles():
     mosaic = world.STYLES.index("mosaic")
-    r = score(make_grid(lambda o, s: np.where(s == mosaic, (o + 1) % O, o), lambda o, s: np.where(s == mosaic, 0, s)),
+    r = score(make_grid(lambda o, s: np.where(s == mosaic, (o + 1) % N_OBJ, o), lambda o, s: np.where(s == mosaic, 0, s)),
               "mosaic")
     assert r["ua"] == 1.0 and r["ira"] == 1.0 and r["cra"] == 1.0
     assert r["domain"] == "style"
