@@ -12,7 +12,8 @@ N_OBJ, N_STY = len(world.OBJECTS), len(world.STYLES)
 def make_grid(pred_obj, pred_sty):
     objs = np.repeat(np.arange(N_OBJ), N_STY)
     stys = np.tile(np.arange(N_STY), N_OBJ)
-    return Grid([None] * (N_OBJ * N_STY), objs, stys, pred_obj(objs, stys), pred_sty(objs, stys), [""] * (N_OBJ * N_STY), 1.0)
+    n = N_OBJ * N_STY
+    return Grid([None] * n, objs, stys, pred_obj(objs, stys), pred_sty(objs, stys), [""] * n, 1.0)
 
 
 def test_perfect_model_has_zero_ua_full_retention():
@@ -43,8 +44,8 @@ def test_object_erasure():
 
 def test_style_erasure_swaps_roles():
     mosaic = world.STYLES.index("mosaic")
-    r = score(make_grid(lambda o, s: np.where(s == mosaic, (o + 1) % N_OBJ, o), lambda o, s: np.where(s == mosaic, 0, s)),
-              "mosaic")
+    grid = make_grid(lambda o, s: np.where(s == mosaic, (o + 1) % N_OBJ, o), lambda o, s: np.where(s == mosaic, 0, s))
+    r = score(grid, "mosaic")
     assert r["ua"] == 1.0 and r["ira"] == 1.0 and r["cra"] == 1.0
     assert r["domain"] == "style"
 
