@@ -292,6 +292,34 @@ def minicanvas_train(
     trainers[what](run_dir, **({} if steps is None else {"steps": steps}))
 
 
+@minicanvas_app.command("build")
+@handles_errors
+def minicanvas_build(
+    run_dir: Annotated[Path, typer.Option(help="the UNet run to ship (its EMA weights)")] = Path("runs/unet"),
+    components: Annotated[Path, typer.Option(help="folder with vae/ and text_encoder/")] = Path("runs/components"),
+) -> None:
+    """Assemble the shipped mini-SD pipeline (fp16) from a UNet run; export the run's resume state."""
+    from safetensors import safe_open
+
+    from hirm.minicanvas.build import assemble_sd
+    from hirm.minicanvas.training import export_unet_resume_state
+
+    data = run_dir / "data.safetensors"
+    if not (run_dir / "checkpoint" / "ema_unet").is_dir() or not data.exists():
+        raise HirmError(f"{run_dir} has no UNet checkpoint: train one with `hirm minicanvas train unet`")
+    with safe_open(str(data), "pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
+    records = {name: json.loads((components / name / "training.json").read_text())
+               for name in ("vae", "text_encoder") if (components / name / "training.json").exists()}
+    records["unet"] = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    metrics = run_dir / "generator_metrics.json"
+    if metrics.exists():
+        records["unet"]["generations"] = json.loads(metrics.read_text())
+    out = assemble_sd(components, run_dir / "checkpoint" / "ema_unet", scaling, records=records)
+    resume = export_unet_resume_state(run_dir)
+    typer.echo(f"wrote {out} and {resume}")
+
+
 @minicanvas_app.command("preview")
 @handles_errors
 def minicanvas_preview(

@@ -436,7 +436,7 @@ def make_unet(latent_channels: int = 8, cross_attention_dim: int = 256):
     # 8x8 latents -> 4x4 -> 2x2; cross-attention on the text at 8x8 and 4x4, as SD attends at its finer levels
     return UNet2DConditionModel(
         sample_size=8, in_channels=latent_channels, out_channels=latent_channels,
-        block_out_channels=(64, 128, 192), layers_per_block=1,
+        block_out_channels=(64, 128, 128), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
@@ -488,12 +488,41 @@ def prepare_generator_data(path: Path, vae, encoder, tokenizer, n: int, seed: in
     tmp.rename(path)
 
 
+RESUME_DIR = Path(__file__).resolve().parents[3] / "training" / "minicanvas-sd-unet"
+
+
+def export_unet_resume_state(run_dir: Path, out: Path = RESUME_DIR) -> Path:
+    """The part of a UNet run worth committing to resume it elsewhere: raw weights in fp16 and the counters
+    (the EMA weights are the shipped pipeline's UNet; Adam restarts with a short warm-up)."""
+    from diffusers import UNet2DConditionModel
+
+    ckpt = run_dir / "checkpoint"
+    tmp = out.with_name(out.name + ".tmp")
+    _rmtree(tmp)
+    UNet2DConditionModel.from_pretrained(ckpt / "unet").half().save_pretrained(tmp / "unet")
+    (tmp / "state.json").write_text((ckpt / "state.json").read_text())
+    _rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _init_from_export(run_dir: Path, init_from: Path, models: dict[str, nn.Module], ema_source: Path) -> None:
+    """Seed an empty run dir's models from a committed export (see `export_unet_resume_state`)."""
+    from diffusers import UNet2DConditionModel
+
+    models["unet"].load_state_dict(UNet2DConditionModel.from_pretrained(init_from / "unet").float().state_dict())
+    models["ema_unet"].load_state_dict(UNet2DConditionModel.from_pretrained(ema_source).float().state_dict())
+
+
 def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
                n_images: int = 80000, caption_dropout: float = 0.1, ema_decay: float = 0.999,
-               save_every: int = 250, components: Path | None = None):
+               save_every: int = 250, components: Path | None = None, init_from: Path | None = RESUME_DIR):
     """mini-SD: a UNet2DConditionModel on 8x8 VAE latents, conditioned on the frozen text encoder, with
     caption dropout for classifier-free guidance. Trains from a fixed rendered set (latents and caption
-    encodings precomputed once: the text encoder would otherwise cost more than the UNet step)."""
+    encodings precomputed once: the text encoder would otherwise cost more than the UNet step).
+
+    A fresh `run_dir` starts from the committed export in `init_from` when there is one, so training goes on
+    across machines."""
     from diffusers import AutoencoderKL
     from diffusers.training_utils import EMAModel
     from safetensors import safe_open
@@ -515,10 +544,19 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     ema_unet = make_unet(latent_channels=latents.shape[1], cross_attention_dim=text.shape[-1])
     ema_unet.load_state_dict(unet.state_dict())
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    state = load_checkpoint(run_dir, {"unet": unet, "ema_unet": ema_unet}, opt)
+    models = {"unet": unet, "ema_unet": ema_unet}
+    state = load_checkpoint(run_dir, models, opt)
+    counters = run_dir / "checkpoint" / "state.json"
+    if not state.step and init_from is not None and (init_from / "state.json").exists():
+        from hirm.minicanvas import registry
+
+        _init_from_export(run_dir, init_from, models, registry.FOLDERS["minicanvas"] / "unet")
+        counters = init_from / "state.json"
+        raw = json.loads(counters.read_text())
+        state = RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
     ema = EMAModel(ema_unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
     if state.step:
-        ema.optimization_step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["ema_step"]
+        ema.optimization_step = json.loads(counters.read_text())["ema_step"]
     scheduler = make_scheduler()
     alphas = scheduler.alphas_cumprod
 
