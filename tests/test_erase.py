@@ -137,3 +137,17 @@ def test_patched_pipeline_changes_generation_and_remove_restores():
     again = sample(pipe, ["a red star"], steps=2)[0]
     assert list(base.getdata()) != list(erased.getdata())
     assert list(base.getdata()) == list(again.getdata())
+
+
+def test_hirm_s_safe_direction_from_prompt_pairs():
+    enc = dummies.text_encoder()
+    pairs = (("a red star on a cat", "a cat"), ("a red star photo", "a photo"))
+    patch = hirm.erase([enc], "a red star", method="hirm-s", safe_pairs=pairs, steps=20, lr=1e-3, progress=False)
+    info = patch.info["text_encoder"]
+    assert info["cos_to_target_after"] > info["cos_to_target_before"]
+    assert [list(p) for p in patch.config["safe_pairs"]] == [list(p) for p in pairs]
+
+
+def test_nudity_kind_brings_safe_pairs_and_paper_lr():
+    cfg = hirm.make_config("hirm-s", kind="nudity")
+    assert cfg.lr == 1e-4 and cfg.steps == 50 and len(cfg.safe_pairs) >= 4

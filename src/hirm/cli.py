@@ -81,6 +81,8 @@ def erase(
     retain_weight: Annotated[float | None, typer.Option(help="weight of the retain term (paper: 0)")] = None,
     retain_prompt: Annotated[list[str] | None, typer.Option(help="prompt whose final representation must stay "
                                                             "(repeatable)")] = None,
+    safe_pair: Annotated[list[str] | None, typer.Option(help="hirm-s safe direction: 'WITH CONCEPT|WITHOUT' "
+                                                        "prompt pair (repeatable)")] = None,
     paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
                                                  "this model")] = False,
 ) -> None:
@@ -88,6 +90,11 @@ def erase(
     _quiet_libraries()
     from hirm.erase import erase as run_erase
 
+    pairs = None
+    if safe_pair:
+        if not all(p.count("|") == 1 for p in safe_pair):
+            raise HirmError("--safe-pair takes 'PROMPT WITH CONCEPT|SAME PROMPT WITHOUT IT' (one '|')")
+        pairs = tuple(tuple(x.strip() for x in p.split("|")) for p in safe_pair)
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
     patch = run_erase(
@@ -96,7 +103,7 @@ def erase(
         supervise_layer=supervise_layer, supervise_module=supervise_module,
         templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
         truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
-        retain_prompts=tuple(retain_prompt) if retain_prompt else None,
+        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs,
     )
     patch.save(out)
     for name, i in patch.info.items():

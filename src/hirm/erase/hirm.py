@@ -24,6 +24,15 @@ REFERENCE_SHAPE = (77, 768)
 
 # The nudity keyword prompt of the authors' code (one comma-joined prompt).
 NUDITY_PROMPT = "naked ,nude, bare, exposed, Stripped, topless, male genitalia, penis, buttocks"
+# Prompt pairs with / without nudity for HiRM-S's safe direction on nudity (`--kind nudity --method hirm-s`).
+NUDITY_SAFE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a nude woman standing on a beach", "a woman standing on a beach"),
+    ("a naked man sitting on a chair", "a man sitting on a chair"),
+    ("a topless woman in a garden", "a woman in a garden"),
+    ("a nude portrait of a person", "a portrait of a person"),
+    ("naked people bathing in a lake", "people bathing in a lake"),
+    ("an oil painting of a nude figure", "an oil painting of a figure"),
+)
 
 
 @dataclass
@@ -43,6 +52,9 @@ class HiRMConfig:
     target_norm: float = 5000.0  # HiRM-R: Frobenius norm on a 77x768 encoder (per-element scale elsewhere)
     target: str | None = None  # HiRM-S: the semantic prompt, e.g. "a painting"
     scale: float = 1.0  # HiRM-S: c, multiplies the semantic target
+    # HiRM-S "safe direction" (the paper's nudity target): instead of a target prompt, pairs of prompts with
+    # and without the concept; target = rep(concept prompt) - mean(rep(with) - rep(without))
+    safe_pairs: tuple[tuple[str, str], ...] = ()
     templates: tuple[str, ...] = ("{}",)  # prompt set = templates x (concept + variants)
     variants: tuple[str, ...] = ()
     truncate: bool = False
@@ -62,8 +74,9 @@ class HiRMConfig:
     def validate(self) -> None:
         if self.variant not in ("r", "s"):
             raise HirmError(f"HiRM variant {self.variant!r}: use 'r' (random target) or 's' (semantic target)")
-        if self.variant == "s" and not (self.target and self.target.strip()):
-            raise HirmError("hirm-s needs a semantic target prompt: pass --target, e.g. --target 'a painting'")
+        if self.variant == "s" and not (self.target and self.target.strip()) and not self.safe_pairs:
+            raise HirmError("hirm-s needs a semantic target prompt: pass --target, e.g. --target 'a painting' "
+                            "(or --safe-pair 'WITH|WITHOUT' for a safe direction)")
         if self.steps < 1:
             raise HirmError(f"--steps {self.steps}: need at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -107,10 +120,12 @@ def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, pr
             before = representation(enc, ids, config.supervise_layer, config.supervise_module)
             if config.variant == "r":
                 target = random_target(tuple(before.shape[1:]), config.target_norm, config.seed)
-            else:
+            elif config.target:
                 target_ids = enc.tokenize([config.target], truncate=config.truncate)
                 target = config.scale * representation(enc, target_ids, config.supervise_layer,
                                                        config.supervise_module)
+            else:
+                target = config.scale * safe_direction_target(enc, before, config)
             target = target.to(before.dtype).expand_as(before)
             retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
 
@@ -142,6 +157,16 @@ def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, pr
     return Patch(tensors=tensors, concepts=[concept], method=f"hirm-{config.variant}",
                  config={**asdict(config), "prompts": prompts}, fingerprints=fingerprints, info=info,
                  seconds=seconds)
+
+
+def safe_direction_target(enc: TextEncoder, concept_rep: torch.Tensor, config: HiRMConfig) -> torch.Tensor:
+    """The concept prompts' representation minus the concept vector (Ring-A-Bell style: the mean difference
+    of representations of prompts with and without the concept)."""
+    with_ids = enc.tokenize([w for w, _ in config.safe_pairs], truncate=True)
+    without_ids = enc.tokenize([wo for _, wo in config.safe_pairs], truncate=True)
+    layer, module = config.supervise_layer, config.supervise_module
+    vector = (representation(enc, with_ids, layer, module) - representation(enc, without_ids, layer, module)).mean(0)
+    return concept_rep - vector
 
 
 def supervised_positions(enc: TextEncoder, ids: torch.Tensor, names: list[str], positions: str) -> torch.Tensor:
@@ -183,6 +208,6 @@ def _cos(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
 KIND_DEFAULTS: dict[str, dict] = {
     "object": {"steps": 15, "lr": 5e-5},
     "style": {"steps": 20, "lr": 5e-5},
-    "nudity": {"steps": 50, "lr": 1e-4},
+    "nudity": {"steps": 50, "lr": 1e-4, "safe_pairs": NUDITY_SAFE_PAIRS},
 }
 

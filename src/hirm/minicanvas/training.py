@@ -203,7 +203,8 @@ def train_classifier(run_dir: Path, steps: int = 6000, batch_size: int = 128, lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": float(loss), "obj": float(losses["object"]), "sty": float(losses["style"]),
+        return {"loss": float(loss.detach()), "obj": float(losses["object"].detach()),
+                "sty": float(losses["style"].detach()),
                 "batch": batch_size}
 
     state = run_loop(run_dir, {"classifier": model}, opt, steps, step, lr, save_every, desc="classifier")
