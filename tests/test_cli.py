@@ -151,3 +151,27 @@ def test_ctrl_c_leaves_nothing(sd_folder, tmp_path, monkeypatch):
 def test_out_must_be_safetensors(sd_folder, tmp_path):
     r = run("erase", "--model", sd_folder, "--concept", "star", "--out", tmp_path / "p.pt")
     assert r.exit_code == 2 and ".safetensors" in r.output
+
+
+def test_hub_id_resolved_from_local_cache_only(tmp_path, monkeypatch):
+    """A hub id already in the local cache loads; nothing is downloaded (HF_HUB_OFFLINE is set in tests)."""
+    import huggingface_hub.constants as hub
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-sd" / "snapshots" / "0123abcd"
+    dummies.sd_pipeline().save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-sd" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-sd" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "p.safetensors"
+    r = run("erase", "--model", "someone/tiny-sd", "--concept", "star", "--out", out, "--steps", "1")
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+
+
+def test_bench_prints_measured_figures():
+    r = run("bench", "--shape", "clip-l", "--steps", "1", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output.strip().splitlines()[-1])
+    assert data["shape"] == "clip-l" and data["steps"] == 1
+    assert data["peak_rss_mb"] > data["encoder_mb"] > 400  # CLIP-L text encoder, fp32
+    assert 0 < data["patch_fraction"] < 0.1
