@@ -1,0 +1,119 @@
+"""mini-Flux: a Flux-architecture generator for MiniCanvas (`FluxPipeline`-loadable).
+
+Conditioned exactly like Flux: a pooled vector from the SAME frozen CLIP-style text encoder as mini-SD (its EOS
+token, `pooler_output`) and a token sequence from a second, T5 encoder (trained with the transformer here). The
+split between the two pathways is what decides whether a patch made on the CLIP encoder transfers: trained
+with `sequence_dropout` > 0 the transformer learns to draw from the pooled vector alone too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hirm.minicanvas import world
+
+T5_MAX_LENGTH = 32
+
+
+def caption_words() -> list[str]:
+    """Every word a world caption can use (templates, names, synonyms, attributes, super-categories)."""
+    text = " ".join([
+        *world.TEMPLATES, *world.PARTIAL_TEMPLATES, *world.EVAL_TEMPLATES, *world.OBJECTS, *world.STYLES,
+        *(s for v in world.OBJECT_SYNONYMS.values() for s in v), *(s for v in world.STYLE_SYNONYMS.values() for s in v),
+        *world.OBJECT_GROUPS.values(), *world.COLOURS, *world.BACKGROUNDS, *world.SIZES,
+        world.STYLE_SUPERCATEGORY, world.SHAPE_SUPERCATEGORY,
+    ])
+    text = re.sub(r"\{[a-z]+\}", " ", text.lower())
+    return sorted(set(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text)))
+
+
+def make_t5_tokenizer():
+    """A word-level T5 tokenizer over the world's vocabulary (built in code: no sentencepiece file needed)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in caption_words():
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def make_t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=vocab_size, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=16, dropout_rate=0.0, decoder_start_token_id=0,
+                   pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu")
+    return T5EncoderModel(cfg)
+
+
+def make_transformer(latent_channels: int = 8, pooled_dim: int = 256, sequence_dim: int = 128):
+    from diffusers import FluxTransformer2DModel
+
+    # Flux packs 2x2 latent patches into tokens: 8x8x8 latents -> 16 tokens of 32 values
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * latent_channels, num_layers=2, num_single_layers=4, attention_head_dim=32,
+        num_attention_heads=4, joint_attention_dim=sequence_dim, pooled_projection_dim=pooled_dim,
+        guidance_embeds=False, axes_dims_rope=(8, 12, 12),
+    )
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/2)(W/2), 4C], as FluxPipeline._pack_latents."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def image_ids(h: int, w: int) -> torch.Tensor:
+    """Positional ids of the packed latent tokens, as FluxPipeline._prepare_latent_image_ids."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+class FluxTrainer(nn.Module):
+    """The trained parts of mini-Flux: the transformer and the T5 encoder."""
+
+    def __init__(self, vocab_size: int, latent_channels: int = 8, pooled_dim: int = 256):
+        super().__init__()
+        self.t5 = make_t5_encoder(vocab_size)
+        self.transformer = make_transformer(latent_channels, pooled_dim, self.t5.config.d_model)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, pooled: torch.Tensor, t5_ids: torch.Tensor,
+                 h: int, w: int) -> torch.Tensor:
+        seq = self.t5(input_ids=t5_ids).last_hidden_state
+        return self.transformer(
+            hidden_states=x_t, timestep=t, pooled_projections=pooled, encoder_hidden_states=seq,
+            txt_ids=torch.zeros(seq.shape[1], 3), img_ids=image_ids(h, w), return_dict=False,
+        )[0]
+
+
+def flow_matching_loss(model: FluxTrainer, x0: torch.Tensor, pooled: torch.Tensor, t5_ids: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Rectified flow (as Flux): x_t = (1 - t) x0 + t noise, predict the velocity noise - x0.
+    Timesteps from a logit-normal, the SD3/Flux choice."""
+    b, _, h, w = x0.shape
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.sigmoid(torch.randn(b, generator=generator))
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    pred = model.velocity(pack(x_t), t, pooled, t5_ids, h, w)
+    return F.mse_loss(pred, pack(noise - x0))
+
+
+def save_flux_records(folder: Path, records: dict) -> None:
+    (folder / "training.json").write_text(json.dumps(records, indent=1))
