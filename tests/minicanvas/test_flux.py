@@ -15,7 +15,7 @@ def test_packing_matches_flux_pipeline():
 
 def test_t5_tokenizer_knows_every_caption_word():
     tok = flux.make_t5_tokenizer()
-    captions = world.render_batch(300, seed=2).captions + ["a star image in mosaic style"]
+    captions = [*world.render_batch(300, seed=2).captions, "a star image in mosaic style"]
     for ids in tok(captions)["input_ids"]:
         assert tok.unk_token_id not in ids and ids[-1] == tok.eos_token_id
         assert len(ids) <= flux.T5_MAX_LENGTH
