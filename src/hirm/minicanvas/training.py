@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -67,7 +67,7 @@ def save_checkpoint(run_dir: Path, models: dict[str, nn.Module], opt: torch.opti
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp / name)
         else:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+            save_model(model, str(tmp / f"{name}.safetensors"))  # handles tied weights (T5 embeddings)
     _save_optimizer(opt, tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps({**asdict(state), **(extra or {})}, indent=1))
     old = run_dir / "checkpoint.old"
@@ -88,7 +88,7 @@ def load_checkpoint(run_dir: Path, models: dict[str, nn.Module], opt: torch.opti
             loaded = type(model).from_pretrained(ckpt / name)
             model.load_state_dict(loaded.state_dict())
         else:
-            model.load_state_dict(load_file(str(ckpt / f"{name}.safetensors")))
+            load_model(model, str(ckpt / f"{name}.safetensors"))
     _load_optimizer(opt, ckpt / "optimizer.safetensors")
     raw = json.loads((ckpt / "state.json").read_text())
     return RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
@@ -591,6 +591,106 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     return unet, state
 
 
+# ------------------------------------------------------------------------------------------ mini-Flux
+
+
+@torch.no_grad()
+def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int) -> None:
+    """Pooled CLIP vectors and T5 token ids for the same rendered set as mini-SD's (whose latents and text
+    states it reads: the pooled vector is the text state at the EOS token, as CLIPTextModel.pooler_output)."""
+    from hirm.minicanvas import flux
+    from hirm.minicanvas.tokenizer import load_tokenizer
+
+    if path.exists():
+        return
+    clip_tok, t5_tok = load_tokenizer(), flux.make_t5_tokenizer()
+    captions: list[str] = []
+    for k in range(0, n_images, 500):  # the captions of prepare_generator_data, re-drawn from the same seeds
+        captions += world.render_batch(min(500, n_images - k), seed=seed * 7919 + k).captions
+    data = load_file(str(unet_data))
+    ids = clip_tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
+    eos = (ids == clip_tok.eos_token_id).int().argmax(-1)
+    empty_ids = clip_tok([""], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    empty_eos = int((empty_ids == clip_tok.eos_token_id).int().argmax(-1))
+
+    def t5(texts: list[str]) -> torch.Tensor:
+        return t5_tok(texts, padding="max_length", max_length=flux.T5_MAX_LENGTH, truncation=True,
+                      return_tensors="pt")["input_ids"].int()
+
+    tensors = {
+        "pooled": data["text"][torch.arange(len(captions)), eos].contiguous(),
+        "empty_pooled": data["empty"][0, empty_eos][None].contiguous(),
+        "t5_ids": t5(captions),
+        "empty_t5_ids": t5([""]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    tmp.rename(path)
+
+
+def train_flux(run_dir: Path, steps: int = 20000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
+               caption_dropout: float = 0.1, sequence_dropout: float = 0.0, pooled_dropout: float = 0.0,
+               ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None):
+    """mini-Flux: FluxTransformer2DModel + T5 encoder, rectified flow on the mini-SD training set.
+
+    `caption_dropout` drops both conditionings (for true CFG); `sequence_dropout` / `pooled_dropout` drop
+    only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway."""
+    from diffusers.training_utils import EMAModel
+    from safetensors import safe_open
+
+    from hirm.minicanvas import flux
+
+    seed_everything(seed)
+    unet_run = unet_run or run_dir.parent / "unet"
+    unet_data = unet_run / "data.safetensors"
+    if not unet_data.exists():
+        raise FileNotFoundError(f"{unet_data}: mini-Flux trains on mini-SD's rendered set; prepare it first")
+    with safe_open(str(unet_data), "pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
+        latents = f.get_tensor("latents")
+    prepare_flux_data(run_dir / "data.safetensors", unet_data, len(latents), seed)
+    data = load_file(str(run_dir / "data.safetensors"))
+    vocab = len(flux.make_t5_tokenizer())
+    model = flux.FluxTrainer(vocab, latent_channels=latents.shape[1], pooled_dim=data["pooled"].shape[-1])
+    ema_model = flux.FluxTrainer(vocab, latent_channels=latents.shape[1], pooled_dim=data["pooled"].shape[-1])
+    ema_model.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    models = {"flux": model, "ema_flux": ema_model}
+    state = load_checkpoint(run_dir, models, opt)
+    ema = EMAModel(ema_model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
+    if state.step:
+        ema.optimization_step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["ema_step"]
+
+    def step(i: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        idx = torch.randint(0, len(latents), (batch_size,), generator=g)
+        x0 = latents[idx].float() * scaling
+        pooled = data["pooled"][idx].float()
+        ids = data["t5_ids"][idx].long()
+        r = torch.rand(batch_size, generator=g)
+        drop_all = r < caption_dropout
+        drop_seq = drop_all | ((r >= caption_dropout) & (torch.rand(batch_size, generator=g) < sequence_dropout))
+        drop_pool = drop_all | ((r >= caption_dropout) & (torch.rand(batch_size, generator=g) < pooled_dropout))
+        ids[drop_seq] = data["empty_t5_ids"].long()
+        pooled[drop_pool] = data["empty_pooled"].float()
+        loss = flux.flow_matching_loss(model, x0, pooled, ids, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.step(model.parameters())
+        return {"loss": float(loss.detach()), "batch": batch_size}
+
+    def sync_ema() -> dict:
+        ema.copy_to(ema_model.parameters())
+        return {"ema_step": ema.optimization_step, "scaling_factor": scaling,
+                "sequence_dropout": sequence_dropout, "pooled_dropout": pooled_dropout}
+
+    return run_loop(run_dir, models, opt, steps, step, lr, save_every, desc="flux", before_save=sync_ema,
+                    warmup=200, state=state)
+
+
 def generator_pipeline(components: Path, unet, scaling_factor: float):
     """An in-memory mini-SD pipeline around a UNet being trained (for progress evaluation)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
@@ -650,7 +750,8 @@ def main() -> None:  # pragma: no cover - manual entry for background runs
     for item in a.set:
         key, value = item.split("=", 1)
         kw[key] = float(value) if "." in value or "e" in value else int(value)
-    trainers = {"classifier": train_classifier, "vae": train_vae, "text": train_text_encoder, "unet": train_unet}
+    trainers = {"classifier": train_classifier, "vae": train_vae, "text": train_text_encoder, "unet": train_unet,
+                "flux": train_flux}
     trainers[a.what](a.run_dir, **kw)
 
 
