@@ -151,12 +151,16 @@ def generate(
     from hirm.encoders import load_pipeline
     from hirm.generate import sample
     from hirm.images import grid, save_atomic
+    from hirm.minicanvas import registry
     from hirm.patch import Patch
 
     if n < 1:
         raise HirmError(f"-n {n}: need at least one image")
     patches = [Patch.load(p) for p in patch or []]
     pipe = load_pipeline(model)
+    defaults = registry.SAMPLING.get(model, {})  # MiniCanvas: its own settings, not SD's 50 steps / CFG 7.5
+    steps = steps or defaults.get("steps")
+    guidance = guidance or defaults.get("guidance")
     images = []
     if compare and patches:
         images += sample(pipe, [prompt] * n, seed=seed, steps=steps, guidance=guidance)

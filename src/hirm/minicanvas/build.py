@@ -11,8 +11,7 @@ import torch
 from hirm.minicanvas import registry
 from hirm.minicanvas.tokenizer import load_tokenizer
 
-# sampling defaults for MiniCanvas (the pipeline's own defaults, 50 steps / CFG 7.5, are for SD at 512 px)
-SAMPLING = {"steps": 25, "guidance": 5.0}
+SAMPLING = registry.SAMPLING["minicanvas"]
 
 
 def inference_scheduler():

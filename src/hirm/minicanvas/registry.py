@@ -13,6 +13,8 @@ FOLDERS = {"minicanvas": WEIGHTS / "minicanvas-sd", "minicanvas-flux": WEIGHTS /
 NAMES = tuple(FOLDERS)
 CLASSIFIER = WEIGHTS / "classifier"
 TOKENIZER = WEIGHTS / "tokenizer"
+# sampler settings per MiniCanvas model (the pipelines' own defaults, 50 steps / CFG 7.5, are SD's at 512 px)
+SAMPLING: dict[str, dict[str, float]] = {"minicanvas": {"steps": 25, "guidance": 5.0}}
 
 
 def path(name: str) -> Path:
