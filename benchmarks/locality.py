@@ -22,6 +22,9 @@ RECIPES = {
     "retain": {"retain_weight": 1.0},
     "concept+no-bias": {"positions": "concept", "train_biases": False},
     "concept+no-bias+retain": {"positions": "concept", "train_biases": False, "retain_weight": 1.0},
+    "retain-1e3": {"retain_weight": 1e3},
+    "retain-1e4": {"retain_weight": 1e4},
+    "retain-1e5": {"retain_weight": 1e5},
 }
 
 if __name__ == "__main__":
