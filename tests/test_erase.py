@@ -151,3 +151,28 @@ def test_hirm_s_safe_direction_from_prompt_pairs():
 def test_nudity_kind_brings_safe_pairs_and_paper_lr():
     cfg = hirm.make_config("hirm-s", kind="nudity")
     assert cfg.lr == 1e-4 and cfg.steps == 50 and len(cfg.safe_pairs) >= 4
+
+
+def test_retain_term_keeps_unrelated_prompts_closer():
+    from hirm.eval.probe import final_states
+
+    enc = dummies.text_encoder()
+    others = ["a blue circle", "a photo of a cat", "a red painting"]
+    kw = {"steps": 20, "lr": 1e-3, "progress": False}
+    free = hirm.erase([enc], "a red star", **kw)
+    kept = hirm.erase([enc], "a red star", retain_weight=1e4, retain_prompts=tuple(others), **kw)
+    base, _ = final_states(enc, others)
+
+    def drift(patch):
+        with patch.applied([enc]):
+            moved, _ = final_states(enc, others)
+        return float((moved - base).norm() / base.norm())
+
+    assert drift(kept) < 0.5 * drift(free)
+
+
+def test_default_retain_prompts_exclude_the_concept():
+    from hirm.erase import default_retain_prompts
+
+    prompts = default_retain_prompts([dummies.text_encoder()], "Monet")
+    assert prompts and not any("monet" in p.lower() for p in prompts)

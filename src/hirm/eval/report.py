@@ -86,10 +86,9 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
 
 
 def _grid_image(g):
-    """Objects as rows, styles as columns (first seed of each cell)."""
-    n_seeds = len(g.images) // (len(world.OBJECTS) * len(world.STYLES) * max(1, len(g.prompts) // len(g.images)))
-    picks = g.images[:: max(1, n_seeds)]
-    return image_grid(picks, cols=len(world.STYLES), scale=2)
+    """Objects as rows, styles as columns: the first template and seed of each cell."""
+    per_cell = len(g.images) // (len(world.OBJECTS) * len(world.STYLES))
+    return image_grid(g.images[::per_cell], cols=len(world.STYLES), scale=2)
 
 
 def print_result(result: dict[str, Any]) -> None:
