@@ -30,7 +30,8 @@ def assemble_sd(components: Path, unet_checkpoint: Path, scaling_factor: float, 
 
     out = out or registry.FOLDERS["minicanvas"]
     vae = AutoencoderKL.from_pretrained(components / "vae")
-    vae.register_to_config(scaling_factor=scaling_factor)
+    # shift_factor 0 is what FluxPipeline reads; SD ignores it, so mini-Flux can share this VAE folder
+    vae.register_to_config(scaling_factor=scaling_factor, shift_factor=0.0)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=CLIPTextModel.from_pretrained(components / "text_encoder"),
         tokenizer=load_tokenizer(), unet=UNet2DConditionModel.from_pretrained(unet_checkpoint),
@@ -39,6 +40,43 @@ def assemble_sd(components: Path, unet_checkpoint: Path, scaling_factor: float, 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def flux_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # plain linear sigmas: mini-Flux was trained on logit-normal timesteps over 16 latent tokens, far from the
+    # resolutions Flux's dynamic shift is calibrated for
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+
+
+def assemble_flux(flux_checkpoint: Path, out: Path | None = None, records: dict | None = None) -> Path:
+    """EMA transformer + T5 (a FluxTrainer checkpoint) -> FluxPipeline folder. The CLIP text encoder,
+    its tokenizer and the VAE are mini-SD's, linked rather than copied: the same encoder, as in real Flux."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_model
+
+    from hirm.minicanvas import flux
+
+    out = out or registry.FOLDERS["minicanvas-flux"]
+    sd = registry.path("minicanvas")
+    t5_tokenizer = flux.make_t5_tokenizer()
+    trainer = flux.FluxTrainer(len(t5_tokenizer))
+    load_model(trainer, str(flux_checkpoint))
+    sd_pipe = registry.load_pipeline("minicanvas")
+    pipe = FluxPipeline(scheduler=flux_scheduler(), vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder,
+                        tokenizer=sd_pipe.tokenizer, text_encoder_2=trainer.t5.eval(), tokenizer_2=t5_tokenizer,
+                        transformer=trainer.transformer.eval())
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    for shared in ("text_encoder", "tokenizer", "vae"):
+        shutil.rmtree(tmp / shared)
+        (tmp / shared).symlink_to(Path("..") / sd.name / shared)
     (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
