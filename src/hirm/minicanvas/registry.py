@@ -12,7 +12,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 FOLDERS = {"minicanvas": WEIGHTS / "minicanvas-sd", "minicanvas-flux": WEIGHTS / "minicanvas-flux"}
 NAMES = tuple(FOLDERS)
 CLASSIFIER = WEIGHTS / "classifier"
-TOKENIZER = WEIGHTS / "tokenizer"
+TOKENIZER = WEIGHTS / "minicanvas-sd" / "tokenizer"  # the CLIP BPE tokenizer, shared by every MiniCanvas model
 # sampler settings per MiniCanvas model (the pipelines' own defaults, 50 steps / CFG 7.5, are SD's at 512 px)
 SAMPLING: dict[str, dict[str, float]] = {"minicanvas": {"steps": 25, "guidance": 5.0}}
 
