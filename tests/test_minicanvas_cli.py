@@ -1,0 +1,42 @@
+"""`hirm eval` and `hirm demo` end to end on the shipped MiniCanvas models."""
+
+import json
+
+from typer.testing import CliRunner
+
+from hirm.cli import app
+
+runner = CliRunner()
+
+
+def test_eval_json_and_erasure_effect(tmp_path):
+    patch = tmp_path / "star.safetensors"
+    r = runner.invoke(app, ["erase", "--model", "minicanvas", "--concept", "star", "--out", str(patch)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "--model", "minicanvas", "--patch", str(patch), "--seeds", "0", "--base",
+                            "--probe", "--json", "--out", str(tmp_path / "eval")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("ua", "ira", "cra", "n_images", "seconds", "per_object", "per_style", "base", "probe"):
+        assert key in data
+    assert data["concept"] == "star" and data["n_images"] == 120
+    assert all(0.0 <= data[k] <= 1.0 for k in ("ua", "ira", "cra"))
+    assert data["ua"] > data["base"]["ua"]  # the patch removes stars the base model draws
+    assert (tmp_path / "eval" / "grid-patched.png").exists() and (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_eval_rejects_unknown_concept_and_model():
+    r = runner.invoke(app, ["eval", "--model", "minicanvas", "--concept", "teapot"])
+    assert r.exit_code == 2 and "not a MiniCanvas concept" in r.output
+    r = runner.invoke(app, ["eval", "--model", "some/other", "--concept", "star"])
+    assert r.exit_code == 2 and "scores MiniCanvas models" in r.output
+
+
+def test_demo_writes_report_grid_and_patch(tmp_path):
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for name in ("report.md", "before-after.png", "grid-base.png", "grid-patched.png", "metrics.json",
+                 "star.safetensors"):
+        assert (out / name).exists(), name
+    assert "| patched |" in (out / "report.md").read_text()
