@@ -143,6 +143,16 @@ def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optim
     return state
 
 
+def update(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, ema=None, clip: float = 1.0) -> None:
+    """One optimizer step on `loss` with gradient clipping, then the EMA's step if there is one."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    if ema is not None:
+        ema.step(model.parameters())
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -574,11 +584,7 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.step(unet.parameters())
+        update(loss, unet, opt, ema)
         return {"loss": float(loss.detach()), "batch": batch_size}
 
     def sync_ema() -> dict:
@@ -675,11 +681,7 @@ def train_flux(run_dir: Path, steps: int = 20000, batch_size: int = 128, lr: flo
         ids[drop_seq] = data["empty_t5_ids"].long()
         pooled[drop_pool] = data["empty_pooled"].float()
         loss = flux.flow_matching_loss(model, x0, pooled, ids, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.step(model.parameters())
+        update(loss, model, opt, ema)
         return {"loss": float(loss.detach()), "batch": batch_size}
 
     def sync_ema() -> dict:
