@@ -172,21 +172,14 @@ def batches(batch_size: int, seed: int) -> Iterator[world.Batch]:
 def evaluate_classifier(model: MiniCanvasClassifier, n_per_pair: int = 20, seed: int = 999_999) -> dict:
     """Held-out accuracy per head and per object / style class."""
     model.eval()
-    imgs, labels = [], {h: [] for h in HEADS}
-    for o in range(len(world.OBJECTS)):
-        for s in range(len(world.STYLES)):
-            b = world.render_batch(n_per_pair, seed=seed + 1000 * o + s, object=o, style=s)
-            imgs.append(b.images)
-            b_labels = b.labels()
-            for h in HEADS:
-                labels[h].append(b_labels[h])
-    pred = model.predict(to_tensor(np.concatenate(imgs)))
+    b = world.render_every_pair(n_per_pair, seed)
+    labels = b.labels()
+    pred = model.predict(to_tensor(b.images))
     out: dict = {}
     for h in HEADS:
-        y = torch.as_tensor(np.concatenate(labels[h]))
-        out[f"{h}_acc"] = float((pred[h] == y).float().mean())
-    y_obj = torch.as_tensor(np.concatenate(labels["object"]))
-    y_sty = torch.as_tensor(np.concatenate(labels["style"]))
+        out[f"{h}_acc"] = float((pred[h] == torch.as_tensor(labels[h])).float().mean())
+    y_obj = torch.as_tensor(labels["object"])
+    y_sty = torch.as_tensor(labels["style"])
     out["per_object"] = {n: float((pred["object"][y_obj == i] == i).float().mean())
                          for i, n in enumerate(world.OBJECTS)}
     out["per_style"] = {n: float((pred["style"][y_sty == i] == i).float().mean()) for i, n in enumerate(world.STYLES)}
@@ -280,14 +273,8 @@ def train_vae(run_dir: Path, steps: int = 3000, batch_size: int = 64, lr: float 
 def evaluate_vae(vae, n_per_pair: int = 10, seed: int = 777_777) -> dict:
     """Reconstruction error and, if the classifier exists, its accuracy on reconstructions."""
     vae.eval()
-    imgs, objs, stys = [], [], []
-    for o in range(len(world.OBJECTS)):
-        for s in range(len(world.STYLES)):
-            b = world.render_batch(n_per_pair, seed=seed + 1000 * o + s, object=o, style=s)
-            imgs.append(b.images)
-            objs.append(b.objects)
-            stys.append(b.styles)
-    x = to_tensor(np.concatenate(imgs))
+    b = world.render_every_pair(n_per_pair, seed)
+    x = to_tensor(b.images)
     recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(256)]).clamp(-1, 1)
     out = {"recon_mse": float(((recon - x) ** 2).mean())}
     from hirm.minicanvas import registry
@@ -295,8 +282,8 @@ def evaluate_vae(vae, n_per_pair: int = 10, seed: int = 777_777) -> dict:
     if (registry.CLASSIFIER / "config.json").exists():
         clf = registry.load_classifier()
         pred = clf.predict(recon)
-        out["recon_object_acc"] = float((pred["object"] == torch.as_tensor(np.concatenate(objs))).float().mean())
-        out["recon_style_acc"] = float((pred["style"] == torch.as_tensor(np.concatenate(stys))).float().mean())
+        out["recon_object_acc"] = float((pred["object"] == torch.as_tensor(b.objects)).float().mean())
+        out["recon_style_acc"] = float((pred["style"] == torch.as_tensor(b.styles)).float().mean())
     vae.train()
     return out
 
@@ -406,15 +393,9 @@ def evaluate_text_encoder(encoder, heads: LiTHeads, clf, tokenizer, n_per_pair: 
     """Retrieval on held-out images: for each (object, style) caption of a fixed template, are the top-k
     images of that object / style?"""
     encoder.eval()
-    imgs, objs, stys = [], [], []
-    for o in range(len(world.OBJECTS)):
-        for s in range(len(world.STYLES)):
-            b = world.render_batch(n_per_pair, seed=seed + 1000 * o + s, object=o, style=s)
-            imgs.append(b.images)
-            objs.append(b.objects)
-            stys.append(b.styles)
-    img = F.normalize(heads.image(clf.features(to_tensor(np.concatenate(imgs)))), dim=-1)
-    objs_t, stys_t = torch.as_tensor(np.concatenate(objs)), torch.as_tensor(np.concatenate(stys))
+    b = world.render_every_pair(n_per_pair, seed)
+    img = F.normalize(heads.image(clf.features(to_tensor(b.images))), dim=-1)
+    objs_t, stys_t = torch.as_tensor(b.objects), torch.as_tensor(b.styles)
     out = {}
     for tname, template in (("eval", world.EVAL_TEMPLATES[0]), ("train", world.TEMPLATES[0])):
         captions, co, cs = [], [], []

@@ -447,3 +447,17 @@ def retain_captions(concept: str, n: int = 64, seed: int = 12345) -> list[str]:
                 out.append(c)
         k += 1
     return out[:n]
+
+
+def render_every_pair(n_per_pair: int, seed: int) -> Batch:
+    """`n_per_pair` images of every (object, style) pair, object-major; pair (o, s) uses seed + 1000 o + s."""
+    parts = [render_batch(n_per_pair, seed=seed + 1000 * o + s, object=o, style=s)
+             for o in range(len(OBJECTS)) for s in range(len(STYLES))]
+    return Batch(
+        images=np.concatenate([p.images for p in parts]),
+        objects=np.concatenate([p.objects for p in parts]),
+        styles=np.concatenate([p.styles for p in parts]),
+        captions=[c for p in parts for c in p.captions],
+        samples=[x for p in parts for x in p.samples],
+        mentioned=[m for p in parts for m in p.mentioned],
+    )
