@@ -104,6 +104,29 @@ class Patch:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    @classmethod
+    def merge(cls, patches: list[Patch]) -> Patch:
+        """One patch holding several edits of the same base model (e.g. HiRM's encoder + ESD's UNet)."""
+        if not patches:
+            raise HirmError("nothing to merge")
+        tensors: dict[str, torch.Tensor] = {}
+        fingerprints: dict[str, str] = {}
+        seconds: dict[str, float] = {}
+        for p in patches:
+            overlap = sorted(set(tensors) & set(p.tensors))
+            if overlap:
+                raise HirmError(f"cannot merge: two patches both edit {overlap[0]}; apply them in turn instead")
+            for c, f in p.fingerprints.items():
+                if fingerprints.setdefault(c, f) != f:
+                    raise HirmError(f"cannot merge: the patches were made from different {c} weights")
+            tensors.update(p.tensors)
+            for c, s in p.seconds.items():
+                seconds[c] = seconds.get(c, 0.0) + s
+        concepts = list(dict.fromkeys(c for p in patches for c in p.concepts))
+        return cls(tensors=tensors, concepts=concepts, method="+".join(p.method for p in patches),
+                   config={p.method: p.config for p in patches}, fingerprints=fingerprints,
+                   info={p.method: p.info for p in patches}, seconds=seconds)
+
     # ------------------------------------------------------------------ apply / remove
 
     def apply(self, target: Any, check: bool = True) -> AppliedPatch:

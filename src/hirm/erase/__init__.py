@@ -1,6 +1,8 @@
 """Erasure methods behind one entry point: `erase(model, concept, method=..., **overrides) -> Patch`.
 
 Each method is a config dataclass (its paper's defaults) plus one function; `METHODS` registers them.
+Text-encoder methods (HiRM, Diff-QuickFix) take the CLIP encoders; denoiser methods (ESD, UCE, RECE) take the
+pipeline. "a+b" (e.g. `hirm-r+esd-x`) runs each on the base model and merges the patches.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hirm.encoders import TextEncoder, find_clip_encoders, load_text_encoders
+from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.hirm import KIND_DEFAULTS, HiRMConfig, erase_hirm
+from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
+from hirm.erase.uce import UCEConfig, erase_uce
 from hirm.errors import HirmError
 from hirm.patch import Patch
 
@@ -23,6 +28,7 @@ class Method:
     run: Callable[..., Patch]
     fixed: dict[str, Any]  # config values that define the method (e.g. HiRM's variant)
     summary: str
+    edits: str = "text_encoder"  # what `run` takes: "text_encoder" (CLIP encoders) or "unet" (the pipeline)
 
 
 METHODS: dict[str, Method] = {
@@ -30,7 +36,19 @@ METHODS: dict[str, Method] = {
                      "HiRM, final-layer representation misdirected to a random target"),
     "hirm-s": Method("hirm-s", HiRMConfig, erase_hirm, {"variant": "s"},
                      "HiRM, final-layer representation misdirected to a semantic prompt (--target)"),
+    "quickfix": Method("quickfix", QuickFixConfig, erase_quickfix, {},
+                       "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
+    "esd-x": Method("esd-x", ESDConfig, erase_esd, {"train": "xattn"},
+                    "ESD-x: UNet cross-attention fine-tuned with negative guidance", "unet"),
+    "esd-u": Method("esd-u", ESDConfig, erase_esd, {"train": "noxattn"},
+                    "ESD-u: UNet non-cross-attention weights fine-tuned with negative guidance", "unet"),
+    "uce": Method("uce", UCEConfig, erase_uce, {"epochs": 0},
+                  "UCE: closed-form edit of cross-attention keys/values, other concepts preserved", "unet"),
+    "rece": Method("rece", UCEConfig, erase_uce, {},
+                   "RECE: UCE plus closed-form removal of adversarial embeddings (--epochs rounds)", "unet"),
 }
+# method-specific defaults that are not the dataclass's (RECE shares UCE's config)
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
 
 
 # hirm's recipe where it departs from the paper's (the config dataclasses' defaults are the papers' values);
@@ -44,11 +62,14 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
     if method not in METHODS:
         raise HirmError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     spec = METHODS[method]
-    values: dict[str, Any] = {} if paper_defaults else dict(HIRM_DEFAULTS.get(method, {}))
+    values: dict[str, Any] = dict(METHOD_DEFAULTS.get(method, {}))
+    if not paper_defaults:
+        values.update(HIRM_DEFAULTS.get(method, {}))
     if kind is not None:
         if kind not in KIND_DEFAULTS:
             raise HirmError(f"--kind {kind!r}: use one of {', '.join(KIND_DEFAULTS)}")
-        values.update(KIND_DEFAULTS[kind])
+        if spec.config_cls is HiRMConfig:
+            values.update(KIND_DEFAULTS[kind])
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(spec.fixed)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
@@ -64,17 +85,42 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
 
     `encoder` picks CLIP encoders by component name (default: all of them); `kind` ("object", "style",
     "nudity") applies the paper's per-kind steps and lr; other keyword arguments override config fields.
+    `method` may join methods with "+": each runs on the base model and one patch holds both edits (then
+    each override goes to the methods that have that option).
     """
     if not isinstance(concept, str) or not concept.strip():
         raise HirmError("the concept is empty: pass the text to erase, e.g. --concept 'Van Gogh'")
+    concept = concept.strip()
+    parts = method.split("+")
+    for name in parts:
+        if name not in METHODS:
+            raise HirmError(f"unknown method {name!r}; available: {', '.join(METHODS)} (join two with '+')")
+    if len(parts) > 1:
+        fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
+        unused = sorted(k for k, v in overrides.items() if v is not None and not any(k in f for f in fields.values()))
+        if unused:
+            raise HirmError(f"{method} has no option {unused[0]!r}")
+        patches = [erase(model, concept, p, encoder=encoder, kind=kind, paper_defaults=paper_defaults,
+                         progress=progress, **{k: v for k, v in overrides.items() if k in fields[p]})
+                   for p in parts]
+        return Patch.merge(patches)
     config = make_config(method, kind=kind, paper_defaults=paper_defaults, **overrides)
+    spec = METHODS[method]
+    if spec.edits == "unet":
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from hirm.encoders import load_pipeline
+
+            model = load_pipeline(model)
+        if isinstance(model, list):
+            raise HirmError(f"{method} edits the denoiser: pass the whole pipeline, not only its text encoder")
+        return spec.run(model, concept, config, progress=progress)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         encoders = load_text_encoders(model, which=encoder)
     else:
         encoders = find_clip_encoders(model, which=encoder)
     if getattr(config, "retain_weight", 0) > 0 and not config.retain_prompts:
-        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concept.strip()))
-    return METHODS[method].run(encoders, concept.strip(), config, progress=progress)
+        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concept))
+    return spec.run(encoders, concept, config, progress=progress)
 
 
 def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
@@ -88,4 +134,5 @@ def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[s
     return tuple(p for p in GENERIC_PROMPTS if lowered not in p.lower())
 
 
-__all__ = ["METHODS", "HiRMConfig", "Method", "TextEncoder", "erase", "make_config"]
+__all__ = ["METHODS", "ESDConfig", "HiRMConfig", "Method", "QuickFixConfig", "TextEncoder", "UCEConfig", "erase",
+           "make_config"]

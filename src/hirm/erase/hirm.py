@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from hirm.encoders import TextEncoder
-from hirm.erase.textenc import OptimConfig, optimise, representation, temporarily, trainable_parameter_names
+from hirm.erase.loop import OptimConfig, optimise, temporarily
+from hirm.erase.textenc import concept_span, representation, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
 
@@ -140,9 +141,9 @@ def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, pr
             return loss
 
         torch.manual_seed(config.seed)
-        result = optimise(enc, names, loss_fn, _optim(config), desc=f"hirm-{config.variant} {enc.name}",
+        result = optimise(enc.model, names, loss_fn, _optim(config), desc=f"hirm-{config.variant} {enc.name}",
                           progress=progress)
-        with torch.no_grad(), temporarily(enc, result.tensors):
+        with torch.no_grad(), temporarily(enc.model, result.tensors):
             after = representation(enc, ids, config.supervise_layer, config.supervise_module)
         fingerprints[enc.name] = fingerprint(enc.model)
         tensors.update({f"{enc.name}{SEP}{n}": t.contiguous() for n, t in result.tensors.items()})
@@ -176,16 +177,11 @@ def supervised_positions(enc: TextEncoder, ids: torch.Tensor, names: list[str], 
         return mask
     starts = []
     for row in ids.tolist():
-        start = None
-        for name in names:
-            sub = enc.tokenizer(name, add_special_tokens=False)["input_ids"]
-            hit = next((i for i in range(len(row) - len(sub) + 1) if row[i : i + len(sub)] == sub), None)
-            if hit is not None:
-                start = hit if start is None else min(start, hit)
-        if start is None:
+        span = concept_span(enc, row, names)
+        if span is None:
             raise HirmError("--positions concept: a prompt does not contain the concept's tokens; every template "
                             "must include the concept")
-        starts.append(start)
+        starts.append(span[0])
     pos = torch.arange(ids.shape[1])[None, :]
     return (pos >= torch.tensor(starts)[:, None]).float()[..., None]
 

@@ -1,15 +1,11 @@
-"""What every text-encoder erasure shares: choosing trainable tensors, reading a layer's output, and the
-one optimisation loop (seeded, progress bar, NaN guard, leaves the encoder as it found it)."""
+"""What every text-encoder erasure shares: choosing trainable tensors and reading a layer's output."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from hirm.encoders import TextEncoder, transformer_layers
 from hirm.errors import HirmError
@@ -93,77 +89,14 @@ def representation(encoder: TextEncoder, ids: torch.Tensor, layer: int, module: 
     return seen[-1]
 
 
-@dataclass
-class LoopResult:
-    tensors: dict[str, torch.Tensor]
-    losses: list[float]
-    seconds: float
 
 
-@dataclass
-class OptimConfig:
-    steps: int
-    lr: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-
-
-def optimise(encoder: TextEncoder, names: list[str], loss_fn: Callable[[int], torch.Tensor], opt: OptimConfig,
-             desc: str, progress: bool = True) -> LoopResult:
-    """Train the `names` tensors of `encoder` for `opt.steps` AdamW steps of `loss_fn(step)`.
-
-    Returns the trained tensors and restores the encoder's original weights and grad flags: erasure
-    produces a patch, it never silently edits the caller's model.
-    """
-    model = encoder.model
-    if model.dtype != torch.float32:
-        raise HirmError(f"{encoder.name} is {model.dtype}; erasure trains in fp32: load the model in float32")
-    params = dict(model.named_parameters())
-    flags = {n: p.requires_grad for n, p in params.items()}
-    originals = {n: params[n].detach().clone() for n in names}
-    was_training = model.training
-    model.eval()
-    for n, p in params.items():
-        p.requires_grad_(n in originals)
-    optimizer = torch.optim.AdamW([params[n] for n in names], lr=opt.lr, betas=opt.betas, eps=opt.eps,
-                                  weight_decay=opt.weight_decay)
-    losses: list[float] = []
-    start = time.perf_counter()
-    try:
-        for step in tqdm(range(opt.steps), desc=desc, disable=not progress, leave=False):
-            loss = loss_fn(step)
-            value = float(loss.detach())
-            if not torch.isfinite(loss.detach()):
-                raise HirmError(f"{desc}: loss became {value} at step {step}: lower --lr (now {opt.lr:g}) "
-                                "or --target-norm; nothing was written")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(value)
-        trained = {n: params[n].detach().clone() for n in names}
-    finally:
-        with torch.no_grad():
-            for n, t in originals.items():
-                params[n].copy_(t)
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-            p.grad = None
-        model.train(was_training)
-    return LoopResult(trained, losses, time.perf_counter() - start)
-
-
-@contextmanager
-def temporarily(encoder: TextEncoder, tensors: dict[str, torch.Tensor]):
-    """Run a block with `tensors` written into the encoder, then restore."""
-    params = dict(encoder.model.named_parameters())
-    saved = {n: params[n].detach().clone() for n in tensors}
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t)
-    try:
-        yield encoder
-    finally:
-        with torch.no_grad():
-            for n, t in saved.items():
-                params[n].copy_(t)
+def concept_span(encoder: TextEncoder, ids: list[int], names: list[str]) -> tuple[int, int] | None:
+    """(first, last) token index of the earliest occurrence of any of `names` in a tokenized prompt."""
+    best = None
+    for name in names:
+        sub = encoder.tokenizer(name, add_special_tokens=False)["input_ids"]
+        hit = next((i for i in range(len(ids) - len(sub) + 1) if ids[i : i + len(sub)] == sub), None)
+        if hit is not None and (best is None or hit < best[0]):
+            best = (hit, hit + len(sub) - 1)
+    return best

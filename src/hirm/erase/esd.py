@@ -1,0 +1,78 @@
+"""ESD, Erased Stable Diffusion (Gandikota et al., ICCV 2023).
+
+Fine-tune UNet weights so that the conditional noise prediction for the concept becomes the frozen model's
+prediction *guided away* from it: e_theta(z_t, c) -> e*(z_t) - eta (e*(z_t, c) - e*(z_t)), on latents z_t
+that the model being trained draws part-way from noise. ESD-x trains cross-attention (concept-specific,
+for styles), ESD-u everything else (broad, for objects and nudity). Defaults are the authors' script's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hirm.erase.denoiser import GROUPS, denoise_until, encode, require_unet_pipeline, unet_parameter_names
+from hirm.erase.loop import OptimConfig, optimise
+from hirm.errors import HirmError
+from hirm.patch import SEP, Patch, fingerprint
+
+
+@dataclass
+class ESDConfig:
+    train: str = "xattn"  # xattn (ESD-x) | noxattn (ESD-u) | selfattn | full
+    steps: int = 1000  # iterations, one latent each
+    lr: float = 1e-5
+    negative_guidance: float = 1.0  # eta
+    start_guidance: float = 3.0  # CFG scale used to draw z_t
+    ddim_steps: int = 50
+    seed: int = 42
+
+    def validate(self) -> None:
+        if self.train not in GROUPS:
+            raise HirmError(f"ESD train {self.train!r}: use one of {', '.join(GROUPS)}")
+        if self.steps < 1 or self.ddim_steps < 1:
+            raise HirmError("ESD needs --steps >= 1 and ddim_steps >= 1")
+        if not self.lr > 0:
+            raise HirmError(f"--lr {self.lr}: need a positive learning rate")
+
+
+def erase_esd(pipe, concept: str, config: ESDConfig, progress: bool = True) -> Patch:
+    config.validate()
+    method = "esd-x" if config.train == "xattn" else "esd-u" if config.train == "noxattn" else f"esd-{config.train}"
+    require_unet_pipeline(pipe, method)
+    unet = pipe.unet
+    names = unet_parameter_names(unet, config.train)
+    cond, uncond = encode(pipe, [concept]), encode(pipe, [""])
+    n_train = pipe.scheduler.config.num_train_timesteps
+    params = dict(unet.named_parameters())
+    frozen = {n: params[n].detach().clone() for n in names}
+    gen = torch.Generator().manual_seed(config.seed)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        t_enc = int(torch.randint(0, config.ddim_steps, (1,), generator=gen))
+        lo, hi = round(t_enc / config.ddim_steps * n_train), round((t_enc + 1) / config.ddim_steps * n_train)
+        t = torch.randint(lo, max(hi, lo + 1), (1,), generator=gen)
+        with torch.no_grad():
+            z = denoise_until(pipe, unet, cond, uncond, t_enc, config.ddim_steps, config.start_guidance, gen)
+            trained = {n: params[n].detach().clone() for n in names}
+            _write(params, frozen)
+            e0 = unet(z, t, encoder_hidden_states=uncond).sample
+            ep = unet(z, t, encoder_hidden_states=cond).sample
+            _write(params, trained)
+        en = unet(z, t, encoder_hidden_states=cond).sample
+        return F.mse_loss(en, e0 - config.negative_guidance * (ep - e0))
+
+    torch.manual_seed(config.seed)
+    result = optimise(unet, names, loss_fn, OptimConfig(config.steps, config.lr, (0.9, 0.999), 1e-8, 0.0),
+                      desc=f"{method} unet", progress=progress)
+    return Patch(tensors={f"unet{SEP}{n}": t.contiguous() for n, t in result.tensors.items()}, concepts=[concept],
+                 method=method, config=asdict(config), fingerprints={"unet": fingerprint(unet)},
+                 info={"unet": {"loss_first": result.losses[0], "loss_last": result.losses[-1]}},
+                 seconds={"unet": result.seconds})
+
+
+def _write(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
+    for n, v in values.items():
+        params[n].data.copy_(v)

@@ -1,0 +1,118 @@
+"""UCE, Unified Concept Editing (Gandikota et al., WACV 2024), and RECE (Gong et al., ECCV 2024).
+
+UCE: a closed-form edit of every cross-attention key and value projection W so that the concept's text
+embeddings k map to what W mapped the guide concept to (v = W0 k_guide), while preserved concepts keep
+their outputs: W = (lamb W0 + sum v k^T + s_p sum W0 k_p k_p^T)(lamb I + sum k k^T + s_p sum k_p k_p^T)^-1.
+Embeddings are aligned as in the authors' code: from the concept's last word token to the end.
+
+RECE: after each UCE edit, derive in closed form the embedding that the edited projections map to the
+concept's old outputs (the adversarial embedding that would bring it back), add it to the erased set,
+and edit again; `epochs` rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from hirm.erase.closed_form import ridge_edit
+from hirm.erase.denoiser import cross_attention_projections, encode, last_token_index, require_unet_pipeline
+from hirm.errors import HirmError
+from hirm.patch import SEP, Patch, fingerprint
+
+
+@dataclass
+class UCEConfig:
+    guide: str = ""  # the concept is mapped to this ("" = unconditional, the authors' default)
+    preserve: tuple[str, ...] | None = None  # None: the model's own other concepts where it ships them
+    templates: tuple[str, ...] = ("{}",)  # the authors' --add_prompts adds e.g. "painting by {}"
+    erase_scale: float = 1.0
+    preserve_scale: float = 0.1
+    lamb: float = 0.5
+    with_to_k: bool = True
+    epochs: int = 0  # RECE rounds of adversarial-embedding removal (0: plain UCE)
+    adv_lamb: float = 0.1  # RECE: ridge term of the adversarial embedding's closed form
+    seed: int = 42  # closed form: nothing random; kept so every method takes a seed
+
+    def validate(self) -> None:
+        if self.lamb <= 0:
+            raise HirmError(f"UCE lamb {self.lamb}: need > 0 (it keeps the edit near the original weights)")
+        if self.epochs < 0:
+            raise HirmError(f"RECE epochs {self.epochs}: need >= 0")
+        if not all("{}" in t for t in self.templates):
+            raise HirmError("every template needs a '{}' where the concept goes")
+
+
+def aligned_pair(pipe, prompt: str, guide: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(concept embeddings, guide embeddings) from each one's last word token on, cut to equal length."""
+    emb = encode(pipe, [prompt, guide if guide else " "])
+    i, j = last_token_index(pipe, prompt), last_token_index(pipe, guide if guide else " ")
+    far = max(i, j)
+    n = emb.shape[1]
+    return emb[0, i : n - (far - i)], emb[1, j : n - (far - j)]
+
+
+def erase_uce(pipe, concept: str, config: UCEConfig, progress: bool = True) -> Patch:
+    config.validate()
+    method = "rece" if config.epochs else "uce"
+    require_unet_pipeline(pipe, method)
+    unet = pipe.unet
+    projections = cross_attention_projections(unet, keys=config.with_to_k)
+    preserve = config.preserve if config.preserve is not None else default_preserve(pipe, concept)
+    pairs = [aligned_pair(pipe, t.format(concept), config.guide) for t in config.templates]
+    erase_keys = torch.cat([k for k, _ in pairs])
+    guide_keys = torch.cat([g for _, g in pairs])
+    preserve_keys = encode(pipe, list(preserve)).flatten(0, 1) if preserve else None
+    originals = {n: m.weight.detach().clone() for n, m in projections.items()}
+    start = time.perf_counter()
+
+    def solve(keys: torch.Tensor, guide: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for n, w0 in originals.items():
+            groups = [(keys, guide @ w0.T, config.erase_scale)]
+            if preserve_keys is not None:
+                groups.append((preserve_keys, preserve_keys @ w0.T, config.preserve_scale))
+            out[n] = ridge_edit(w0, groups, config.lamb)
+        return out
+
+    with torch.no_grad():
+        edited = solve(erase_keys, guide_keys)
+        adversarial = []
+        for _ in range(config.epochs):
+            adv = adversarial_embedding(originals, edited, erase_keys[: len(pairs[0][0])], config.adv_lamb)
+            adversarial.append(adv)
+            keys = torch.cat([erase_keys, *adversarial])
+            guides = torch.cat([guide_keys, *[pairs[0][1]] * len(adversarial)])
+            edited = solve(keys, guides)
+    info = {"unet": {"layers": len(projections), "preserved": len(preserve), "adversarial_rounds": config.epochs}}
+    return Patch(tensors={f"unet{SEP}{n}": t.contiguous() for n, t in edited.items()}, concepts=[concept],
+                 method=method, config={**asdict(config), "preserve": list(preserve)},
+                 fingerprints={"unet": fingerprint(unet)}, info=info,
+                 seconds={"unet": time.perf_counter() - start})
+
+
+def adversarial_embedding(originals: dict[str, torch.Tensor], edited: dict[str, torch.Tensor],
+                          concept: torch.Tensor, lamb: float) -> torch.Tensor:
+    """RECE's closed form: c' = argmin sum_l |W_l c' - W0_l c|^2 + lamb |c'|^2 (every projection l)."""
+    d = concept.shape[1]
+    a = lamb * torch.eye(d, dtype=torch.float64)
+    b = torch.zeros(concept.shape[0], d, dtype=torch.float64)
+    for n, w in edited.items():
+        wd = w.double()
+        a = a + wd.T @ wd
+        b = b + (concept.double() @ originals[n].double().T) @ wd
+    return torch.linalg.solve(a, b.T).T.to(concept.dtype)
+
+
+def default_preserve(pipe, concept: str) -> tuple[str, ...]:
+    """The MiniCanvas world's other concept names for its model; nothing otherwise (the authors' default
+    for objects; pass --preserve for artists)."""
+    from hirm.encoders import find_clip_encoders
+    from hirm.minicanvas import registry, world
+
+    encoders = find_clip_encoders(pipe)
+    if encoders and registry.is_minicanvas(encoders[0].model):
+        return tuple(c for c in (*world.OBJECTS, *world.STYLES) if c != concept)
+    return ()

@@ -1,0 +1,111 @@
+"""ESD, UCE, RECE, Diff-QuickFix and method combinations, end to end on a tiny random SD pipeline."""
+
+import pytest
+import torch
+
+import dummies
+import hirm
+from hirm.erase.closed_form import ridge_edit
+from hirm.erase.denoiser import unet_parameter_names
+from hirm.erase.uce import aligned_pair
+from hirm.errors import HirmError
+from hirm.patch import Patch
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return dummies.sd_pipeline()
+
+
+def value_projection(pipe):
+    return next(m for n, m in pipe.unet.named_modules() if n.endswith("attn2.to_v"))
+
+
+def cross_attention_output(pipe, prompt):
+    """What the UNet's first cross-attention value projection makes of the prompt's embeddings."""
+    emb = pipe.text_encoder(pipe.tokenizer([prompt], padding="max_length", max_length=77,
+                                           return_tensors="pt").input_ids)[0]
+    return value_projection(pipe)(emb)
+
+
+def test_ridge_edit_fits_the_keys_and_stays_near_w0():
+    torch.manual_seed(0)
+    w0 = torch.randn(6, 5)
+    k, v = torch.randn(2, 5), torch.randn(2, 6)
+    w = ridge_edit(w0, [(k, v, 1.0)], lamb=1e-6)
+    assert torch.allclose(k @ w.T, v, atol=1e-4)
+    w_big = ridge_edit(w0, [(k, v, 1.0)], lamb=1e6)
+    assert torch.allclose(w_big, w0, atol=1e-3)
+
+
+@pytest.mark.parametrize("group,include,exclude", [("xattn", "attn2", "attn1"), ("noxattn", "attn1", "attn2"),
+                                                   ("selfattn", "attn1", "conv_in")])
+def test_unet_parameter_groups(pipe, group, include, exclude):
+    names = unet_parameter_names(pipe.unet, group)
+    assert names and all(exclude not in n for n in names) and any(include in n for n in names)
+
+
+@pytest.mark.parametrize("method", ["esd-x", "esd-u"])
+def test_esd_changes_only_its_group_and_is_deterministic(pipe, method):
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    a = hirm.erase(pipe, "star", method=method, steps=3, ddim_steps=4, lr=1e-3, progress=False)
+    b = hirm.erase(pipe, "star", method=method, steps=3, ddim_steps=4, lr=1e-3, progress=False)
+    assert a.id == b.id and a.method == method and a.components == ["unet"]
+    in_x = [".attn2." in k for k in a.tensors]
+    assert all(in_x) if method == "esd-x" else not any(in_x)
+    # the caller's model is untouched, and the patch really differs from it
+    assert all(torch.equal(p, before[n]) for n, p in pipe.unet.named_parameters())
+    assert any(not torch.equal(t, before[k.split("::")[1]]) for k, t in a.tensors.items())
+
+
+def test_uce_maps_the_concept_to_the_guide_and_keeps_preserved_concepts(pipe):
+    concept_before = cross_attention_output(pipe, "star")
+    keep_before = cross_attention_output(pipe, "circle")
+    patch = hirm.erase(pipe, "star", method="uce", preserve=("circle",), lamb=1e-3, progress=False)
+    assert patch.components == ["unet"] and all("attn2.to_" in k for k in patch.tensors)
+    k, g = aligned_pair(pipe, "star", "")
+    proj = value_projection(pipe)
+    with patch.applied(pipe):
+        concept_after = cross_attention_output(pipe, "star")
+        keep_after = cross_attention_output(pipe, "circle")
+        mapped = proj(k)
+    target, unedited = proj(g), proj(k)  # the original projections (patch removed)
+    moved = (concept_after - concept_before).norm() / concept_before.norm()
+    kept = (keep_after - keep_before).norm() / keep_before.norm()
+    assert (mapped - target).norm() < 0.25 * (unedited - target).norm()
+    assert moved > 2 * kept
+
+
+def test_rece_adds_rounds_and_differs_from_uce(pipe):
+    uce = hirm.erase(pipe, "star", method="uce", progress=False)
+    rece = hirm.erase(pipe, "star", method="rece", epochs=2, progress=False)
+    assert rece.method == "rece" and rece.info["unet"]["adversarial_rounds"] == 2
+    assert any(not torch.equal(uce.tensors[k], rece.tensors[k]) for k in uce.tensors)
+
+
+def test_quickfix_edits_layer0_out_proj_only(pipe):
+    patch = hirm.erase(pipe, "star", method="quickfix", progress=False)
+    (name,) = patch.tensors
+    assert name.startswith("text_encoder::") and name.endswith("encoder.layers.0.self_attn.out_proj.weight")
+
+
+def test_combined_method_holds_both_edits_and_round_trips(pipe, tmp_path):
+    patch = hirm.erase(pipe, "star", method="hirm-r+esd-x", steps=2, ddim_steps=3, progress=False)
+    assert patch.method == "hirm-r+esd-x" and patch.components == ["text_encoder", "unet"]
+    loaded = Patch.load(patch.save(tmp_path / "p.safetensors"))
+    assert loaded.id == patch.id and set(loaded.config) == {"hirm-r", "esd-x"}
+    unet_before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    with loaded.applied(pipe):
+        assert any(not torch.equal(p, unet_before[n]) for n, p in pipe.unet.named_parameters())
+    assert all(torch.equal(p, unet_before[n]) for n, p in pipe.unet.named_parameters())
+
+
+def test_bad_method_and_options_are_clear_errors(pipe):
+    with pytest.raises(HirmError, match="unknown method 'esd-z'"):
+        hirm.erase(pipe, "star", method="hirm-r+esd-z")
+    with pytest.raises(HirmError, match="no option 'target_norm'"):
+        hirm.erase(pipe, "star", method="uce", target_norm=3.0)
+    with pytest.raises(HirmError, match="pass the whole pipeline"):
+        hirm.erase([dummies.text_encoder()], "star", method="esd-x")
+    with pytest.raises(HirmError, match=r"Stable-Diffusion-1\.x/2\.x-style"):
+        hirm.erase(dummies.sdxl_pipeline(), "star", method="uce")
