@@ -85,10 +85,13 @@ def erase(
                                                         "prompt pair (repeatable)")] = None,
     paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
                                                  "this model")] = False,
+    option: Annotated[list[str] | None, typer.Option("--set", help="any config field of the method, KEY=VALUE "
+                                                     "(JSON values), e.g. --set preserve='[\"circle\"]'")] = None,
 ) -> None:
     """Erase a concept; write its safety patch."""
     _quiet_libraries()
     from hirm.erase import erase as run_erase
+    from hirm.eval.compare import parse_options
 
     pairs = None
     if safe_pair:
@@ -104,11 +107,15 @@ def erase(
         templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
         truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
         retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs,
+        **parse_options([f"{method}.{o}" for o in option or []]).get(method, {}),
     )
     patch.save(out)
-    for name, i in patch.info.items():
-        typer.echo(f"{name}: {patch.seconds[name]:.2f}s, loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, "
-                   f"cosine to target {i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}")
+    for name, seconds in patch.seconds.items():
+        i = patch.info.get(name, {})
+        detail = (f", loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}" if "loss_first" in i else "") + (
+            f", cosine to target {i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}"
+            if "cos_to_target_after" in i else "")
+        typer.echo(f"{name}: {seconds:.2f}s{detail}")
     typer.echo(f"wrote {out} ({patch.nbytes / 1e6:.2f} MB, {len(patch.tensors)} tensors, id {patch.id})")
 
 
@@ -346,6 +353,35 @@ def minicanvas_preview(
     g = world.render_grid(seed)
     save_atomic(Image.fromarray(g).resize((g.shape[1] * 4, g.shape[0] * 4), Image.Resampling.NEAREST), out)
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+@handles_errors
+def compare(
+    model: Model = "minicanvas",
+    concepts: Annotated[str, typer.Option(help="MiniCanvas concepts, comma-separated")] = "star,striped",
+    methods: Annotated[str, typer.Option(help="methods, comma-separated; join two with '+' (hirm-r+esd-x)")]
+    = "hirm-r,hirm-s,quickfix,esd-x,esd-u,uce,rece,hirm-r+esd-x",
+    seeds: Annotated[str, typer.Option(help="seeds per (object, style) cell of the evaluation grid")] = "0",
+    option: Annotated[list[str] | None, typer.Option("--option", help="METHOD.KEY=VALUE for one method's config "
+                                                     "(repeatable), e.g. esd-x.steps=200")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for compare.md/.json/.png, grids and patches")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+) -> None:
+    """Run several erasure methods on several concepts; one table of UA / IRA / CRA, time, memory, size."""
+    _quiet_libraries()
+    from hirm.eval.compare import compare as run_compare
+    from hirm.eval.compare import markdown, parse_options
+
+    table = run_compare(model, [c.strip() for c in concepts.split(",") if c.strip()],
+                        [m.strip() for m in methods.split(",") if m.strip()], seeds=_parse_seeds(seeds),
+                        options=parse_options(option or []), out=out, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(table))
+    else:
+        typer.echo(markdown(table))
+        if out is not None:
+            typer.echo(f"wrote {out}/: compare.md, compare.json, compare.png, grid-*.png, patches/")
 
 
 @app.command()

@@ -303,12 +303,14 @@ def _apply_style(style: str, mask: np.ndarray, fg: np.ndarray, bg: np.ndarray, r
         grain = np.kron(grain, np.ones((2, 2, 1), np.float32))
         return np.clip(out + grain, 0, 1)
     if style == "mosaic":
+        # Tiles lie on the 4 px lattice of the generators' latent grid (one tile per latent cell). Measured: a
+        # grout grid at a random phase did not survive the 8x8 latent (reconstructions judged mosaic 0.00-0.07
+        # after decoder/encoder fine-tunes with edge, spectrum and perceptual losses) and read as gradient.
         cell = 4
-        ox, oy = rng.integers(0, cell, 2)
         yy, xx = np.mgrid[0:h, 0:h]
-        tiles = rng.normal(0, 0.12, (h // cell + 2, h // cell + 2, 3)).astype(np.float32)
-        tile = tiles[(yy + oy) // cell, (xx + ox) // cell]
-        grout = (((xx + ox) % cell == 0) | ((yy + oy) % cell == 0)).astype(np.float32)[..., None]
+        tiles = rng.normal(0, 0.12, (h // cell, h // cell, 3)).astype(np.float32)
+        tile = tiles[yy // cell, xx // cell]
+        grout = ((xx % cell == 0) | (yy % cell == 0)).astype(np.float32)[..., None]
         fill = np.clip(fg + tile, 0, 1) * (1 - grout) + 0.55 * grout
         return canvas * (1 - m) + fill * m
     raise ValueError(f"unknown style {style!r}")

@@ -1,0 +1,228 @@
+"""`hirm compare`: every method on every concept in one process, scored by the same evaluation.
+
+Per (method, concept): erase wall time, extra resident memory while erasing, patch size, UA / IRA / CRA.
+Writes the table as Markdown and JSON, a bar chart of mean UA / IRA / CRA per method, and an image grid of
+the same prompts and seeds under each method.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from hirm.errors import HirmError
+from hirm.images import grid as image_grid
+from hirm.images import save_atomic, write_text_atomic
+from hirm.minicanvas import world
+
+METRICS = ("ua", "ira", "cra")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@contextmanager
+def peak_memory(interval: float = 0.005) -> Iterator[dict[str, float]]:
+    """Peak resident memory above the starting level while the block runs (sampled), in MB."""
+    out = {"peak_mb": 0.0}
+    start = _rss_bytes()
+    peak = [start]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join()
+        peak[0] = max(peak[0], _rss_bytes())
+        out["peak_mb"] = round((peak[0] - start) / 2**20, 1)
+
+
+def parse_options(options: list[str]) -> dict[str, dict[str, Any]]:
+    """["esd-x.steps=200", "hirm-r.lr=1e-4"] -> {"esd-x": {"steps": 200}, "hirm-r": {"lr": 1e-4}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for opt in options:
+        key, sep, raw = opt.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise HirmError(f"--option {opt!r}: use METHOD.OPTION=VALUE, e.g. esd-x.steps=200")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[name.replace("-", "_")] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def grid_prompts(concept: str) -> list[str]:
+    """The concept in four settings, then four prompts without it (the same for every method)."""
+    from hirm.eval.minicanvas import concept_domain
+
+    domain, _ = concept_domain(concept)
+    same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept]
+    other = world.STYLES if domain == "object" else world.OBJECTS
+    def prompt(obj: str, sty: str) -> str:
+        return f"a {obj} image in {sty} style"
+    if domain == "object":
+        return [prompt(concept, s) for s in other[:4]] + [prompt(o, other[0]) for o in same[:4]]
+    return [prompt(o, concept) for o in other[:4]] + [prompt(other[0], s) for s in same[:4]]
+
+
+def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[int, ...] = (0,),
+            options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    import hirm
+    from hirm.encoders import load_pipeline
+    from hirm.erase import METHODS
+    from hirm.eval.minicanvas import concept_domain
+    from hirm.eval.report import _require_minicanvas, evaluate_erasure
+    from hirm.generate import sample
+    from hirm.minicanvas import registry
+    from hirm.minicanvas.build import SAMPLING
+
+    _require_minicanvas(model)
+    options = options or {}
+    if not concepts or not methods:
+        raise HirmError("give at least one --concepts and one --methods")
+    for c in concepts:
+        concept_domain(c)
+    for m in methods:
+        for part in m.split("+"):
+            if part not in METHODS:
+                raise HirmError(f"unknown method {part!r}; available: {', '.join(METHODS)}")
+    unknown = sorted(set(options) - {p for m in methods for p in m.split("+")})
+    if unknown:
+        raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods")
+    pipe = load_pipeline(model)
+    classifier = registry.load_classifier()
+    kw = {"seed": 0, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"]}
+    rows: list[dict[str, Any]] = []
+    grids: dict[str, list] = {}
+    jobs = [(c, m) for c in concepts for m in ("base", *methods)]
+    for concept, method in tqdm(jobs, desc="compare", disable=not progress):
+        prompts = grid_prompts(concept)
+        if method == "base":
+            result = evaluate_erasure(model, concept, [], seeds=seeds, pipe=pipe, classifier=classifier,
+                                      progress=False)
+            rows.append(_row("base", concept, result, 0.0, 0.0, 0))
+            grids[concept] = [("base", sample(pipe, prompts, **kw))]
+            continue
+        overrides = {k: v for part in method.split("+") for k, v in options.get(part, {}).items()}
+        gc.collect()
+        start = time.perf_counter()
+        with peak_memory() as mem:
+            patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
+        seconds = time.perf_counter() - start
+        size = _saved_size(patch, out, f"{method}--{concept.replace(' ', '-')}.safetensors")
+        result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
+                                  progress=False)
+        rows.append(_row(method, concept, result, seconds, mem["peak_mb"], size))
+        with patch.applied(pipe):
+            grids[concept].append((method, sample(pipe, prompts, **kw)))
+    table = {"model": model, "seeds": list(seeds), "options": options, "rows": rows,
+             "summary": summarise(rows)}
+    if out is not None:
+        write_outputs(Path(out), table, grids)
+    return table
+
+
+def _saved_size(patch, out: Path | None, name: str) -> int:
+    """Size of the patch file (kept under out/patches/ when there is an output folder)."""
+    if out is not None:
+        return patch.save(Path(out) / "patches" / name).stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        return patch.save(Path(tmp) / name).stat().st_size
+
+
+def _row(method: str, concept: str, result: dict, seconds: float, peak_mb: float, size: int) -> dict[str, Any]:
+    return {"method": method, "concept": concept, "domain": result["domain"],
+            **{m: round(result[m], 4) for m in METRICS}, "seconds": round(seconds, 3), "peak_mem_mb": peak_mb,
+            "patch_bytes": size, "n_images": result["n_images"]}
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: mean and spread (population std) of each metric, mean erase time and its ratio to HiRM-R."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    ref = [r["seconds"] for r in rows if r["method"] == "hirm-r"]
+    ref_mean = statistics.fmean(ref) if ref else None
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        s: dict[str, Any] = {"method": m, "n": len(rs)}
+        for k in (*METRICS, "seconds", "peak_mem_mb", "patch_bytes"):
+            vals = [r[k] for r in rs]
+            s[k] = round(statistics.fmean(vals), 4)
+            if k in METRICS:
+                s[f"{k}_std"] = round(statistics.pstdev(vals), 4)
+        s["time_vs_hirm_r"] = round(s["seconds"] / ref_mean, 2) if ref_mean and m != "base" else None
+        out.append(s)
+    return out
+
+
+def markdown(table: dict[str, Any]) -> str:
+    lines = [f"# hirm compare on {table['model']} (seeds {table['seeds']})", "",
+             "| method | n | UA | IRA | CRA | erase s | x HiRM-R | peak MB | patch MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in table["summary"]:
+        ratio = "-" if s["time_vs_hirm_r"] is None else f"{s['time_vs_hirm_r']:.2f}"
+        lines.append(f"| {s['method']} | {s['n']} | " + " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" for m in METRICS)
+                     + f" | {s['seconds']:.2f} | {ratio} | {s['peak_mem_mb']:.0f} | {s['patch_bytes'] / 1e6:.2f} |")
+    lines += ["", "## Per concept", "", "| method | concept | UA | IRA | CRA | erase s |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['concept']} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS)
+              + f" | {r['seconds']:.2f} |" for r in table["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(table: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    summary = table["summary"]
+    x = np.arange(len(summary))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(summary) + 2), 3.5), dpi=120)
+    for i, m in enumerate(METRICS):
+        ax.bar(x + (i - 1) * 0.27, [s[m] for s in summary], 0.27, yerr=[s[f"{m}_std"] for s in summary],
+               label=m.upper(), capsize=2)
+    ax.set_xticks(x, [s["method"] for s in summary], rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction")
+    ax.set_title(f"{table['model']}: mean over concepts")
+    ax.legend(ncols=3, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_outputs(out: Path, table: dict[str, Any], grids: dict[str, list]) -> None:
+    write_text_atomic(json.dumps(table, indent=1), out / "compare.json")
+    write_text_atomic(markdown(table), out / "compare.md")
+    bar_chart(table, out / "compare.png")
+    for concept, rows in grids.items():
+        images = [im for _, ims in rows for im in ims]
+        save_atomic(image_grid(images, cols=len(rows[0][1]), scale=3, row_labels=[m for m, _ in rows]),
+                    out / f"grid-{concept.replace(' ', '-')}.png")

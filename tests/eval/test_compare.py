@@ -1,0 +1,64 @@
+"""`hirm compare` on the shipped mini-SD: table schema, outputs, and option parsing."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hirm.cli import app
+from hirm.errors import HirmError
+from hirm.eval.compare import parse_options, peak_memory, summarise
+
+runner = CliRunner()
+
+
+def test_compare_json_schema_and_files(tmp_path):
+    out = tmp_path / "cmp"
+    r = runner.invoke(app, ["compare", "--concepts", "star", "--methods", "hirm-r,uce,esd-x,hirm-r+uce",
+                            "--option", "esd-x.steps=2", "--option", "esd-x.ddim_steps=3", "--json",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = data["rows"]
+    assert [x["method"] for x in rows] == ["base", "hirm-r", "uce", "esd-x", "hirm-r+uce"]
+    for row in rows:
+        assert {"method", "concept", "ua", "ira", "cra", "seconds", "peak_mem_mb", "patch_bytes"} <= set(row)
+        assert all(0.0 <= row[k] <= 1.0 for k in ("ua", "ira", "cra"))
+    erased = {x["method"]: x for x in rows}
+    assert erased["base"]["patch_bytes"] == 0 and erased["hirm-r"]["patch_bytes"] > 0
+    assert erased["hirm-r+uce"]["patch_bytes"] > erased["uce"]["patch_bytes"]
+    assert erased["hirm-r"]["ua"] > erased["base"]["ua"]
+    assert {s["method"] for s in data["summary"]} == {x["method"] for x in rows}
+    for name in ("compare.md", "compare.json", "compare.png", "grid-star.png"):
+        assert (out / name).stat().st_size > 0
+    assert len(list((out / "patches").glob("*.safetensors"))) == 4
+
+
+def test_parse_options():
+    assert parse_options(["esd-x.steps=200", "uce.preserve=[\"circle\"]", "hirm-s.target=a shape"]) == {
+        "esd-x": {"steps": 200}, "uce": {"preserve": ("circle",)}, "hirm-s": {"target": "a shape"}}
+    with pytest.raises(HirmError, match="METHOD.OPTION=VALUE"):
+        parse_options(["steps=3"])
+
+
+def test_summary_ratio_to_hirm_r():
+    rows = [{"method": m, "concept": c, "ua": 1.0, "ira": 0.9, "cra": 0.8, "seconds": s, "peak_mem_mb": 1.0,
+             "patch_bytes": 10} for m, c, s in [("hirm-r", "a", 1.0), ("hirm-r", "b", 3.0), ("esd-x", "a", 20.0)]]
+    by = {s["method"]: s for s in summarise(rows)}
+    assert by["esd-x"]["time_vs_hirm_r"] == 10.0 and by["hirm-r"]["ua_std"] == 0.0
+
+
+def test_peak_memory_sees_an_allocation():
+    import numpy as np
+
+    with peak_memory() as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        del block
+    assert mem["peak_mb"] > 30
+
+
+def test_compare_bad_input():
+    r = runner.invoke(app, ["compare", "--concepts", "star", "--methods", "hirm-r,esd-z"])
+    assert r.exit_code == 2 and "unknown method 'esd-z'" in r.output
+    r = runner.invoke(app, ["compare", "--concepts", "star", "--methods", "hirm-r", "--option", "uce.lamb=1"])
+    assert r.exit_code == 2 and "not among --methods" in r.output
