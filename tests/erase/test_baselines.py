@@ -109,3 +109,16 @@ def test_bad_method_and_options_are_clear_errors(pipe):
         hirm.erase([dummies.text_encoder()], "star", method="esd-x")
     with pytest.raises(HirmError, match=r"Stable-Diffusion-1\.x/2\.x-style"):
         hirm.erase(dummies.sdxl_pipeline(), "star", method="uce")
+
+
+def test_advunlearn_trains_only_the_text_encoder_and_restores_the_unet(pipe):
+    unet_flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+    a = hirm.erase(pipe, "star", method="advunlearn", steps=2, attack_steps=2, ddim_steps=3, lr=1e-3,
+                   retain_prompts=("a circle", "a red square"), progress=False)
+    b = hirm.erase(pipe, "star", method="advunlearn", steps=2, attack_steps=2, ddim_steps=3, lr=1e-3,
+                   retain_prompts=("a circle", "a red square"), progress=False)
+    assert a.components == ["text_encoder"] and a.id == b.id
+    assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == unet_flags
+    with a.applied(pipe):
+        changed = cross_attention_output(pipe, "star")
+    assert not torch.allclose(changed, cross_attention_output(pipe, "star"))

@@ -37,7 +37,7 @@ def test_compare_json_schema_and_files(tmp_path):
 def test_parse_options():
     assert parse_options(["esd-x.steps=200", "uce.preserve=[\"circle\"]", "hirm-s.target=a shape"]) == {
         "esd-x": {"steps": 200}, "uce": {"preserve": ("circle",)}, "hirm-s": {"target": "a shape"}}
-    with pytest.raises(HirmError, match="METHOD.OPTION=VALUE"):
+    with pytest.raises(HirmError, match=r"METHOD\.OPTION=VALUE"):
         parse_options(["steps=3"])
 
 

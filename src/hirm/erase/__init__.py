@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hirm.encoders import TextEncoder, find_clip_encoders, load_text_encoders
+from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
 from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.hirm import KIND_DEFAULTS, HiRMConfig, erase_hirm
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
@@ -28,7 +29,7 @@ class Method:
     run: Callable[..., Patch]
     fixed: dict[str, Any]  # config values that define the method (e.g. HiRM's variant)
     summary: str
-    edits: str = "text_encoder"  # what `run` takes: "text_encoder" (CLIP encoders) or "unet" (the pipeline)
+    takes: str = "encoders"  # what `run` takes: "encoders" (the CLIP encoders) or "pipeline" (e.g. to use the UNet)
 
 
 METHODS: dict[str, Method] = {
@@ -39,37 +40,43 @@ METHODS: dict[str, Method] = {
     "quickfix": Method("quickfix", QuickFixConfig, erase_quickfix, {},
                        "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
     "esd-x": Method("esd-x", ESDConfig, erase_esd, {"train": "xattn"},
-                    "ESD-x: UNet cross-attention fine-tuned with negative guidance", "unet"),
+                    "ESD-x: UNet cross-attention fine-tuned with negative guidance", "pipeline"),
     "esd-u": Method("esd-u", ESDConfig, erase_esd, {"train": "noxattn"},
-                    "ESD-u: UNet non-cross-attention weights fine-tuned with negative guidance", "unet"),
+                    "ESD-u: UNet non-cross-attention weights fine-tuned with negative guidance", "pipeline"),
     "uce": Method("uce", UCEConfig, erase_uce, {"epochs": 0},
-                  "UCE: closed-form edit of cross-attention keys/values, other concepts preserved", "unet"),
+                  "UCE: closed-form edit of cross-attention keys/values, other concepts preserved", "pipeline"),
     "rece": Method("rece", UCEConfig, erase_uce, {},
-                   "RECE: UCE plus closed-form removal of adversarial embeddings (--epochs rounds)", "unet"),
+                   "RECE: UCE plus closed-form removal of adversarial embeddings (--epochs rounds)", "pipeline"),
+    "advunlearn": Method("advunlearn", AdvUnlearnConfig, erase_advunlearn, {},
+                         "AdvUnlearn: text encoder trained against adversarial prefix tokens, with a retain term",
+                         "pipeline"),
 }
 # method-specific defaults that are not the dataclass's (RECE shares UCE's config)
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
 
 
-# hirm's recipe where it departs from the paper's (the config dataclasses' defaults are the papers' values);
-# `paper_defaults=True` / `--paper-defaults` drops these. See docs/locality.md for the measurements behind them.
-HIRM_DEFAULTS: dict[str, dict[str, Any]] = {}
+# hirm's recipe where it departs from the paper's, per model family (the config dataclasses' defaults and the
+# kind presets are the papers' values); `paper_defaults=True` / `--paper-defaults` drops these. Real CLIP
+# encoders get the paper's recipe, under which the paper measured local erasure; the small MiniCanvas encoder
+# needs a retain term to be local. See docs/locality.md for the measurements.
+HIRM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"minicanvas": {}}
 
 
-def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, **overrides: Any):
-    """The method's config: paper defaults, hirm's defaults (unless `paper_defaults`), the concept-kind
-    preset, then explicit overrides."""
+def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, family: str | None = None,
+                **overrides: Any):
+    """The method's config: the paper's defaults, its preset for the concept `kind`, hirm's recipe for the
+    model `family` (unless `paper_defaults`), then explicit overrides."""
     if method not in METHODS:
         raise HirmError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     spec = METHODS[method]
     values: dict[str, Any] = dict(METHOD_DEFAULTS.get(method, {}))
-    if not paper_defaults:
-        values.update(HIRM_DEFAULTS.get(method, {}))
     if kind is not None:
         if kind not in KIND_DEFAULTS:
             raise HirmError(f"--kind {kind!r}: use one of {', '.join(KIND_DEFAULTS)}")
         if spec.config_cls is HiRMConfig:
             values.update(KIND_DEFAULTS[kind])
+    if not paper_defaults and family is not None:
+        values.update(HIRM_DEFAULTS.get(family, {}).get(method, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(spec.fixed)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
@@ -104,23 +111,36 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
                          progress=progress, **{k: v for k, v in overrides.items() if k in fields[p]})
                    for p in parts]
         return Patch.merge(patches)
-    config = make_config(method, kind=kind, paper_defaults=paper_defaults, **overrides)
     spec = METHODS[method]
-    if spec.edits == "unet":
+    if spec.takes == "pipeline":
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from hirm.encoders import load_pipeline
 
             model = load_pipeline(model)
         if isinstance(model, list):
             raise HirmError(f"{method} edits the denoiser: pass the whole pipeline, not only its text encoder")
+        config = make_config(method, kind=kind, paper_defaults=paper_defaults, family=model_family(model),
+                             **overrides)
         return spec.run(model, concept, config, progress=progress)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         encoders = load_text_encoders(model, which=encoder)
     else:
         encoders = find_clip_encoders(model, which=encoder)
+    config = make_config(method, kind=kind, paper_defaults=paper_defaults, family=model_family(encoders),
+                         **overrides)
     if getattr(config, "retain_weight", 0) > 0 and not config.retain_prompts:
         config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concept))
     return spec.run(encoders, concept, config, progress=progress)
+
+
+def model_family(model: Any) -> str | None:
+    """"minicanvas" when every CLIP encoder of `model` is the shipped MiniCanvas one, else None (real CLIP)."""
+    from hirm.minicanvas import registry
+
+    encoders = model if isinstance(model, list) else find_clip_encoders(model)
+    if encoders and all(registry.is_minicanvas(e.model) for e in encoders):
+        return "minicanvas"
+    return None
 
 
 def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
@@ -134,5 +154,5 @@ def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[s
     return tuple(p for p in GENERIC_PROMPTS if lowered not in p.lower())
 
 
-__all__ = ["METHODS", "ESDConfig", "HiRMConfig", "Method", "QuickFixConfig", "TextEncoder", "UCEConfig", "erase",
-           "make_config"]
+__all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "HiRMConfig", "Method", "QuickFixConfig", "TextEncoder",
+           "UCEConfig", "erase", "make_config"]

@@ -1,0 +1,139 @@
+"""AdvUnlearn (Zhang et al., NeurIPS 2024): adversarial training of the text encoder.
+
+Each step first attacks: a few prefix token embeddings, prepended to the concept prompt, are optimised by
+signed-gradient steps so that the erased model's noise prediction reproduces the original model's
+prediction for the concept. Then it unlearns on that adversarial prompt with ESD's negatively guided target,
+plus a retain term that keeps the noise predictions of unrelated prompts where they were. Only the text
+encoder is trained (the paper's finding: an adversarially unlearned encoder is a plug-in for other models),
+which makes it the closest rival to HiRM in where it edits.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hirm.encoders import TextEncoder, find_clip_encoders
+from hirm.erase.denoiser import denoise_until, require_unet_pipeline
+from hirm.erase.loop import OptimConfig, optimise
+from hirm.erase.textenc import trainable_parameter_names
+from hirm.errors import HirmError
+from hirm.patch import SEP, Patch, fingerprint
+
+
+@dataclass
+class AdvUnlearnConfig:
+    steps: int = 1000
+    lr: float = 1e-5
+    layers: str = "all"  # text-encoder layers trained (preset or indices)
+    negative_guidance: float = 1.0
+    start_guidance: float = 3.0
+    ddim_steps: int = 50
+    prefix_tokens: int = 1  # adversarial tokens prepended to the prompt
+    attack_steps: int = 30
+    attack_step_size: float = 1e-3  # signed-gradient step on the token embeddings
+    retain_weight: float = 1.0
+    retain_prompts: tuple[str, ...] = ()  # () -> the model's own unrelated captions, or a generic set
+    retain_batch: int = 4
+    seed: int = 42
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.attack_steps < 0 or self.prefix_tokens < 1:
+            raise HirmError("advunlearn needs steps >= 1, attack_steps >= 0 and prefix_tokens >= 1")
+        if not self.lr > 0:
+            raise HirmError(f"--lr {self.lr}: need a positive learning rate")
+
+
+@contextmanager
+def prefix_embeddings(encoder: TextEncoder, start: int, values: torch.Tensor):
+    """Replace the token embeddings at positions [start, start + k) by `values` ([k, d]) on every forward."""
+    module = encoder.model.get_input_embeddings()
+
+    def hook(_m, _inp, out):
+        out = out.clone()
+        out[:, start : start + values.shape[0]] = values
+        return out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: bool = True) -> Patch:
+    config.validate()
+    require_unet_pipeline(pipe, "advunlearn")
+    (enc,) = find_clip_encoders(pipe, which="text_encoder")
+    unet = pipe.unet
+    names = trainable_parameter_names(enc, config.layers)
+    retain = list(config.retain_prompts) or _default_retain(enc, concept)
+    rng = random.Random(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    k = config.prefix_tokens
+    # the adversarial prompt reserves k placeholder tokens after the start token; their embeddings are attacked
+    adv_ids = enc.tokenize([" ".join(["x"] * k) + " " + concept], truncate=True)
+    concept_ids, uncond_ids = enc.tokenize([concept]), enc.tokenize([""])
+    table = enc.model.get_input_embeddings().weight
+    with torch.no_grad():
+        cond0, uncond0 = enc.model(input_ids=concept_ids)[0], enc.model(input_ids=uncond_ids)[0]
+        retain0 = enc.model(input_ids=enc.tokenize(retain, truncate=True))[0]
+    n_train = pipe.scheduler.config.num_train_timesteps
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    for p in unet.parameters():  # gradients flow through the UNet to the encoder, never into it
+        p.requires_grad_(False)
+
+    def attack(z: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        delta = table[torch.randint(0, table.shape[0], (k,), generator=gen)].detach().clone()
+        for _ in range(config.attack_steps):
+            delta.requires_grad_(True)
+            with prefix_embeddings(enc, 1, delta):
+                h = enc.model(input_ids=adv_ids)[0]
+            loss = F.mse_loss(unet(z, t, encoder_hidden_states=h).sample, target)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta - config.attack_step_size * grad.sign()).detach()
+        return delta
+
+    def loss_fn(step: int) -> torch.Tensor:
+        t_enc = int(torch.randint(0, config.ddim_steps, (1,), generator=gen))
+        lo, hi = round(t_enc / config.ddim_steps * n_train), round((t_enc + 1) / config.ddim_steps * n_train)
+        t = torch.randint(lo, max(hi, lo + 1), (1,), generator=gen)
+        with torch.no_grad():
+            z = denoise_until(pipe, unet, cond0, uncond0, t_enc, config.ddim_steps, config.start_guidance, gen)
+            e0 = unet(z, t, encoder_hidden_states=uncond0).sample
+            ep = unet(z, t, encoder_hidden_states=cond0).sample
+        delta = attack(z, t, ep)
+        with prefix_embeddings(enc, 1, delta):
+            h = enc.model(input_ids=adv_ids)[0]
+        loss = F.mse_loss(unet(z, t, encoder_hidden_states=h).sample, e0 - config.negative_guidance * (ep - e0))
+        if config.retain_weight > 0:
+            idx = rng.sample(range(len(retain)), min(config.retain_batch, len(retain)))
+            kept = enc.model(input_ids=enc.tokenize([retain[i] for i in idx], truncate=True))[0]
+            zr = z.expand(len(idx), -1, -1, -1)
+            with torch.no_grad():
+                er = unet(zr, t, encoder_hidden_states=retain0[idx]).sample
+            loss = loss + config.retain_weight * F.mse_loss(unet(zr, t, encoder_hidden_states=kept).sample, er)
+        return loss
+
+    torch.manual_seed(config.seed)
+    try:
+        result = optimise(enc.model, names, loss_fn, OptimConfig(config.steps, config.lr, (0.9, 0.999), 1e-8, 0.0),
+                          desc=f"advunlearn {enc.name}", progress=progress)
+    finally:
+        for n, p in unet.named_parameters():
+            p.requires_grad_(flags[n])
+    return Patch(tensors={f"{enc.name}{SEP}{n}": t.contiguous() for n, t in result.tensors.items()},
+                 concepts=[concept], method="advunlearn", config={**asdict(config), "retain_prompts": retain},
+                 fingerprints={enc.name: fingerprint(enc.model)},
+                 info={enc.name: {"loss_first": result.losses[0], "loss_last": result.losses[-1]}},
+                 seconds={enc.name: result.seconds})
+
+
+def _default_retain(enc: TextEncoder, concept: str) -> list[str]:
+    from hirm.erase import default_retain_prompts
+
+    return list(default_retain_prompts([enc], concept))
