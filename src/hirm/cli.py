@@ -199,8 +199,10 @@ def inspect(
     for c, v in s["components"].items():
         typer.echo(f"component  {c}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
     typer.echo(f"size       {s['bytes'] / 1e6:.2f} MB ({', '.join(s['dtype'])})")
-    keys = ("steps", "lr", "seed", "layers", "supervise_layer", "supervise_module", "target_norm", "target")
-    typer.echo("config     " + ", ".join(f"{k}={s['config'][k]}" for k in keys if k in s["config"]))
+    configs = s["config"] if "+" in s["method"] else {s["method"]: s["config"]}
+    for name, cfg in configs.items():  # scalar options only; --json has everything
+        shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if v is None or isinstance(v, (int, float, str, bool)))
+        typer.echo(f"config     {name}: {shown}")
     for c, i in s["info"].items():
         if isinstance(i, dict) and "cos_to_target_after" in i:
             typer.echo(f"trained    {c}: loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, cosine to target "

@@ -42,3 +42,16 @@ def test_compatibility_uses_only_mentioned_attributes():
     for i, names in enumerate(b.mentioned):
         if names == {"object"}:
             assert torch.equal(ok[i], torch.as_tensor(labels["object"] == labels["object"][i]))
+
+
+def test_vae_decoder_finetune_keeps_the_encoder(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "evaluate_vae", lambda vae: {})  # the judge's evaluation is minutes; not here
+    init = tmp_path / "init"
+    training.make_vae().save_pretrained(init)
+    vae = training.train_vae_decoder(tmp_path / "run", steps=2, batch_size=4, init=init, save_every=2)
+    from diffusers import AutoencoderKL
+
+    before = AutoencoderKL.from_pretrained(init).state_dict()
+    after = vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

@@ -126,6 +126,8 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             grids[concept] = [("base", sample(pipe, prompts, **kw))]
             continue
         overrides = {k: v for part in method.split("+") for k, v in options.get(part, {}).items()}
+        if "hirm-s" in method.split("+") and "target" not in overrides:
+            overrides["target"] = world.supercategory(concept)  # the world's super-category, as in the paper
         gc.collect()
         start = time.perf_counter()
         with peak_memory() as mem:
