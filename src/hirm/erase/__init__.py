@@ -59,7 +59,10 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
 # kind presets are the papers' values); `paper_defaults=True` / `--paper-defaults` drops these. Real CLIP
 # encoders get the paper's recipe, under which the paper measured local erasure; the small MiniCanvas encoder
 # needs a retain term to be local. See docs/locality.md for the measurements.
-HIRM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"minicanvas": {}}
+_MINICANVAS_HIRM = {"retain_weight": 1000.0, "lr": 1e-3, "steps": 50}
+HIRM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "minicanvas": {"hirm-r": _MINICANVAS_HIRM, "hirm-s": _MINICANVAS_HIRM},
+}
 
 
 def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, family: str | None = None,
