@@ -294,7 +294,7 @@ app.add_typer(minicanvas_app, name="minicanvas")
 @minicanvas_app.command("train")
 @handles_errors
 def minicanvas_train(
-    what: Annotated[str, typer.Argument(help="classifier | vae | text | unet")],
+    what: Annotated[str, typer.Argument(help="classifier | vae | vae-decoder | text | unet | flux")],
     run_dir: Annotated[Path, typer.Option(help="checkpoint folder (resumes from it)")],
     steps: Annotated[int | None, typer.Option(help="total steps (default: the shipped models' count)")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads")] = 2,
@@ -304,12 +304,10 @@ def minicanvas_train(
 
     from hirm.minicanvas import training
 
-    trainers = {"classifier": training.train_classifier, "vae": training.train_vae,
-                "text": training.train_text_encoder, "unet": training.train_unet}
-    if what not in trainers:
-        raise HirmError(f"unknown model {what!r}: use one of {', '.join(trainers)}")
+    if what not in training.TRAINERS:
+        raise HirmError(f"unknown model {what!r}: use one of {', '.join(training.TRAINERS)}")
     torch.set_num_threads(threads)
-    trainers[what](run_dir, **({} if steps is None else {"steps": steps}))
+    training.TRAINERS[what](run_dir, **({} if steps is None else {"steps": steps}))
 
 
 @minicanvas_app.command("build")

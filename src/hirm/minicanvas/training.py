@@ -766,6 +766,11 @@ def evaluate_generator(run_dir: Path, components: Path | None = None, seeds: tup
     return result
 
 
+# what `hirm minicanvas train WHAT` runs
+TRAINERS = {"classifier": train_classifier, "vae": train_vae, "vae-decoder": train_vae_decoder,
+            "text": train_text_encoder, "unet": train_unet, "flux": train_flux}
+
+
 def main() -> None:  # pragma: no cover - manual entry for background runs
     import argparse
 
@@ -781,9 +786,7 @@ def main() -> None:  # pragma: no cover - manual entry for background runs
     for item in a.set:
         key, value = item.split("=", 1)
         kw[key] = float(value) if "." in value or "e" in value else int(value)
-    trainers = {"classifier": train_classifier, "vae": train_vae, "vae-decoder": train_vae_decoder,
-                "text": train_text_encoder, "unet": train_unet, "flux": train_flux}
-    trainers[a.what](a.run_dir, **kw)
+    TRAINERS[a.what](a.run_dir, **kw)
 
 
 if __name__ == "__main__":  # pragma: no cover
