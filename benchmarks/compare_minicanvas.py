@@ -15,7 +15,7 @@ import torch
 
 from hirm.eval.compare import compare, markdown
 
-CONCEPTS = ["circle", "square", "heart", "cross", "striped", "polka-dot", "outline", "watercolor"]
+CONCEPTS = ["circle", "striped", "heart", "watercolor", "square", "polka-dot", "cross", "outline"]
 METHODS = ["hirm-r", "hirm-s", "quickfix", "esd-x", "esd-u", "uce", "rece", "advunlearn", "hirm-r+esd-x",
            "hirm-r+uce"]
 BUDGET = {

@@ -62,3 +62,15 @@ def test_compare_bad_input():
     assert r.exit_code == 2 and "unknown method 'esd-z'" in r.output
     r = runner.invoke(app, ["compare", "--concepts", "star", "--methods", "hirm-r", "--option", "uce.lamb=1"])
     assert r.exit_code == 2 and "not among --methods" in r.output
+
+
+def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
+    from hirm.eval.compare import _append, _finished_rows
+
+    row = {"method": "uce", "concept": "star", "ua": 1.0}
+    _append(tmp_path, row, (0,), {"esd-x": {"steps": 2}})
+    with open(tmp_path / "rows.jsonl", "a") as f:
+        f.write('{"seeds": [0], "options": {}, "row": {"method": "esd-x", "conc')  # a line cut by a kill
+    assert _finished_rows(tmp_path, (0,), {"esd-x": {"steps": 2}}) == {("uce", "star"): row}
+    assert _finished_rows(tmp_path, (0, 1), {"esd-x": {"steps": 2}}) == {}
+    assert _finished_rows(tmp_path, (0,), {}) == {}

@@ -116,14 +116,26 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     kw = {"seed": 0, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"]}
     rows: list[dict[str, Any]] = []
     grids: dict[str, list] = {}
+    # each finished row is appended to out/rows.jsonl at once, so an interrupted run resumes where it stopped
+    done = _finished_rows(out, seeds, options)
     jobs = [(c, m) for c in concepts for m in ("base", *methods)]
     for concept, method in tqdm(jobs, desc="compare", disable=not progress):
         prompts = grid_prompts(concept)
+        grids.setdefault(concept, [])
+        if (method, concept) in done:
+            rows.append(done[method, concept])
+            patch = _saved_patch(out, method, concept)
+            if patch is None:
+                grids[concept].append((method, sample(pipe, prompts, **kw)))
+            else:
+                with patch.applied(pipe):
+                    grids[concept].append((method, sample(pipe, prompts, **kw)))
+            continue
         if method == "base":
             result = evaluate_erasure(model, concept, [], seeds=seeds, pipe=pipe, classifier=classifier,
                                       progress=False)
-            rows.append(_row("base", concept, result, 0.0, 0.0, 0))
-            grids[concept] = [("base", sample(pipe, prompts, **kw))]
+            rows.append(_append(out, _row("base", concept, result, 0.0, 0.0, 0), seeds, options))
+            grids[concept].append(("base", sample(pipe, prompts, **kw)))
             continue
         overrides = {k: v for part in method.split("+") for k, v in options.get(part, {}).items()}
         if "hirm-s" in method.split("+") and "target" not in overrides:
@@ -133,10 +145,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
         with peak_memory() as mem:
             patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
         seconds = time.perf_counter() - start
-        size = _saved_size(patch, out, f"{method}--{concept.replace(' ', '-')}.safetensors")
+        size = _saved_size(patch, out, _patch_name(method, concept))
         result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
                                   progress=False)
-        rows.append(_row(method, concept, result, seconds, mem["peak_mb"], size))
+        rows.append(_append(out, _row(method, concept, result, seconds, mem["peak_mb"], size), seeds, options))
         with patch.applied(pipe):
             grids[concept].append((method, sample(pipe, prompts, **kw)))
     table = {"model": model, "seeds": list(seeds), "options": options, "rows": rows,
@@ -144,6 +156,41 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     if out is not None:
         write_outputs(Path(out), table, grids)
     return table
+
+
+def _patch_name(method: str, concept: str) -> str:
+    return f"{method}--{concept.replace(' ', '-')}.safetensors"
+
+
+def _saved_patch(out: Path | None, method: str, concept: str):
+    from hirm.patch import Patch
+
+    path = None if out is None or method == "base" else Path(out) / "patches" / _patch_name(method, concept)
+    return Patch.load(path) if path is not None and path.exists() else None
+
+
+def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict) -> dict[tuple[str, str], dict]:
+    """Rows of an earlier run into the same folder with the same seeds and options."""
+    path = None if out is None else Path(out) / "rows.jsonl"
+    if path is None or not path.exists():
+        return {}
+    found = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: redo that job
+            continue
+        if rec.get("seeds") == list(seeds) and rec.get("options") == json.loads(json.dumps(options)):
+            found[rec["row"]["method"], rec["row"]["concept"]] = rec["row"]
+    return found
+
+
+def _append(out: Path | None, row: dict[str, Any], seeds: tuple[int, ...], options: dict) -> dict[str, Any]:
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / "rows.jsonl", "a") as f:
+            f.write(json.dumps({"seeds": list(seeds), "options": options, "row": row}) + "\n")
+    return row
 
 
 def _saved_size(patch, out: Path | None, name: str) -> int:
