@@ -52,9 +52,9 @@ def test_peak_memory_sees_an_allocation():
     import numpy as np
 
     with peak_memory() as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        block = np.ones(256 * 2**20 // 8)  # 256 MB, touched; above glibc's mmap threshold, so never reused memory
         del block
-    assert mem["peak_mb"] > 30
+    assert mem["peak_mb"] > 128
 
 
 def test_compare_bad_input():
