@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from hirm.encoders import TextEncoder, find_clip_encoders
-from hirm.erase.denoiser import denoise_until, require_unet_pipeline
+from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, optimise
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
@@ -82,7 +82,6 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
     with torch.no_grad():
         cond0, uncond0 = enc.model(input_ids=concept_ids)[0], enc.model(input_ids=uncond_ids)[0]
         retain0 = enc.model(input_ids=enc.tokenize(retain, truncate=True))[0]
-    n_train = pipe.scheduler.config.num_train_timesteps
     flags = {n: p.requires_grad for n, p in unet.named_parameters()}
     for p in unet.parameters():  # gradients flow through the UNet to the encoder, never into it
         p.requires_grad_(False)
@@ -99,11 +98,8 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
         return delta
 
     def loss_fn(step: int) -> torch.Tensor:
-        t_enc = int(torch.randint(0, config.ddim_steps, (1,), generator=gen))
-        lo, hi = round(t_enc / config.ddim_steps * n_train), round((t_enc + 1) / config.ddim_steps * n_train)
-        t = torch.randint(lo, max(hi, lo + 1), (1,), generator=gen)
+        z, t = partly_denoised(pipe, unet, cond0, uncond0, config.ddim_steps, config.start_guidance, gen)
         with torch.no_grad():
-            z = denoise_until(pipe, unet, cond0, uncond0, t_enc, config.ddim_steps, config.start_guidance, gen)
             e0 = unet(z, t, encoder_hidden_states=uncond0).sample
             ep = unet(z, t, encoder_hidden_states=cond0).sample
         delta = attack(z, t, ep)

@@ -81,3 +81,15 @@ def denoise_until(pipe, unet: torch.nn.Module, cond: torch.Tensor, uncond: torch
         e_u, e_c = unet(torch.cat([latents] * 2), t, encoder_hidden_states=context).sample.chunk(2)
         latents = scheduler.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
     return latents
+
+
+@torch.no_grad()
+def partly_denoised(pipe, unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor, ddim_steps: int,
+                    guidance: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESD's training sample: a random stop among `ddim_steps` DDIM steps, the latent `unet` draws up to there,
+    and a training timestep t inside that DDIM step's span. Returns (z_t, t)."""
+    n_train = pipe.scheduler.config.num_train_timesteps
+    stop = int(torch.randint(0, ddim_steps, (1,), generator=generator))
+    lo, hi = round(stop / ddim_steps * n_train), round((stop + 1) / ddim_steps * n_train)
+    t = torch.randint(lo, max(hi, lo + 1), (1,), generator=generator)
+    return denoise_until(pipe, unet, cond, uncond, stop, ddim_steps, guidance, generator), t

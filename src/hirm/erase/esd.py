@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from hirm.erase.denoiser import GROUPS, denoise_until, encode, require_unet_pipeline, unet_parameter_names
+from hirm.erase.denoiser import GROUPS, encode, partly_denoised, require_unet_pipeline, unet_parameter_names
 from hirm.erase.loop import OptimConfig, optimise
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -45,17 +45,13 @@ def erase_esd(pipe, concept: str, config: ESDConfig, progress: bool = True) -> P
     unet = pipe.unet
     names = unet_parameter_names(unet, config.train)
     cond, uncond = encode(pipe, [concept]), encode(pipe, [""])
-    n_train = pipe.scheduler.config.num_train_timesteps
     params = dict(unet.named_parameters())
     frozen = {n: params[n].detach().clone() for n in names}
     gen = torch.Generator().manual_seed(config.seed)
 
     def loss_fn(step: int) -> torch.Tensor:
-        t_enc = int(torch.randint(0, config.ddim_steps, (1,), generator=gen))
-        lo, hi = round(t_enc / config.ddim_steps * n_train), round((t_enc + 1) / config.ddim_steps * n_train)
-        t = torch.randint(lo, max(hi, lo + 1), (1,), generator=gen)
+        z, t = partly_denoised(pipe, unet, cond, uncond, config.ddim_steps, config.start_guidance, gen)
         with torch.no_grad():
-            z = denoise_until(pipe, unet, cond, uncond, t_enc, config.ddim_steps, config.start_guidance, gen)
             trained = {n: params[n].detach().clone() for n in names}
             _write(params, frozen)
             e0 = unet(z, t, encoder_hidden_states=uncond).sample
