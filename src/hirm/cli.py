@@ -91,7 +91,7 @@ def erase(
     """Erase a concept; write its safety patch."""
     _quiet_libraries()
     from hirm.erase import erase as run_erase
-    from hirm.eval.compare import parse_options
+    from hirm.eval.compare import parse_assignment
 
     pairs = None
     if safe_pair:
@@ -107,7 +107,7 @@ def erase(
         templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
         truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
         retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs,
-        **parse_options([f"{method}.{o}" for o in option or []]).get(method, {}),
+        **dict(parse_assignment(o) for o in option or []),
     )
     patch.save(out)
     for name, seconds in patch.seconds.items():

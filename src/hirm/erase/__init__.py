@@ -101,10 +101,7 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
     if not isinstance(concept, str) or not concept.strip():
         raise HirmError("the concept is empty: pass the text to erase, e.g. --concept 'Van Gogh'")
     concept = concept.strip()
-    parts = method.split("+")
-    for name in parts:
-        if name not in METHODS:
-            raise HirmError(f"unknown method {name!r}; available: {', '.join(METHODS)} (join two with '+')")
+    parts = method_parts(method)
     if len(parts) > 1:
         fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
         unused = sorted(k for k, v in overrides.items() if v is not None and not any(k in f for f in fields.values()))
@@ -136,6 +133,15 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
     return spec.run(encoders, concept, config, progress=progress)
 
 
+def method_parts(method: str) -> list[str]:
+    """The registered methods that `method` ("uce" or "hirm-r+uce") joins; an unknown name is an error."""
+    parts = method.split("+")
+    for name in parts:
+        if name not in METHODS:
+            raise HirmError(f"unknown method {name!r}; available: {', '.join(METHODS)} (join two with '+')")
+    return parts
+
+
 def model_family(model: Any) -> str | None:
     """"minicanvas" when every CLIP encoder of `model` is the shipped MiniCanvas one, else None (real CLIP)."""
     from hirm.minicanvas import registry
@@ -158,4 +164,4 @@ def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[s
 
 
 __all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "HiRMConfig", "Method", "QuickFixConfig", "TextEncoder",
-           "UCEConfig", "erase", "make_config"]
+           "UCEConfig", "erase", "make_config", "method_parts"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hirm.erase.denoiser import GROUPS, encode, partly_denoised, require_unet_pipeline, unet_parameter_names
-from hirm.erase.loop import OptimConfig, optimise
+from hirm.erase.loop import OptimConfig, optimise, temporarily
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
 
@@ -46,17 +46,14 @@ def erase_esd(pipe, concept: str, config: ESDConfig, progress: bool = True) -> P
     names = unet_parameter_names(unet, config.train)
     cond, uncond = encode(pipe, [concept]), encode(pipe, [""])
     params = dict(unet.named_parameters())
-    frozen = {n: params[n].detach().clone() for n in names}
+    frozen = {n: params[n].detach().clone() for n in names}  # optimise trains `names` in place
     gen = torch.Generator().manual_seed(config.seed)
 
     def loss_fn(step: int) -> torch.Tensor:
         z, t = partly_denoised(pipe, unet, cond, uncond, config.ddim_steps, config.start_guidance, gen)
-        with torch.no_grad():
-            trained = {n: params[n].detach().clone() for n in names}
-            _write(params, frozen)
+        with torch.no_grad(), temporarily(unet, frozen):  # the frozen model's predictions
             e0 = unet(z, t, encoder_hidden_states=uncond).sample
             ep = unet(z, t, encoder_hidden_states=cond).sample
-            _write(params, trained)
         en = unet(z, t, encoder_hidden_states=cond).sample
         return F.mse_loss(en, e0 - config.negative_guidance * (ep - e0))
 
@@ -67,8 +64,3 @@ def erase_esd(pipe, concept: str, config: ESDConfig, progress: bool = True) -> P
                  method=method, config=asdict(config), fingerprints={"unet": fingerprint(unet)},
                  info={"unet": {"loss_first": result.losses[0], "loss_last": result.losses[-1]}},
                  seconds={"unet": result.seconds})
-
-
-def _write(params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
-    for n, v in values.items():
-        params[n].data.copy_(v)

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +56,27 @@ def peak_memory(interval: float = 0.005) -> Iterator[dict[str, float]]:
         out["peak_mb"] = round((peak[0] - start) / 2**20, 1)
 
 
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """"KEY=VALUE" -> (key, value): VALUE read as JSON where it parses (lists become tuples), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise HirmError(f"{text!r}: use KEY=VALUE, e.g. steps=200")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), tuple(value) if isinstance(value, list) else value
+
+
 def parse_options(options: list[str]) -> dict[str, dict[str, Any]]:
     """["esd-x.steps=200", "hirm-r.lr=1e-4"] -> {"esd-x": {"steps": 200}, "hirm-r": {"lr": 1e-4}}."""
     out: dict[str, dict[str, Any]] = {}
     for opt in options:
-        key, sep, raw = opt.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not name:
+        method, dot, assignment = opt.partition(".")
+        if not dot or "=" not in assignment or "=" in method:
             raise HirmError(f"--option {opt!r}: use METHOD.OPTION=VALUE, e.g. esd-x.steps=200")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method, {})[name.replace("-", "_")] = tuple(value) if isinstance(value, list) else value
+        key, value = parse_assignment(assignment)
+        out.setdefault(method, {})[key] = value
     return out
 
 
@@ -91,7 +99,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             progress: bool = True) -> dict[str, Any]:
     import hirm
     from hirm.encoders import load_pipeline
-    from hirm.erase import METHODS
+    from hirm.erase import method_parts
     from hirm.eval.minicanvas import concept_domain
     from hirm.eval.report import _require_minicanvas, evaluate_erasure
     from hirm.generate import sample
@@ -104,11 +112,8 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
         raise HirmError("give at least one --concepts and one --methods")
     for c in concepts:
         concept_domain(c)
-    for m in methods:
-        for part in m.split("+"):
-            if part not in METHODS:
-                raise HirmError(f"unknown method {part!r}; available: {', '.join(METHODS)}")
-    unknown = sorted(set(options) - {p for m in methods for p in m.split("+")})
+    parts = {m: method_parts(m) for m in methods}  # before minutes of work
+    unknown = sorted(set(options) - {p for ps in parts.values() for p in ps})
     if unknown:
         raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods")
     pipe = load_pipeline(model)
@@ -120,37 +125,28 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     done = _finished_rows(out, seeds, options)
     jobs = [(c, m) for c in concepts for m in ("base", *methods)]
     for concept, method in tqdm(jobs, desc="compare", disable=not progress):
-        prompts = grid_prompts(concept)
-        grids.setdefault(concept, [])
         if (method, concept) in done:
-            rows.append(done[method, concept])
-            patch = _saved_patch(out, method, concept)
-            if patch is None:
-                grids[concept].append((method, sample(pipe, prompts, **kw)))
-            else:
-                with patch.applied(pipe):
-                    grids[concept].append((method, sample(pipe, prompts, **kw)))
-            continue
-        if method == "base":
+            row, patch = done[method, concept], _saved_patch(out, method, concept)
+        elif method == "base":
             result = evaluate_erasure(model, concept, [], seeds=seeds, pipe=pipe, classifier=classifier,
                                       progress=False)
-            rows.append(_append(out, _row("base", concept, result, 0.0, 0.0, 0), seeds, options))
-            grids[concept].append(("base", sample(pipe, prompts, **kw)))
-            continue
-        overrides = {k: v for part in method.split("+") for k, v in options.get(part, {}).items()}
-        if "hirm-s" in method.split("+") and "target" not in overrides:
-            overrides["target"] = world.supercategory(concept)  # the world's super-category, as in the paper
-        gc.collect()
-        start = time.perf_counter()
-        with peak_memory() as mem:
-            patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
-        seconds = time.perf_counter() - start
-        size = _saved_size(patch, out, _patch_name(method, concept))
-        result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
-                                  progress=False)
-        rows.append(_append(out, _row(method, concept, result, seconds, mem["peak_mb"], size), seeds, options))
-        with patch.applied(pipe):
-            grids[concept].append((method, sample(pipe, prompts, **kw)))
+            row, patch = _append(out, _row("base", concept, result, 0.0, 0.0, 0), seeds, options), None
+        else:
+            overrides = {k: v for part in parts[method] for k, v in options.get(part, {}).items()}
+            if "hirm-s" in parts[method] and "target" not in overrides:
+                overrides["target"] = world.supercategory(concept)  # the world's super-category, as in the paper
+            gc.collect()
+            start = time.perf_counter()
+            with peak_memory() as mem:
+                patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
+            seconds = time.perf_counter() - start
+            size = _saved_size(patch, out, _patch_name(method, concept))
+            result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
+                                      progress=False)
+            row = _append(out, _row(method, concept, result, seconds, mem["peak_mb"], size), seeds, options)
+        rows.append(row)
+        with patch.applied(pipe) if patch is not None else nullcontext():
+            grids.setdefault(concept, []).append((method, sample(pipe, grid_prompts(concept), **kw)))
     table = {"model": model, "seeds": list(seeds), "options": options, "rows": rows,
              "summary": summarise(rows)}
     if out is not None:
