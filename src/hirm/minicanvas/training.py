@@ -236,6 +236,11 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
+def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical image gradients: keeps 1 px lines a per-pixel loss blurs."""
+    return sum((a - b).abs().mean() for a, b in zip(image_gradients(recon), image_gradients(x), strict=True))
+
+
 def train_vae(run_dir: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
               kl_weight: float = 1e-6, edge_weight: float = 0.0, save_every: int = 250):
     """AutoencoderKL on rendered images: L1 + MSE reconstruction, a tiny KL term (as SD), and optionally an L1
@@ -255,8 +260,7 @@ def train_vae(run_dir: Path, steps: int = 3000, batch_size: int = 64, lr: float 
         kl = posterior.kl().mean()
         loss = rec + kl_weight * kl
         if edge_weight > 0:
-            loss = loss + edge_weight * sum((a - b).abs().mean()
-                                            for a, b in zip(image_gradients(recon), image_gradients(x), strict=True))
+            loss = loss + edge_weight * edge_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -281,8 +285,10 @@ def train_vae_decoder(run_dir: Path, steps: int = 5000, batch_size: int = 64, lr
     Fourier magnitude spectrum (`fft_weight`), which a per-pixel loss averages away on periodic textures."""
     from diffusers import AutoencoderKL
 
+    from hirm.minicanvas import registry
+
     seed_everything(seed)
-    vae = AutoencoderKL.from_pretrained(init or registry_vae(), torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(init or registry.FOLDERS["minicanvas"] / "vae", torch_dtype=torch.float32)
     vae.requires_grad_(False)
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for q in trained:
@@ -295,9 +301,8 @@ def train_vae_decoder(run_dir: Path, steps: int = 5000, batch_size: int = 64, lr
             z = vae.encode(x).latent_dist.mode()
         recon = vae.decode(z).sample
         rec = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
-        edge = sum((a - b).abs().mean() for a, b in zip(image_gradients(recon), image_gradients(x), strict=True))
         fft = (spectrum(recon) - spectrum(x)).abs().mean()
-        loss = rec + edge_weight * edge + fft_weight * fft
+        loss = rec + edge_weight * edge_loss(recon, x) + fft_weight * fft
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -306,12 +311,6 @@ def train_vae_decoder(run_dir: Path, steps: int = 5000, batch_size: int = 64, lr
     state = run_loop(run_dir, {"vae": vae}, opt, steps, step, lr, save_every, desc="vae decoder")
     (run_dir / "metrics.json").write_text(json.dumps({**evaluate_vae(vae), **asdict(state)}, indent=1))
     return vae
-
-
-def registry_vae() -> Path:
-    from hirm.minicanvas import registry
-
-    return registry.FOLDERS["minicanvas"] / "vae"
 
 
 @torch.no_grad()
