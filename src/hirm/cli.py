@@ -313,26 +313,39 @@ def minicanvas_train(
 @minicanvas_app.command("build")
 @handles_errors
 def minicanvas_build(
-    run_dir: Annotated[Path, typer.Option(help="the UNet run to ship (its EMA weights)")] = Path("runs/unet"),
-    components: Annotated[Path, typer.Option(help="folder with vae/ and text_encoder/")] = Path("runs/components"),
+    what: Annotated[str, typer.Argument(help="sd | flux")] = "sd",
+    run_dir: Annotated[Path | None, typer.Option(help="the run to ship (its EMA weights); default runs/unet or "
+                                                     "runs/flux")] = None,
+    components: Annotated[Path, typer.Option(help="folder with vae/ and text_encoder/ (sd)")] = Path("runs/components"),
 ) -> None:
-    """Assemble the shipped mini-SD pipeline (fp16) from a UNet run; export the run's resume state."""
+    """Assemble a shipped pipeline (fp16) from a training run: mini-SD (and its resume state) or mini-Flux."""
     from safetensors import safe_open
 
-    from hirm.minicanvas.build import assemble_sd
+    from hirm.minicanvas.build import assemble_flux, assemble_sd
     from hirm.minicanvas.training import export_unet_resume_state
 
-    data = run_dir / "data.safetensors"
-    if not (run_dir / "checkpoint" / "ema_unet").is_dir() or not data.exists():
-        raise HirmError(f"{run_dir} has no UNet checkpoint: train one with `hirm minicanvas train unet`")
-    with safe_open(str(data), "pt") as f:
-        scaling = float(f.metadata()["scaling_factor"])
+    if what not in ("sd", "flux"):
+        raise HirmError(f"unknown pipeline {what!r}: use sd or flux")
+    run_dir = run_dir or Path("runs/unet" if what == "sd" else "runs/flux")
+    state = run_dir / "checkpoint" / "state.json"
+    if not state.exists():
+        raise HirmError(f"{run_dir} has no checkpoint: train one with `hirm minicanvas train "
+                        f"{'unet' if what == 'sd' else 'flux'}`")
+    metrics = run_dir / "generator_metrics.json"
+    if what == "flux":
+        records = {"flux": json.loads(state.read_text())}
+        if metrics.exists():
+            records["flux"]["generations"] = json.loads(metrics.read_text())
+        out = assemble_flux(run_dir / "checkpoint" / "ema_flux.safetensors", records=records)
+        typer.echo(f"wrote {out}")
+        return
     records = {name: json.loads((components / name / "training.json").read_text())
                for name in ("vae", "text_encoder") if (components / name / "training.json").exists()}
-    records["unet"] = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-    metrics = run_dir / "generator_metrics.json"
+    records["unet"] = json.loads(state.read_text())
     if metrics.exists():
         records["unet"]["generations"] = json.loads(metrics.read_text())
+    with safe_open(str(run_dir / "data.safetensors"), "pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
     out = assemble_sd(components, run_dir / "checkpoint" / "ema_unet", scaling, records=records)
     resume = export_unet_resume_state(run_dir)
     typer.echo(f"wrote {out} and {resume}")

@@ -26,7 +26,13 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, gu
     if steps is not None:
         kwargs["num_inference_steps"] = steps
     if guidance is not None:
-        kwargs["guidance_scale"] = guidance
+        kwargs.update(_guidance_kwargs(pipe, params, guidance))
+    t5 = next((t for t in (getattr(pipe, "tokenizer_3", None), getattr(pipe, "tokenizer_2", None))
+               if t is not None and "T5" in type(t).__name__), None)
+    if "max_sequence_length" in params and t5 is not None:
+        # Flux / SD3 pad the T5 sequence to this length (512 / 256) and Flux has no attention mask: a model
+        # trained on shorter sequences (mini-Flux: 32) must be sampled at its tokenizer's length
+        kwargs["max_sequence_length"] = min(params["max_sequence_length"].default, int(t5.model_max_length))
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     out: list[Image.Image] = []
@@ -34,6 +40,8 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, gu
     for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) < 2, leave=False):
         chunk = prompts[start : start + batch_size]
         call = dict(kwargs)
+        if "true_cfg_scale" in call:
+            call["negative_prompt"] = [""] * len(chunk)
         if "generator" in params:
             chunk_seeds = seeds[start : start + len(chunk)]
             call["generator"] = [torch.Generator(device="cpu").manual_seed(s) for s in chunk_seeds]
@@ -42,3 +50,13 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, gu
         images = np.asarray(result.images)
         out.extend(Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)) for im in images)
     return out
+
+
+def _guidance_kwargs(pipe, params, guidance: float) -> dict:
+    """Classifier-free guidance at `guidance`. A Flux transformer without a guidance embedding (Flux-schnell,
+    mini-Flux) gets true CFG against the empty prompt; everything else takes `guidance_scale` (for Flux-dev
+    that is its distilled guidance embedding)."""
+    transformer = getattr(pipe, "transformer", None)
+    if "true_cfg_scale" in params and not getattr(getattr(transformer, "config", None), "guidance_embeds", True):
+        return {"true_cfg_scale": guidance}
+    return {"guidance_scale": guidance}

@@ -45,7 +45,6 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
                      progress: bool = True, pipe=None, classifier=None) -> dict[str, Any]:
     from hirm.encoders import find_clip_encoders, load_pipeline
     from hirm.eval.minicanvas import concept_domain, evaluate
-    from hirm.minicanvas.build import SAMPLING
 
     _require_minicanvas(model)
     if concept is None and patches:
@@ -58,7 +57,8 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
                 raise HirmError(f"--templates {t!r}: each template needs {{object}} and {{style}}")
     pipe = pipe or load_pipeline(model)
     classifier = classifier or registry.load_classifier()
-    kwargs = {"seeds": seeds, "steps": steps or SAMPLING["steps"], "guidance": guidance or SAMPLING["guidance"],
+    sampling = registry.SAMPLING[model]
+    kwargs = {"seeds": seeds, "steps": steps or sampling["steps"], "guidance": guidance or sampling["guidance"],
               "progress": progress}
     if templates:
         kwargs["templates"] = templates

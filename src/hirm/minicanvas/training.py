@@ -571,8 +571,9 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
 
     seed_everything(seed)
     components = components or run_dir.parent / "components"
-    vae = AutoencoderKL.from_pretrained(components / "vae").eval()
-    encoder = CLIPTextModel.from_pretrained(components / "text_encoder").eval()
+    # fp32 whatever the files hold: shipped components are fp16, and fp16 matmuls on CPU are many times slower
+    vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval()
+    encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval()
     data_path = run_dir / "data.safetensors"
     prepare_generator_data(data_path, vae, encoder, load_tokenizer(), n_images, seed)
     data = load_file(str(data_path))
@@ -729,10 +730,11 @@ def generator_pipeline(components: Path, unet, scaling_factor: float):
     from hirm.minicanvas.build import inference_scheduler
     from hirm.minicanvas.tokenizer import load_tokenizer
 
-    vae = AutoencoderKL.from_pretrained(components / "vae")
+    vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32)
     vae.register_to_config(scaling_factor=scaling_factor)
+    encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32)
     return StableDiffusionPipeline(
-        vae=vae.eval(), text_encoder=CLIPTextModel.from_pretrained(components / "text_encoder").eval(),
+        vae=vae.eval(), text_encoder=encoder.eval(),
         tokenizer=load_tokenizer(), unet=unet.eval(), scheduler=inference_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
@@ -752,7 +754,7 @@ def evaluate_generator(run_dir: Path, components: Path | None = None, seeds: tup
 
     with safe_open(str(run_dir / "data.safetensors"), "pt") as f:
         scaling = float(f.metadata()["scaling_factor"])
-    unet = UNet2DConditionModel.from_pretrained(run_dir / "checkpoint" / "ema_unet")
+    unet = UNet2DConditionModel.from_pretrained(run_dir / "checkpoint" / "ema_unet", torch_dtype=torch.float32)
     pipe = generator_pipeline(components, unet, scaling)
     grid = generate_grid(pipe, registry.load_classifier(), seeds=seeds, steps=SAMPLING["steps"],
                          guidance=SAMPLING["guidance"])
