@@ -107,7 +107,7 @@ def test_kind_presets_follow_paper():
 ])
 def test_every_clip_encoder_of_each_pipeline_is_found_and_t5_left_alone(factory, expected):
     pipe = getattr(dummies, factory)()
-    assert [e.name for e in hirm.find_clip_encoders(pipe)] == expected
+    assert [e.name for e in hirm.find_text_encoders(pipe)] == expected
     t5 = {k: v.clone() for k, v in pipe.components.get("text_encoder_3", pipe.components.get("text_encoder_2"))
           .state_dict().items()} if factory in ("sd3_pipeline", "flux_pipeline") else None
     patch = hirm.erase(pipe, "a red star", steps=2, lr=1e-3, progress=False)
@@ -122,8 +122,28 @@ def test_encoder_choice():
     pipe = dummies.sdxl_pipeline()
     patch = hirm.erase(pipe, "star", encoder="text_encoder_2", steps=2, progress=False)
     assert patch.components == ["text_encoder_2"]
-    with pytest.raises(hirm.HirmError, match="no CLIP encoder named 'text_encoder_9'"):
+    with pytest.raises(hirm.HirmError, match="no text encoder named 'text_encoder_9'"):
         hirm.erase(pipe, "star", encoder="text_encoder_9", steps=2, progress=False)
+
+
+def test_encoder_all_misdirects_flux_t5_too():
+    """--encoder all: the same recipe on Flux's T5 (its block 0 trained, its final attention output moved)."""
+    from hirm.erase.textenc import representation
+
+    pipe = dummies.flux_pipeline()
+    t5 = hirm.find_text_encoders(pipe, "text_encoder_2")[0]
+    ids = t5.tokenize(["a red star"])
+    before = representation(t5, ids, -1, "self_attn.out_proj").clone()
+    patch = hirm.erase(pipe, "a red star", encoder="all", steps=5, lr=1e-2, progress=False)
+    assert patch.components == ["text_encoder", "text_encoder_2"]
+    t5_names = patch.component_tensors("text_encoder_2")
+    assert t5_names and all(n.startswith("encoder.block.0.") for n in t5_names)
+    assert patch.info["text_encoder_2"]["loss_last"] < patch.info["text_encoder_2"]["loss_first"]
+    with patch.applied(pipe):
+        after = representation(t5, ids, -1, "self_attn.out_proj")
+    assert not torch.allclose(before, after)
+    with pytest.raises(hirm.HirmError, match="CLIP encoders only"):
+        hirm.erase(pipe, "a red star", method="quickfix", encoder="all", progress=False)
 
 
 def test_patched_pipeline_changes_generation_and_remove_restores():

@@ -1,7 +1,7 @@
 """hirm: erase a concept from a text-to-image diffusion model by misdirecting its CLIP text encoder's
 high-level representation (HiRM, ICLR 2026), as a small safety patch."""
 
-from hirm.encoders import TextEncoder, find_clip_encoders, load_pipeline, load_text_encoders
+from hirm.encoders import TextEncoder, find_text_encoders, load_pipeline, load_text_encoders
 from hirm.erase import METHODS, erase, make_config
 from hirm.errors import HirmError
 from hirm.patch import Patch
@@ -14,7 +14,7 @@ __all__ = [
     "Patch",
     "TextEncoder",
     "erase",
-    "find_clip_encoders",
+    "find_text_encoders",
     "load_pipeline",
     "load_text_encoders",
     "make_config",

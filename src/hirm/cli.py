@@ -61,7 +61,8 @@ def erase(
     method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm-r",
     target: Annotated[str | None, typer.Option(help="hirm-s: semantic target prompt, e.g. 'a painting'")] = None,
     kind: Annotated[str | None, typer.Option(help="object | style | nudity: the paper's steps/lr for it")] = None,
-    encoder: Annotated[str, typer.Option(help="CLIP encoder(s) to edit: all, text_encoder, text_encoder_2")] = "all",
+    encoder: Annotated[str, typer.Option(help="text encoder(s) to edit: clip (every CLIP encoder), all (T5 too), "
+                                              "or a component name: text_encoder, text_encoder_2, ...")] = "clip",
     steps: Annotated[int | None, typer.Option(help="optimisation steps")] = None,
     lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the random target and the optimisation")] = None,

@@ -1,8 +1,9 @@
-"""Finding and loading the CLIP text encoders of a pipeline (SD 1.x/2.x, SDXL, SD3, Flux) or a bare encoder.
+"""Finding and loading the text encoders of a pipeline (SD 1.x/2.x, SDXL, SD3, Flux) or a bare encoder.
 
-HiRM edits CLIP text encoders only. A pipeline may hold one (SD, Flux: `text_encoder`) or two (SDXL, SD3:
-`text_encoder` and `text_encoder_2`); T5 encoders (`text_encoder_3` in SD3, `text_encoder_2` in Flux) are
-not CLIP and are left alone. Loading never downloads: a hub id must already be in the local cache.
+HiRM edits CLIP text encoders. A pipeline may hold one (SD, Flux: `text_encoder`) or two (SDXL, SD3:
+`text_encoder` and `text_encoder_2`); its T5 encoder (`text_encoder_3` in SD3, `text_encoder_2` in Flux) is
+left alone unless asked for by name or with "all" (HiRM's recipe applies to it unchanged). Loading never
+downloads: a hub id must already be in the local cache.
 """
 
 from __future__ import annotations
@@ -12,24 +13,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from hirm.errors import HirmError
 
 CLIP_CLASSES = (CLIPTextModel, CLIPTextModelWithProjection)
 CLIP_CLASS_NAMES = {"CLIPTextModel", "CLIPTextModelWithProjection"}
+ENCODER_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+                   "T5EncoderModel": T5EncoderModel}
 # pipeline component name of each text encoder -> its tokenizer's component name
 TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 BARE = "text_encoder"  # component name used for an encoder loaded on its own
+T5_MAX_LENGTH = 512  # the longest T5 sequence Flux and SD3 pipelines use
 
 
 @dataclass
 class TextEncoder:
-    """One CLIP text encoder with its tokenizer and its name in the pipeline."""
+    """One text encoder (CLIP, or T5 where asked for) with its tokenizer and its name in the pipeline."""
 
     name: str
-    model: CLIPTextModel | CLIPTextModelWithProjection
-    tokenizer: CLIPTokenizer
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def is_clip(self) -> bool:
+        return is_clip_text_encoder(self.model)
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -37,11 +53,12 @@ class TextEncoder:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(getattr(self.model.config, "hidden_size", None) or self.model.config.d_model)
 
     @property
     def max_length(self) -> int:
-        return int(min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings))
+        limit = getattr(self.model.config, "max_position_embeddings", T5_MAX_LENGTH)  # T5: relative positions
+        return int(min(self.tokenizer.model_max_length, limit))
 
     def tokenize(self, prompts: list[str], truncate: bool = False) -> torch.Tensor:
         """Token ids padded to the encoder's full length (as pipelines do). Over-long prompts are an error
@@ -60,7 +77,9 @@ class TextEncoder:
 
 
 def transformer_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The encoder's transformer blocks (transformers 5 dropped the `.text_model` wrapper; 4.x has it)."""
+    """The encoder's transformer blocks (CLIP: transformers 5 dropped the `.text_model` wrapper; T5: blocks)."""
+    if isinstance(model, T5EncoderModel):
+        return model.encoder.block
     return getattr(model, "text_model", model).encoder.layers
 
 
@@ -68,39 +87,48 @@ def is_clip_text_encoder(obj: object) -> bool:
     return isinstance(obj, CLIP_CLASSES)
 
 
-def find_clip_encoders(target: object, which: str | list[str] | None = None) -> list[TextEncoder]:
-    """The CLIP text encoders of a diffusers pipeline, a bare encoder, or a `TextEncoder` list.
+def is_text_encoder(obj: object) -> bool:
+    return isinstance(obj, (*CLIP_CLASSES, T5EncoderModel))
 
-    `which` selects by component name ("text_encoder", "text_encoder_2") or "all" / None for every one.
+
+def find_text_encoders(target: object, which: str | list[str] | None = None) -> list[TextEncoder]:
+    """The text encoders of a diffusers pipeline, a bare encoder, or a `TextEncoder` list.
+
+    `which`: None or "clip" for every CLIP encoder (what HiRM edits by default); "all" for every text encoder,
+    T5 included; or component names ("text_encoder", "text_encoder_2", ...).
     """
     if isinstance(target, list) and all(isinstance(t, TextEncoder) for t in target):
         found = list(target)
     elif isinstance(target, TextEncoder):
         found = [target]
-    elif is_clip_text_encoder(target):
-        raise HirmError("a bare CLIP encoder needs its tokenizer: pass TextEncoder(name, model, tokenizer)")
+    elif is_text_encoder(target):
+        raise HirmError("a bare text encoder needs its tokenizer: pass TextEncoder(name, model, tokenizer)")
     else:
         components = getattr(target, "components", None)
         if not isinstance(components, dict):
-            raise HirmError(f"{type(target).__name__} is neither a diffusers pipeline nor a CLIP text encoder")
-        found = []
-        for name, tok_name in TOKENIZER_OF.items():
-            model = components.get(name)
-            if is_clip_text_encoder(model):
-                found.append(TextEncoder(name, model, components.get(tok_name)))
+            raise HirmError(f"{type(target).__name__} is neither a diffusers pipeline nor a text encoder")
+        found = [TextEncoder(name, components[name], components.get(tok_name))
+                 for name, tok_name in TOKENIZER_OF.items() if is_text_encoder(components.get(name))]
     return _select(found, which, source=type(target).__name__)
 
 
 def _select(found: list[TextEncoder], which: str | list[str] | None, source: str) -> list[TextEncoder]:
+    if which is None or which == "clip":
+        found = [e for e in found if e.is_clip]
+        if not found:
+            raise HirmError(f"{source} has no CLIP text encoder: HiRM edits CLIP text encoders (name a T5 "
+                            "encoder, or pass --encoder all, to edit T5)")
+        return found
     if not found:
-        raise HirmError(f"{source} has no CLIP text encoder: HiRM edits CLIP text encoders only")
-    if which is None or which == "all":
+        raise HirmError(f"{source} has no text encoder")
+    if which == "all":
         return found
     names = [which] if isinstance(which, str) else list(which)
     by_name = {e.name: e for e in found}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise HirmError(f"no CLIP encoder named {missing[0]!r}; this model has: {', '.join(by_name)}")
+        raise HirmError(f"no text encoder named {missing[0]!r}; this model has: {', '.join(by_name)} "
+                        "(or use clip / all)")
     return [by_name[n] for n in names]
 
 
@@ -140,7 +168,8 @@ def _read_json(path: Path) -> dict:
 
 def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
                        dtype: torch.dtype = torch.float32) -> list[TextEncoder]:
-    """Load only the CLIP text encoders (and tokenizers) of a pipeline folder, or a bare encoder folder.
+    """Load only the text encoders (and tokenizers) of a pipeline folder, or a bare CLIP encoder folder;
+    `which` as in `find_text_encoders`.
 
     Cheaper than loading the whole pipeline when all that is needed is to erase.
     """
@@ -148,22 +177,30 @@ def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
     index = root / "model_index.json"
     if index.exists():
         spec = _read_json(index)
+        classes = {name: spec[name][1] for name in TOKENIZER_OF
+                   if isinstance(spec.get(name), list) and len(spec[name]) == 2 and spec[name][1] in ENCODER_CLASSES}
+        if which in (None, "clip"):
+            wanted = [n for n, c in classes.items() if c in CLIP_CLASS_NAMES]
+        else:
+            wanted = list(classes) if which == "all" else [which] if isinstance(which, str) else list(which)
         found = []
-        for name, tok_name in TOKENIZER_OF.items():
-            entry = spec.get(name)
-            if isinstance(entry, list) and len(entry) == 2 and entry[1] in CLIP_CLASS_NAMES:
-                cls = CLIPTextModelWithProjection if entry[1] == "CLIPTextModelWithProjection" else CLIPTextModel
-                enc = cls.from_pretrained(root, subfolder=name, torch_dtype=dtype, local_files_only=True)
-                tok = CLIPTokenizer.from_pretrained(root, subfolder=tok_name, local_files_only=True)
-                found.append(TextEncoder(name, enc.eval(), tok))
+        for name in (n for n in wanted if n in classes):  # only what is asked for: a T5-XXL is ~9 GB
+            enc = ENCODER_CLASSES[classes[name]].from_pretrained(root, subfolder=name, torch_dtype=dtype,
+                                                                 local_files_only=True)
+            tok_cls = CLIPTokenizer if classes[name] in CLIP_CLASS_NAMES else T5TokenizerFast
+            tok = tok_cls.from_pretrained(root, subfolder=TOKENIZER_OF[name], local_files_only=True)
+            found.append(TextEncoder(name, enc.eval(), tok))
+        missing = [n for n in wanted if n not in classes]
+        if missing:
+            raise HirmError(f"no text encoder named {missing[0]!r}; this model has: {', '.join(classes)} "
+                            "(or use clip / all)")
         return _select(found, which, source=str(root))
     config = root / "config.json"
     if config.exists():
         arch = (_read_json(config).get("architectures") or [""])[0]
         if arch not in CLIP_CLASS_NAMES:
             raise HirmError(f"{root} holds a {arch or 'non-CLIP'} model, not a CLIP text encoder")
-        cls = CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
-        enc = cls.from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+        enc = ENCODER_CLASSES[arch].from_pretrained(root, torch_dtype=dtype, local_files_only=True)
         tok_dir = next((d for d in (root, root / "tokenizer", root.parent / "tokenizer")
                         if (d / "tokenizer_config.json").exists()), None)
         if tok_dir is None:

@@ -1,8 +1,9 @@
 """Erasure methods behind one entry point: `erase(model, concept, method=..., **overrides) -> Patch`.
 
 Each method is a config dataclass (its paper's defaults) plus one function; `METHODS` registers them.
-Text-encoder methods (HiRM, Diff-QuickFix) take the CLIP encoders; denoiser methods (ESD, UCE, RECE) take the
-pipeline. "a+b" (e.g. `hirm-r+esd-x`) runs each on the base model and merges the patches.
+Text-encoder methods (HiRM, Diff-QuickFix) take the CLIP encoders (HiRM also T5 ones, where asked); denoiser
+methods (ESD, UCE, RECE) take the pipeline. "a+b" (e.g. `hirm-r+esd-x`) runs each on the base model and merges
+the patches.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hirm.encoders import TextEncoder, find_clip_encoders, load_text_encoders
+from hirm.encoders import TextEncoder, find_text_encoders, load_text_encoders
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
 from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.hirm import KIND_DEFAULTS, HiRMConfig, erase_hirm
@@ -30,13 +31,14 @@ class Method:
     fixed: dict[str, Any]  # config values that define the method (e.g. HiRM's variant)
     summary: str
     takes: str = "encoders"  # what `run` takes: "encoders" (the CLIP encoders) or "pipeline" (e.g. to use the UNet)
+    edits_t5: bool = False  # whether `run` also works on T5 encoders (--encoder all / a T5 component name)
 
 
 METHODS: dict[str, Method] = {
     "hirm-r": Method("hirm-r", HiRMConfig, erase_hirm, {"variant": "r"},
-                     "HiRM, final-layer representation misdirected to a random target"),
+                     "HiRM, final-layer representation misdirected to a random target", edits_t5=True),
     "hirm-s": Method("hirm-s", HiRMConfig, erase_hirm, {"variant": "s"},
-                     "HiRM, final-layer representation misdirected to a semantic prompt (--target)"),
+                     "HiRM, final-layer representation misdirected to a semantic prompt (--target)", edits_t5=True),
     "quickfix": Method("quickfix", QuickFixConfig, erase_quickfix, {},
                        "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
     "esd-x": Method("esd-x", ESDConfig, erase_esd, {"train": "xattn"},
@@ -93,8 +95,9 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
           kind: str | None = None, paper_defaults: bool = False, progress: bool = True, **overrides: Any) -> Patch:
     """Erase `concept` from `model` (a pipeline, a `TextEncoder` list, or a path / id) and return the patch.
 
-    `encoder` picks CLIP encoders by component name (default: all of them); `kind` ("object", "style",
-    "nudity") applies the paper's per-kind steps and lr; other keyword arguments override config fields.
+    `encoder` picks text encoders: None / "clip" (every CLIP encoder), "all" (T5 too) or component names;
+    `kind` ("object", "style", "nudity") applies the paper's per-kind steps and lr; other keyword arguments
+    override config fields.
     `method` may join methods with "+": each runs on the base model and one patch holds both edits (then
     each override goes to the methods that have that option).
     """
@@ -125,7 +128,10 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         encoders = load_text_encoders(model, which=encoder)
     else:
-        encoders = find_clip_encoders(model, which=encoder)
+        encoders = find_text_encoders(model, which=encoder)
+    t5 = [e.name for e in encoders if not e.is_clip]
+    if t5 and not spec.edits_t5:
+        raise HirmError(f"{method} edits CLIP encoders only, not the T5 encoder {t5[0]!r}: pass --encoder clip")
     config = make_config(method, kind=kind, paper_defaults=paper_defaults, family=model_family(encoders),
                          **overrides)
     if getattr(config, "retain_weight", 0) > 0 and not config.retain_prompts:
@@ -146,7 +152,7 @@ def model_family(model: Any) -> str | None:
     """"minicanvas" when every CLIP encoder of `model` is the shipped MiniCanvas one, else None (real CLIP)."""
     from hirm.minicanvas import registry
 
-    encoders = model if isinstance(model, list) else find_clip_encoders(model)
+    encoders = model if isinstance(model, list) else find_text_encoders(model)
     if encoders and all(registry.is_minicanvas(e.model) for e in encoders):
         return "minicanvas"
     return None

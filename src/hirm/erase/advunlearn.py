@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from hirm.encoders import TextEncoder, find_clip_encoders
+from hirm.encoders import TextEncoder, find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, optimise
 from hirm.erase.textenc import trainable_parameter_names
@@ -68,7 +68,7 @@ def prefix_embeddings(encoder: TextEncoder, start: int, values: torch.Tensor):
 def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: bool = True) -> Patch:
     config.validate()
     require_unet_pipeline(pipe, "advunlearn")
-    (enc,) = find_clip_encoders(pipe, which="text_encoder")
+    (enc,) = find_text_encoders(pipe, which="text_encoder")
     unet = pipe.unet
     names = trainable_parameter_names(enc, config.layers)
     retain = list(config.retain_prompts) or _default_retain(enc, concept)

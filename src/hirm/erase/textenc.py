@@ -12,6 +12,15 @@ from hirm.errors import HirmError
 
 ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
 MLP = ("mlp.fc1", "mlp.fc2")
+# T5 blocks name the same parts differently; configs use CLIP's names, translated here (the MLP is gated in
+# Flux's T5 v1.1: wi_0 / wi_1)
+T5_NAMES = {
+    "self_attn.q_proj": ("layer.0.SelfAttention.q",), "self_attn.k_proj": ("layer.0.SelfAttention.k",),
+    "self_attn.v_proj": ("layer.0.SelfAttention.v",), "self_attn.out_proj": ("layer.0.SelfAttention.o",),
+    "self_attn": ("layer.0.SelfAttention",),
+    "mlp.fc1": ("layer.1.DenseReluDense.wi", "layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"),
+    "mlp.fc2": ("layer.1.DenseReluDense.wo",), "mlp": ("layer.1.DenseReluDense",),
+}
 
 # Named update sets of the authors' code (utils.freeze_and_unfreeze_text_encoder); "first-attn" is HiRM's.
 # Each maps the number of layers to [(layer index, module names)].
@@ -41,9 +50,15 @@ def trainable_parameter_names(encoder: TextEncoder, layers: str) -> list[str]:
             raise HirmError(f"--layers {layers!r}: this encoder has layers 0..{n - 1}")
         spec = [(i % n, ATTN + MLP) for i in idx]
     prefix = _layers_prefix(encoder)
-    names = [f"{prefix}.{i}.{m}.{p}" for i, mods in spec for m in mods for p in ("weight", "bias")]
+    names = [f"{prefix}.{i}.{m}.{p}" for i, mods in spec for clip_name in mods
+             for m in module_names(encoder, clip_name) for p in ("weight", "bias")]
     params = dict(encoder.model.named_parameters())
     return [n for n in names if n in params]
+
+
+def module_names(encoder: TextEncoder, clip_name: str) -> tuple[str, ...]:
+    """The encoder's own name(s) for a module named as in CLIP ("self_attn.out_proj", "mlp.fc1", ...)."""
+    return (clip_name,) if encoder.is_clip else T5_NAMES.get(clip_name, (clip_name,))
 
 
 def _layers_prefix(encoder: TextEncoder) -> str:
@@ -61,10 +76,12 @@ def resolve_module(encoder: TextEncoder, layer: int, module: str) -> torch.nn.Mo
     target = layers[layer]
     if module in ("", "output"):
         return target
-    try:
-        return target.get_submodule(module)
-    except AttributeError:
-        raise HirmError(f"supervised module {module!r} not found in layer {layer}") from None
+    for name in module_names(encoder, module):
+        try:
+            return target.get_submodule(name)
+        except AttributeError:
+            continue
+    raise HirmError(f"supervised module {module!r} not found in layer {layer}")
 
 
 @contextmanager

@@ -109,10 +109,10 @@ def adversarial_embedding(originals: dict[str, torch.Tensor], edited: dict[str, 
 def default_preserve(pipe, concept: str) -> tuple[str, ...]:
     """The MiniCanvas world's other concept names for its model; nothing otherwise (the authors' default
     for objects; pass --preserve for artists)."""
-    from hirm.encoders import find_clip_encoders
+    from hirm.encoders import find_text_encoders
     from hirm.minicanvas import registry, world
 
-    encoders = find_clip_encoders(pipe)
+    encoders = find_text_encoders(pipe)
     if encoders and registry.is_minicanvas(encoders[0].model):
         return tuple(c for c in (*world.OBJECTS, *world.STYLES) if c != concept)
     return ()

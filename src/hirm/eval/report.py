@@ -43,7 +43,7 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
                      templates: tuple[str, ...] | None = None, base: bool = False, probe: bool = False,
                      steps: int | None = None, guidance: float | None = None, out: Path | None = None,
                      progress: bool = True, pipe=None, classifier=None) -> dict[str, Any]:
-    from hirm.encoders import find_clip_encoders, load_pipeline
+    from hirm.encoders import find_text_encoders, load_pipeline
     from hirm.eval.minicanvas import concept_domain, evaluate
 
     _require_minicanvas(model)
@@ -72,7 +72,7 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
     if probe:
         if not patches or concept is None:
             raise HirmError("--probe compares the encoder with and without a patch: pass --patch")
-        encoder = find_clip_encoders(pipe)[0]
+        encoder = find_text_encoders(pipe)[0]
         in_p, out_p = probe_prompts(concept)
         from hirm.eval.probe import locality_probe
 
