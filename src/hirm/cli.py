@@ -380,6 +380,7 @@ def compare(
     option: Annotated[list[str] | None, typer.Option("--option", help="METHOD.KEY=VALUE for one method's config "
                                                      "(repeatable), e.g. esd-x.steps=200")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for compare.md/.json/.png, grids and patches")] = None,
+    transfer: Annotated[bool, typer.Option(help="also score each patch, unchanged, on mini-Flux")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
 ) -> None:
     """Run several erasure methods on several concepts; one table of UA / IRA / CRA, time, memory, size."""
@@ -389,7 +390,7 @@ def compare(
 
     table = run_compare(model, [c.strip() for c in concepts.split(",") if c.strip()],
                         [m.strip() for m in methods.split(",") if m.strip()], seeds=_parse_seeds(seeds),
-                        options=parse_options(option or []), out=out, progress=not as_json)
+                        options=parse_options(option or []), out=out, progress=not as_json, transfer=transfer)
     if as_json:
         typer.echo(json.dumps(table))
     else:

@@ -27,6 +27,11 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, gu
         kwargs["num_inference_steps"] = steps
     if guidance is not None:
         kwargs.update(_guidance_kwargs(pipe, params, guidance))
+    size = getattr(getattr(getattr(pipe, "vae", None), "config", None), "sample_size", None)
+    if "height" in params and getattr(pipe, "unet", None) is None and isinstance(size, int):
+        # transformer pipelines (Flux, SD3) default to a fixed 1024 / 128-latent size; the VAE's sample size is
+        # the model's own (1024 for the real ones, 32 for mini-Flux). UNet pipelines already read theirs.
+        kwargs["height"] = kwargs["width"] = size
     t5 = next((t for t in (getattr(pipe, "tokenizer_3", None), getattr(pipe, "tokenizer_2", None))
                if t is not None and "T5" in type(t).__name__), None)
     if "max_sequence_length" in params and t5 is not None:

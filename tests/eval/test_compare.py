@@ -35,6 +35,17 @@ def test_compare_json_schema_and_files(tmp_path):
     assert len(list((out / "patches").glob("*.safetensors"))) == 4
 
 
+def test_compare_transfer_scores_text_encoder_patches_on_mini_flux(tmp_path):
+    r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "hirm-r,uce", "--transfer", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {x["method"]: x for x in json.loads(r.stdout.strip().splitlines()[-1])["rows"]}
+    assert all(0.0 <= rows[m][f"flux_{k}"] <= 1.0 for m in ("base", "hirm-r") for k in ("ua", "ira", "cra"))
+    assert rows["uce"]["flux_ua"] is None  # a UNet edit: nothing in mini-Flux to apply it to
+    r = runner.invoke(app, ["compare", "--model", "minicanvas-flux", "--concepts", "circle", "--methods", "hirm-r",
+                            "--transfer"])
+    assert r.exit_code == 2 and "--transfer" in r.output
+
+
 def test_parse_options():
     assert parse_options(["esd-x.steps=200", "uce.preserve=[\"circle\"]", "hirm-s.target=a shape"]) == {
         "esd-x": {"steps": 200}, "uce": {"preserve": ("circle",)}, "hirm-s": {"target": "a shape"}}

@@ -51,19 +51,41 @@ def _safetensors(folder):
     return load_file(str(next(folder.glob("*.safetensors"))))
 
 
-def test_generations_are_recognised(pipe):
+@pytest.mark.parametrize("model", registry.NAMES)
+def test_generations_are_recognised(model, pipe):
     """Eight fixed prompts x seeds: the judge recognises most objects and styles the generator draws."""
+    from hirm.encoders import load_pipeline
     from hirm.generate import sample
-    from hirm.minicanvas.build import SAMPLING
 
+    pipe = pipe if model == "minicanvas" else load_pipeline(model)
     cells = [("star", "striped"), ("ring", "neon glow"), ("heart", "polka-dot"), ("cross", "outline"),
              ("triangle", "gradient"), ("arrow", "checkered"), ("square", "watercolor"), ("diamond", "grainy")]
     prompts = [f"a {o} image in {s} style" for o, s in cells]
-    images = sample(pipe, prompts, seed=0, steps=SAMPLING["steps"], guidance=SAMPLING["guidance"])
+    images = sample(pipe, prompts, seed=0, steps=registry.SAMPLING[model]["steps"],
+                    guidance=registry.SAMPLING[model]["guidance"])
+    assert images[0].size == (32, 32)
     pred = registry.load_classifier().predict(to_tensor(np.stack([np.asarray(im) for im in images])))
     obj_ok = [world.OBJECTS[i] == o for i, (o, _) in zip(pred["object"].tolist(), cells, strict=True)]
     sty_ok = [world.STYLES[i] == s for i, (_, s) in zip(pred["style"].tolist(), cells, strict=True)]
     assert sum(obj_ok) >= 6 and sum(sty_ok) >= 6, (obj_ok, sty_ok)
+
+
+def test_mini_flux_is_a_real_flux_pipeline_on_mini_sds_clip_encoder(pipe):
+    from diffusers import FluxPipeline
+    from transformers import T5EncoderModel, T5TokenizerFast
+
+    from hirm.encoders import load_pipeline
+    from hirm.minicanvas import flux as mini_flux
+    from hirm.patch import fingerprint
+
+    flux = load_pipeline("minicanvas-flux")
+    assert isinstance(flux, FluxPipeline) and type(flux.text_encoder_2) is T5EncoderModel
+    assert isinstance(flux.tokenizer_2, T5TokenizerFast)
+    assert flux.tokenizer_2.model_max_length == mini_flux.T5_MAX_LENGTH
+    # the same frozen CLIP encoder as mini-SD: a patch made on one applies to the other
+    assert fingerprint(flux.text_encoder) == fingerprint(pipe.text_encoder)
+    captions = world.render_batch(200, seed=5).captions
+    assert all(flux.tokenizer_2.unk_token_id not in ids for ids in flux.tokenizer_2(captions)["input_ids"])
 
 
 def test_training_records_ship_with_weights():

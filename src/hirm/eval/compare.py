@@ -112,7 +112,9 @@ def grid_prompts(concept: str) -> list[str]:
 
 def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[int, ...] = (0,),
             options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, transfer: bool = False) -> dict[str, Any]:
+    """Every method on every concept of `model`; with `transfer`, each patch is also scored, unchanged, on
+    mini-Flux (`flux_ua` / `flux_ira` / `flux_cra`; None for patches that edit a part Flux does not have)."""
     import hirm
     from hirm.encoders import load_pipeline
     from hirm.erase import method_parts
@@ -120,9 +122,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     from hirm.eval.report import _require_minicanvas, evaluate_erasure
     from hirm.generate import sample
     from hirm.minicanvas import registry
-    from hirm.minicanvas.build import SAMPLING
 
     _require_minicanvas(model)
+    if transfer and model != "minicanvas":
+        raise HirmError("--transfer scores mini-SD patches on mini-Flux: use it with --model minicanvas")
     options = options or {}
     if not concepts or not methods:
         raise HirmError("give at least one --concepts and one --methods")
@@ -133,8 +136,9 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     if unknown:
         raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods")
     pipe = load_pipeline(model)
+    flux = load_pipeline("minicanvas-flux") if transfer else None
     classifier = registry.load_classifier()
-    kw = {"seed": 0, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"]}
+    kw = {"seed": 0, "steps": registry.SAMPLING[model]["steps"], "guidance": registry.SAMPLING[model]["guidance"]}
     rows: list[dict[str, Any]] = []
     grids: dict[str, list] = {}
     # each finished row is appended to out/rows.jsonl at once, so an interrupted run resumes where it stopped
@@ -160,6 +164,8 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
                                       progress=False)
             row = _append(out, _row(method, concept, result, seconds, mem["peak_mb"], size), seeds, options)
+        if flux is not None and "flux_ua" not in row:
+            row.update(_transfer_scores(flux, concept, patch, seeds, classifier))
         rows.append(row)
         with patch.applied(pipe) if patch is not None else nullcontext():
             grids.setdefault(concept, []).append((method, sample(pipe, grid_prompts(concept), **kw)))
@@ -168,6 +174,19 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     if out is not None:
         write_outputs(Path(out), table, grids)
     return table
+
+
+def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifier) -> dict[str, float | None]:
+    """UA / IRA / CRA of the patch applied unchanged to mini-Flux; None where it edits a part mini-Flux lacks
+    (a UNet)."""
+    from hirm.eval.report import evaluate_erasure
+    from hirm.patch import components_of
+
+    if patch is not None and any(c not in components_of(flux) for c in patch.components):
+        return {f"flux_{m}": None for m in METRICS}
+    result = evaluate_erasure("minicanvas-flux", concept, [patch] if patch is not None else [], seeds=seeds,
+                              pipe=flux, classifier=classifier, progress=False)
+    return {f"flux_{m}": round(result[m], 4) for m in METRICS}
 
 
 def _patch_name(method: str, concept: str) -> str:
@@ -233,19 +252,27 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = round(statistics.fmean(vals), 4)
             if k in METRICS:
                 s[f"{k}_std"] = round(statistics.pstdev(vals), 4)
+        for k in (f"flux_{m}" for m in METRICS):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if any(k in r for r in rs):
+                s[k] = round(statistics.fmean(vals), 4) if vals else None
         s["time_vs_hirm_r"] = round(s["seconds"] / ref_mean, 2) if ref_mean and m != "base" else None
         out.append(s)
     return out
 
 
 def markdown(table: dict[str, Any]) -> str:
+    flux = any("flux_ua" in s for s in table["summary"])
+    flux_head = " Flux UA | Flux IRA | Flux CRA |" if flux else ""
     lines = [f"# hirm compare on {table['model']} (seeds {table['seeds']})", "",
-             "| method | n | UA | IRA | CRA | erase s | x HiRM-R | peak MB | patch MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | n | UA | IRA | CRA | erase s | x HiRM-R | peak MB | patch MB |" + flux_head,
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * (3 if flux else 0)]
     for s in table["summary"]:
         ratio = "-" if s["time_vs_hirm_r"] is None else f"{s['time_vs_hirm_r']:.2f}"
+        cells = "".join(" n/a |" if s.get(f"flux_{m}") is None else f" {s[f'flux_{m}']:.3f} |" for m in METRICS)
         lines.append(f"| {s['method']} | {s['n']} | " + " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" for m in METRICS)
-                     + f" | {s['seconds']:.2f} | {ratio} | {s['peak_mem_mb']:.0f} | {s['patch_bytes'] / 1e6:.2f} |")
+                     + f" | {s['seconds']:.2f} | {ratio} | {s['peak_mem_mb']:.0f} | {s['patch_bytes'] / 1e6:.2f} |"
+                     + (cells if flux else ""))
     lines += ["", "## Per concept", "", "| method | concept | UA | IRA | CRA | erase s |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['concept']} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS)
               + f" | {r['seconds']:.2f} |" for r in table["rows"]]

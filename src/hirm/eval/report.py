@@ -111,15 +111,20 @@ def print_result(result: dict[str, Any]) -> None:
             f"{r} {p[r]['in']:.3f}/{p[r]['out']:.3f} ({p[r]['ratio']:.1f}x)" for r in ("content", "eos", "padding")))
 
 
+def available_models() -> list[str]:
+    """The MiniCanvas generators in this install (mini-Flux ships beside mini-SD once trained)."""
+    return [m for m in registry.NAMES if (registry.FOLDERS[m] / "model_index.json").exists()]
+
+
 def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
-    """Erase `concept` from mini-SD with HiRM-R; print before/after UA/IRA/CRA, save grids and a report."""
+    """Erase `concept` from mini-SD with HiRM-R; score the patch on mini-SD and, unchanged, on mini-Flux (the
+    same CLIP encoder); print before/after UA/IRA/CRA, save grids and a report."""
     import typer
 
     import hirm
     from hirm.encoders import load_pipeline
     from hirm.eval.minicanvas import concept_domain
     from hirm.generate import sample
-    from hirm.minicanvas.build import SAMPLING
 
     start = time.perf_counter()
     domain, _ = concept_domain(concept)
@@ -130,9 +135,6 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
     patch = hirm.erase(pipe, concept, method="hirm-r", progress=False)
     patch_path = patch.save(out / f"{concept.replace(' ', '-')}.safetensors")
     typer.echo(f"patch {patch_path} ({patch.nbytes / 1e6:.2f} MB) made in {sum(patch.seconds.values()):.1f}s")
-    result = evaluate_erasure("minicanvas", concept, [patch], seeds=seeds, base=True, probe=True, out=out,
-                              pipe=pipe, classifier=classifier)
-    print_result(result)
     # before/after: the concept in every other-domain setting, then unrelated prompts
     others = world.STYLES if domain == "object" else world.OBJECTS
     same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept][:5]
@@ -140,23 +142,36 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
                for o in others[:5]]
     prompts += [f"a {c} image in {others[0]} style" if domain == "object" else f"a {others[0]} image in {c} style"
                 for c in same]
-    kw = {"seed": 0, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"]}
-    before = sample(pipe, prompts, **kw)
-    with patch.applied(pipe):
-        after = sample(pipe, prompts, **kw)
-    grid_path = save_atomic(image_grid(before + after, cols=len(prompts), scale=3), out / "before-after.png")
+    results, lines, files = {}, [], []
+    for model in available_models():
+        if model != "minicanvas":
+            typer.echo(f"the same patch, unchanged, on {model} ...")
+            pipe = load_pipeline(model)
+        folder = out if model == "minicanvas" else out / model
+        result = evaluate_erasure(model, concept, [patch], seeds=seeds, base=True, probe=model == "minicanvas",
+                                  out=folder, pipe=pipe, classifier=classifier)
+        print_result(result)
+        kw = {"seed": 0, "steps": registry.SAMPLING[model]["steps"], "guidance": registry.SAMPLING[model]["guidance"]}
+        before = sample(pipe, prompts, **kw)
+        with patch.applied(pipe):
+            after = sample(pipe, prompts, **kw)
+        grid_path = save_atomic(image_grid(before + after, cols=len(prompts), scale=3), folder / "before-after.png")
+        files.append(str(grid_path.relative_to(out)))
+        results[model] = result
+        lines += [f"## {model}", "", "| model | UA | IRA | CRA |", "|---|---|---|---|",
+                  *(f"| {n} | {r['ua']:.3f} | {r['ira']:.3f} | {r['cra']:.3f} |" for n, r in
+                    (("base", result["base"]), ("patched", result))),
+                  "", f"{result['n_images']} images per model ({len(seeds)} seed(s) per object x style cell).", ""]
     seconds = time.perf_counter() - start
     report = [
         f"# hirm demo: erasing {concept!r} from mini-SD (HiRM-R)", "",
-        f"Patch: `{patch_path.name}`, {patch.nbytes / 1e6:.2f} MB, made in {sum(patch.seconds.values()):.1f}s.", "",
-        "| model | UA | IRA | CRA |", "|---|---|---|---|",
-        *(f"| {n} | {r['ua']:.3f} | {r['ira']:.3f} | {r['cra']:.3f} |" for n, r in
-          (("base", result["base"]), ("patched", result))),
-        "", f"{result['n_images']} images per model ({len(seeds)} seed(s) per object x style cell).", "",
-        f"`before-after.png`: top row base, bottom row patched. Columns: {'; '.join(prompts)}.", "",
+        f"Patch: `{patch_path.name}`, {patch.nbytes / 1e6:.2f} MB, made in {sum(patch.seconds.values()):.1f}s on "
+        "mini-SD's CLIP encoder; mini-Flux shares that encoder and gets the patch unchanged (zero-shot).", "",
+        *lines,
+        f"`before-after.png` (per model): top row base, bottom row patched. Columns: {'; '.join(prompts)}.", "",
         f"Total demo time: {seconds:.0f}s.",
     ]
     write_text_atomic("\n".join(report) + "\n", out / "report.md")
-    typer.echo(f"wrote {out}/: report.md, before-after.png ({grid_path.name}), grid-*.png, metrics.json, "
-               f"{patch_path.name} ({seconds:.0f}s in all)")
-    return result
+    typer.echo(f"wrote {out}/: report.md, {', '.join(files)}, grid-*.png, metrics.json, {patch_path.name} "
+               f"({seconds:.0f}s in all)")
+    return results["minicanvas"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def assemble_flux(flux_checkpoint: Path, out: Path | None = None, records: dict 
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     for shared in ("text_encoder", "tokenizer", "vae"):
         shutil.rmtree(tmp / shared)
-        (tmp / shared).symlink_to(Path("..") / sd.name / shared)
+        (tmp / shared).symlink_to(os.path.relpath(sd / shared, out))  # relative: the repo moves as a whole
     (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

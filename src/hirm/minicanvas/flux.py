@@ -18,37 +18,40 @@ from torch import nn
 
 from hirm.minicanvas import world
 
-T5_MAX_LENGTH = 32
+T5_MAX_LENGTH = 24  # world captions are at most 19 T5 tokens; every token costs training time
 
 
-def caption_words() -> list[str]:
-    """Every word a world caption can use (templates, names, synonyms, attributes, super-categories)."""
-    text = " ".join([
+def _caption_text() -> str:
+    return re.sub(r"\{[a-z]+\}", " ", " ".join([
         *world.TEMPLATES, *world.PARTIAL_TEMPLATES, *world.EVAL_TEMPLATES, *world.OBJECTS, *world.STYLES,
         *(s for v in world.OBJECT_SYNONYMS.values() for s in v), *(s for v in world.STYLE_SYNONYMS.values() for s in v),
         *world.OBJECT_GROUPS.values(), *world.COLOURS, *world.BACKGROUNDS, *world.SIZES,
         world.STYLE_SUPERCATEGORY, world.SHAPE_SUPERCATEGORY,
-    ])
-    text = re.sub(r"\{[a-z]+\}", " ", text.lower())
-    return sorted(set(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text)))
+    ]).lower())
+
+
+def caption_words() -> list[str]:
+    """Every word a world caption can use (templates, names, synonyms, attributes, super-categories) and its
+    punctuation, in the order that fixes the T5 token ids."""
+    return sorted(set(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", _caption_text())))
 
 
 def make_t5_tokenizer():
-    """A word-level T5 tokenizer over the world's vocabulary (built in code: no sentencepiece file needed)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    """A T5 tokenizer (Unigram over "▁"-prefixed pieces, as sentencepiece's) over the world's vocabulary, built
+    in code from a piece list: no sentencepiece file needed, and it reloads with `T5TokenizerFast`.
+
+    One piece per caption word: "▁word" where the word starts a whitespace-separated chunk, bare "word" where it
+    follows punctuation ("polka-dot" -> "▁polka", "-", "dot"); punctuation is bare. A word used both ways gets
+    its bare piece after all the others. Words outside the world become <unk>."""
     from transformers import T5TokenizerFast
 
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in caption_words():
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
+    text = _caption_text()
+    starts = set(re.findall(r"(?:^|\s)([a-z0-9]+)", text))
+    after_punctuation = set(re.findall(r"[^\sa-z0-9]([a-z0-9]+)", text))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(f"\u2581{w}" if w in starts else w, -1.0) for w in caption_words()]
+    pieces += [(w, -1.0) for w in sorted(after_punctuation & starts)]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
 def make_t5_encoder(vocab_size: int):

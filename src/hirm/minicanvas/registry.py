@@ -14,7 +14,9 @@ NAMES = tuple(FOLDERS)
 CLASSIFIER = WEIGHTS / "classifier"
 TOKENIZER = WEIGHTS / "minicanvas-sd" / "tokenizer"  # the CLIP BPE tokenizer, shared by every MiniCanvas model
 # sampler settings per MiniCanvas model (the pipelines' own defaults, 50 steps / CFG 7.5, are SD's at 512 px)
-SAMPLING: dict[str, dict[str, float]] = {"minicanvas": {"steps": 25, "guidance": 5.0}}
+# (mini-Flux: true classifier-free guidance against the empty prompt, Euler on the flow-matching ODE)
+SAMPLING: dict[str, dict[str, float]] = {"minicanvas": {"steps": 25, "guidance": 5.0},
+                                         "minicanvas-flux": {"steps": 25, "guidance": 5.0}}
 
 
 def path(name: str) -> Path:

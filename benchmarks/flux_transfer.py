@@ -1,0 +1,98 @@
+"""Zero-shot transfer of a HiRM patch from mini-SD to mini-Flux (the paper's SD -> Flux claim), measured.
+
+For each concept: the HiRM-R patch made on mini-SD's CLIP encoder, scored on mini-SD and, unchanged, on
+mini-Flux (same encoder, which Flux reads only through its pooled vector); then the same recipe with
+`--encoder all`, which also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Flux:
+classifier accuracy with the prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only.
+
+    python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0] [--out DIR]
+
+`--flux` takes one or more mini-Flux pipeline folders (default: the shipped one), e.g. variants trained with
+more or less sequence dropout, to see how the pathway split changes transfer.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import hirm
+from hirm.encoders import load_pipeline
+from hirm.eval.minicanvas import evaluate, score
+from hirm.eval.pathways import pathway_split
+from hirm.images import write_text_atomic
+from hirm.minicanvas import registry, world
+
+CONCEPTS = "circle,heart,square,cross,striped,watercolor,polka-dot,outline"
+METRICS = ("ua", "ira", "cra")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--concepts", default=CONCEPTS, help="comma-separated, or 'all'")
+    p.add_argument("--flux", nargs="*", default=[], help="mini-Flux pipeline folders (default: the shipped one)")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/flux-transfer")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    concepts = [*world.OBJECTS, *world.STYLES] if a.concepts == "all" else a.concepts.split(",")
+    seeds = tuple(int(s) for s in a.seeds.split(","))
+    out = Path(a.out)
+    classifier = registry.load_classifier()
+    sd = load_pipeline("minicanvas")
+    sd_grid = {"seeds": seeds, **_sampling("minicanvas"), "progress": False}
+    flux_grid = {"seeds": seeds, **_sampling("minicanvas-flux"), "progress": False}
+    fluxes = {Path(f).name: load_pipeline(f) for f in a.flux} or {"minicanvas-flux": load_pipeline("minicanvas-flux")}
+
+    report: dict = {"seeds": list(seeds), "models": {}}
+    base_sd = evaluate(sd, None, classifier, **sd_grid)[1]
+    sd_patches = {c: hirm.erase(sd, c, method="hirm-r", progress=False) for c in concepts}
+    sd_rows = [{"concept": c, **_metrics(evaluate(sd, c, classifier, [sd_patches[c]], **sd_grid)[0]),
+                "base_acc": _base_acc(base_sd, c)} for c in concepts]
+    report["models"]["minicanvas"] = {"rows": sd_rows}
+    _print("minicanvas", "sd patch", sd_rows)
+    for name, flux in fluxes.items():
+        start = time.perf_counter()
+        split = pathway_split(flux, classifier, **flux_grid)
+        print(f"{name} pathways ({time.perf_counter() - start:.0f}s): {json.dumps(split)}", flush=True)
+        base = evaluate(flux, None, classifier, **flux_grid)[1]
+        rows = []
+        for c in concepts:
+            transfer = _metrics(evaluate(flux, c, classifier, [sd_patches[c]], **flux_grid)[0])
+            both = hirm.erase(flux, c, method="hirm-r", encoder="all", progress=False)
+            with_t5 = _metrics(evaluate(flux, c, classifier, [both], **flux_grid)[0])
+            rows.append({"concept": c, "base_acc": _base_acc(base, c), "sd_patch": transfer, "clip_and_t5": with_t5,
+                         "base": _metrics(score(base, c))})
+            print(json.dumps({"model": name, **rows[-1]}), flush=True)
+        report["models"][name] = {"pathways": split, "rows": rows}
+        _print(name, "sd patch", [{"concept": r["concept"], **r["sd_patch"]} for r in rows])
+        _print(name, "clip+t5", [{"concept": r["concept"], **r["clip_and_t5"]} for r in rows])
+    write_text_atomic(json.dumps(report, indent=1), out / "transfer.json")
+    print(f"wrote {out / 'transfer.json'}")
+
+
+def _sampling(model: str) -> dict:
+    s = registry.SAMPLING[model]
+    return {"steps": s["steps"], "guidance": s["guidance"]}
+
+
+def _metrics(result: dict) -> dict:
+    return {k: round(result[k], 4) for k in METRICS}
+
+
+def _base_acc(grid, concept: str) -> float:
+    s = score(grid, None)
+    return s["per_object"].get(concept, s["per_style"].get(concept))
+
+
+def _print(model: str, what: str, rows: list[dict]) -> None:
+    means = {k: statistics.mean(r[k] for r in rows) for k in METRICS}
+    print(f"{model} / {what}: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in means.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
