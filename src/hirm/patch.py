@@ -127,6 +127,13 @@ class Patch:
                    config={p.method: p.config for p in patches}, fingerprints=fingerprints,
                    info={p.method: p.info for p in patches}, seconds=seconds)
 
+    def only(self, components: list[str]) -> Patch:
+        """The part of this patch that edits `components` (e.g. only its denoiser edit)."""
+        keep = [c for c in self.components if c in components]
+        return Patch(tensors={k: v for k, v in self.tensors.items() if k.split(SEP, 1)[0] in keep},
+                     concepts=list(self.concepts), method=self.method, config=self.config,
+                     fingerprints={c: f for c, f in self.fingerprints.items() if c in keep}, info=self.info)
+
     # ------------------------------------------------------------------ apply / remove
 
     def apply(self, target: Any, check: bool = True) -> AppliedPatch:

@@ -84,13 +84,14 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.replace("-", "_"), tuple(value) if isinstance(value, list) else value
 
 
-def parse_options(options: list[str]) -> dict[str, dict[str, Any]]:
+def parse_options(options: list[str], what: str = "METHOD") -> dict[str, dict[str, Any]]:
     """["esd-x.steps=200", "hirm-r.lr=1e-4"] -> {"esd-x": {"steps": 200}, "hirm-r": {"lr": 1e-4}}."""
     out: dict[str, dict[str, Any]] = {}
     for opt in options:
         method, dot, assignment = opt.partition(".")
         if not dot or "=" not in assignment or "=" in method:
-            raise HirmError(f"--option {opt!r}: use METHOD.OPTION=VALUE, e.g. esd-x.steps=200")
+            example = "esd-x.steps=200" if what == "METHOD" else "ringabell.generations=20"
+            raise HirmError(f"--option {opt!r}: use {what}.OPTION=VALUE, e.g. {example}")
         key, value = parse_assignment(assignment)
         out.setdefault(method, {})[key] = value
     return out

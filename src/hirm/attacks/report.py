@@ -1,0 +1,64 @@
+"""`hirm attack`: run attacks against a patched MiniCanvas model; table, JSON, prompts and image grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hirm.errors import HirmError
+from hirm.images import grid as image_grid
+from hirm.images import save_atomic, write_text_atomic
+
+
+def run_attacks(model: str, concept: str, patches: list, attacks: list[str], seeds: tuple[int, ...],
+                options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    from hirm.attacks import ATTACKS, attack, make_attack_config
+    from hirm.encoders import load_pipeline
+    from hirm.eval.minicanvas import concept_domain
+    from hirm.eval.report import _require_minicanvas
+    from hirm.minicanvas import registry
+
+    _require_minicanvas(model)
+    concept_domain(concept)
+    options = options or {}
+    if not attacks:
+        raise HirmError("give at least one --attacks, e.g. paraphrase,embedding")
+    for name in [*attacks, *options]:
+        if name not in ATTACKS:
+            raise HirmError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+    for name in attacks:  # option names checked before minutes of work
+        make_attack_config(name, **options.get(name, {}))
+    pipe = load_pipeline(model)
+    classifier = registry.load_classifier()
+    sampling = registry.SAMPLING[model]
+    rows, details = [], {}
+    for name in attacks:
+        r = attack(pipe, concept, name, patches, classifier, seeds=seeds, steps=sampling["steps"],
+                   guidance=sampling["guidance"], progress=progress, **options.get(name, {}))
+        rows.append(r.row())
+        details[name] = r
+        if out is not None:
+            hits = [p for p in r.probes if any(p["erased"])]
+            write_text_atomic(json.dumps({"successful": hits, "all": r.probes}, indent=1),
+                              Path(out) / f"prompts-{name}.json")
+            save_atomic(image_grid(r.images, cols=len(seeds) * min(8, len(r.probes)), scale=3),
+                        Path(out) / f"grid-{name}.png")
+    table = {"model": model, "concept": concept, "patches": [p.id for p in patches], "seeds": list(seeds),
+             "options": options, "rows": rows}
+    if out is not None:
+        write_text_atomic(json.dumps(table, indent=1), Path(out) / "attack.json")
+    return table
+
+
+def print_table(table: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{table['model']}: attacks on the erased {table['concept']!r}")
+    for col in ("attack", "ASR", "base ASR", "n", "seconds"):
+        t.add_column(col, justify="left" if col == "attack" else "right")
+    for r in table["rows"]:
+        t.add_row(r["attack"], f"{r['asr']:.3f}", f"{r['base_asr']:.3f}", str(r["n"]), f"{r['seconds']:.1f}")
+    Console().print(t)
