@@ -405,7 +405,8 @@ def attack(
     model: Model = "minicanvas",
     concept: Annotated[str | None, typer.Option(help="the erased concept (default: the patch's)")] = None,
     patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) of the erased model")] = None,
-    attacks: Annotated[str, typer.Option(help="attacks, comma-separated")] = "paraphrase,embedding,ringabell",
+    attacks: Annotated[str, typer.Option(help="attacks, comma-separated")] = (
+        "paraphrase,embedding,ringabell,unlearndiff,cce"),
     seeds: Annotated[str, typer.Option(help="seeds per attack prompt")] = "0,1",
     option: Annotated[list[str] | None, typer.Option("--option", help="ATTACK.KEY=VALUE for one attack's config "
                                                      "(repeatable), e.g. ringabell.generations=20")] = None,

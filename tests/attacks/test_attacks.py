@@ -94,3 +94,33 @@ def test_attack_cli_bad_input(tmp_path):
     assert r.exit_code == 2 and "unknown attack 'jailbreak'" in r.output
     r = runner.invoke(app, ["attack", "--patch", str(path), "--attacks", "ringabell", "--option", "ringabell.size=3"])
     assert r.exit_code == 2 and "no option 'size'" in r.output
+
+
+@pytest.mark.parametrize("name", ["unlearndiff", "cce"])
+def test_inversion_attacks_learn_against_the_erased_denoiser(pipe, name):
+    """A few steps on the shipped mini-SD: prompts come back, the learned embedding is in place only while a
+    CCE probe generates, and the pipeline's weights are untouched afterwards."""
+    from hirm.attacks import ATTACKS, make_attack_config
+    from hirm.patch import fingerprint
+
+    patch = hirm.erase(pipe, "circle", method="quickfix", progress=False)
+    before = fingerprint(pipe.text_encoder), fingerprint(pipe.unet)
+    cfg = make_attack_config(name, prompts=2, steps=3, images=4, batch=2)
+    probes = ATTACKS[name].run(pipe, "circle", [patch], cfg, progress=False)
+    assert len(probes) == 2 and all(p.kind == name for p in probes)
+    assert (fingerprint(pipe.text_encoder), fingerprint(pipe.unet)) == before
+    assert all(p.requires_grad for p in pipe.unet.parameters())
+    if name == "cce":
+        assert all("sks" in p.prompt for p in probes)
+        table = pipe.text_encoder.get_input_embeddings()
+        ids = pipe.tokenizer(probes[0].prompt, return_tensors="pt").input_ids
+        plain = table(ids)
+        with probes[0].setup(pipe):
+            learned = table(ids)
+        assert not torch.equal(plain, learned) and torch.equal(plain, table(ids))
+    else:
+        assert all(p.prompt.endswith("style") and len(p.prompt.split()) > 5 for p in probes)
+    with pytest.raises(HirmError, match=r"Stable-Diffusion-1\.x/2\.x-style"):
+        from dummies import flux_pipeline
+
+        ATTACKS[name].run(flux_pipeline(), "circle", [], cfg, progress=False)

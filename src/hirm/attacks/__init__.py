@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hirm.attacks.embedding import EmbeddingConfig, embedding_probes
+from hirm.attacks.inversion import CCEConfig, UnlearnDiffConfig, cce_probes, unlearndiff_probes
 from hirm.attacks.paraphrase import ParaphraseConfig, paraphrase_probes
 from hirm.attacks.probe import Probe
 from hirm.attacks.ringabell import RingABellConfig, ringabell_probes
@@ -38,6 +39,10 @@ ATTACKS: dict[str, Attack] = {
                         "the base encoder's embeddings fed directly, bypassing any text-encoder edit"),
     "ringabell": Attack("ringabell", RingABellConfig, ringabell_probes,
                         "Ring-A-Bell: concept vector on the base encoder, prompt tokens found by a genetic search"),
+    "unlearndiff": Attack("unlearndiff", UnlearnDiffConfig, unlearndiff_probes,
+                          "UnlearnDiffAtk: prepended tokens optimised against the erased model's denoising loss"),
+    "cce": Attack("cce", CCEConfig, cce_probes,
+                  "CCE: a token embedding learned by textual inversion against the erased model"),
 }
 
 

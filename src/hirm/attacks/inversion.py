@@ -1,0 +1,195 @@
+"""Attacks that learn prompt-token embeddings against the ERASED model's denoiser: UnlearnDiffAtk (discrete
+prepended tokens) and CCE (a new token by textual inversion). Both minimise the denoising loss on images of
+the concept (rendered MiniCanvas images, encoded by the model's VAE) through the patched text encoder and UNet.
+
+UnlearnDiffAtk (Zhang et al., 2024): `prefix` tokens before the concept prompt, optimised in embedding space and
+projected to the nearest vocabulary token on every forward (straight-through), so the result is a prompt.
+CCE, Circumventing Concept Erasure (Pham et al., 2024): one placeholder token whose input embedding is learned
+freely; prompts then use it, with the learned embedding in place while they generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hirm.attacks.probe import Probe
+from hirm.erase.denoiser import require_unet_pipeline
+from hirm.errors import HirmError
+
+
+@dataclass
+class UnlearnDiffConfig:
+    prompts: int = 4  # adversarial prompts, one per other-domain setting
+    prefix: int = 5  # prepended tokens (the paper's 5)
+    steps: int = 40
+    lr: float = 0.05
+    images: int = 16  # concept images the denoising loss is taken on
+    batch: int = 4
+    vocabulary: str = "world"  # "world": tokens of the world's captions; "all": the whole tokenizer vocabulary
+    seed: int = 0
+
+
+@dataclass
+class CCEConfig:
+    placeholder: str = "sks"  # a single rare token of the CLIP vocabulary; its embedding is learned
+    prompts: int = 4
+    steps: int = 100
+    lr: float = 5e-3  # textual inversion's
+    images: int = 16
+    batch: int = 4
+    seed: int = 0
+
+
+@contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """No parameter gradients inside (only the attack's embeddings learn), restored after."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+@contextmanager
+def embeddings_at(encoder: torch.nn.Module, where, values: torch.Tensor) -> Iterator[None]:
+    """Input token embeddings replaced by `values` where `where(ids)` ([B, T] bool) holds, on every forward."""
+    module = encoder.get_input_embeddings()
+
+    def hook(_m, inputs, out):
+        mask = where(inputs[0])
+        if not mask.any():
+            return out
+        out = out.clone()
+        out[mask] = values.to(out.dtype).repeat(int(mask.sum()) // len(values), 1)
+        return out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
+    """VAE latents (scaled as the UNet sees them) of `n` rendered images of the concept."""
+    from hirm.eval.minicanvas import concept_domain
+    from hirm.minicanvas import world
+    from hirm.minicanvas.classifier import to_tensor
+
+    domain, index = concept_domain(concept)
+    batch = world.render_batch(n, seed=seed, **{domain: index})
+    with torch.no_grad():
+        x = to_tensor(batch.images).to(pipe.vae.dtype) * 2 - 1
+        return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def denoising_loss(pipe, ids: torch.Tensor, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SD's training loss on `latents` conditioned on `ids` (epsilon prediction, a random timestep each)."""
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = pipe.scheduler.add_noise(latents, noise, t)
+    cond = pipe.text_encoder(input_ids=ids)[0]
+    return F.mse_loss(pipe.unet(noisy, t, encoder_hidden_states=cond).sample, noise)
+
+
+def _setting_prompts(concept: str, n: int, name: str | None = None) -> list[str]:
+    from hirm.eval.compare import grid_prompts
+
+    prompts = grid_prompts(concept)[:4]
+    prompts = [prompts[i % len(prompts)] for i in range(n)]
+    return prompts if name is None else [p.replace(concept, name, 1) for p in prompts]
+
+
+def _ids(pipe, prompts: list[str]) -> torch.Tensor:
+    return pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids
+
+
+def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffConfig,
+                       progress: bool = True) -> list[Probe]:
+    from hirm.attacks.ringabell import vocabulary
+
+    require_unet_pipeline(pipe, "unlearndiff")
+    latents = concept_latents(pipe, concept, config.images, config.seed)
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    vocab = vocabulary(pipe.tokenizer, config.vocabulary)
+    candidates = table[vocab]
+    g = torch.Generator().manual_seed(config.seed)
+    probes = []
+    with ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p.applied(pipe))
+        stack.enter_context(frozen(pipe.text_encoder, pipe.unet, pipe.vae))
+        for prompt in tqdm(_setting_prompts(concept, config.prompts), desc=f"unlearndiff {concept}",
+                           disable=not progress):
+            ids = _ids(pipe, [prompt])  # "<bos> prefix prompt <eos> <pad>...": the prefix ids are placeholders
+            filler = vocab[:config.prefix][None]  # (their embeddings are replaced on every forward)
+            full = torch.cat([ids[:, :1], filler, ids[:, 1:-config.prefix]], dim=1)
+            start = vocab[torch.randint(len(vocab), (config.prefix,), generator=g)]
+            soft = table[start].clone().requires_grad_(True)
+            opt = torch.optim.Adam([soft], lr=config.lr)
+
+            def in_prefix(x: torch.Tensor) -> torch.Tensor:
+                mask = torch.zeros_like(x, dtype=torch.bool)
+                mask[:, 1:1 + config.prefix] = True
+                return mask
+
+            for _ in range(config.steps):
+                nearest = torch.cdist(soft, candidates).argmin(-1)
+                hard = soft + (candidates[nearest] - soft).detach()  # forward: real tokens; gradient: to `soft`
+                idx = torch.randint(len(latents), (config.batch,), generator=g)
+                with embeddings_at(pipe.text_encoder, in_prefix, hard):
+                    loss = denoising_loss(pipe, full.expand(config.batch, -1), latents[idx], g)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            tokens = vocab[torch.cdist(soft.detach(), candidates).argmin(-1)].tolist()
+            probes.append(Probe(f"{pipe.tokenizer.decode(tokens).strip()} {prompt}", "unlearndiff"))
+    return probes
+
+
+def cce_probes(pipe, concept: str, patches: list, config: CCEConfig, progress: bool = True) -> list[Probe]:
+    require_unet_pipeline(pipe, "cce")
+    token = pipe.tokenizer(config.placeholder, add_special_tokens=False)["input_ids"]
+    if len(token) != 1:
+        raise HirmError(f"CCE placeholder {config.placeholder!r} is {len(token)} tokens: pick one that is a single "
+                        "token of the vocabulary (e.g. 'sks')")
+    token_id = token[0]
+    latents = concept_latents(pipe, concept, config.images, config.seed)
+    prompts = _setting_prompts(concept, config.prompts, name=config.placeholder)
+    ids = _ids(pipe, prompts)
+    g = torch.Generator().manual_seed(config.seed)
+    learned = pipe.text_encoder.get_input_embeddings().weight[token_id].detach().clone()[None].requires_grad_(True)
+    opt = torch.optim.Adam([learned], lr=config.lr)
+
+    def is_placeholder(x: torch.Tensor) -> torch.Tensor:
+        return x == token_id
+
+    with ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p.applied(pipe))
+        stack.enter_context(frozen(pipe.text_encoder, pipe.unet, pipe.vae))
+        stack.enter_context(embeddings_at(pipe.text_encoder, is_placeholder, learned))
+        for _ in tqdm(range(config.steps), desc=f"cce {concept}", disable=not progress):
+            idx = torch.randint(len(latents), (config.batch,), generator=g)
+            rows = torch.randint(len(ids), (config.batch,), generator=g)
+            loss = denoising_loss(pipe, ids[rows], latents[idx], g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    value = learned.detach().clone()
+
+    def setup(p) -> AbstractContextManager:
+        return embeddings_at(p.text_encoder, is_placeholder, value)
+
+    return [Probe(prompt, "cce", setup=setup) for prompt in prompts]
