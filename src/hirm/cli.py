@@ -377,10 +377,13 @@ def compare(
     methods: Annotated[str, typer.Option(help="methods, comma-separated; join two with '+' (hirm-r+esd-x)")]
     = "hirm-r,hirm-s,quickfix,esd-x,esd-u,uce,rece,hirm-r+esd-x",
     seeds: Annotated[str, typer.Option(help="seeds per (object, style) cell of the evaluation grid")] = "0",
-    option: Annotated[list[str] | None, typer.Option("--option", help="METHOD.KEY=VALUE for one method's config "
-                                                     "(repeatable), e.g. esd-x.steps=200")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="METHOD.KEY=VALUE (or ATTACK.KEY=VALUE) for "
+                                                     "one method's (attack's) config (repeatable), e.g. "
+                                                     "esd-x.steps=200")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for compare.md/.json/.png, grids and patches")] = None,
     transfer: Annotated[bool, typer.Option(help="also score each patch, unchanged, on mini-Flux")] = False,
+    attacks: Annotated[str, typer.Option(help="attacks to run on every erased model (ASR columns), "
+                                               "comma-separated, e.g. paraphrase,ringabell")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
 ) -> None:
     """Run several erasure methods on several concepts; one table of UA / IRA / CRA, time, memory, size."""
@@ -390,7 +393,8 @@ def compare(
 
     table = run_compare(model, [c.strip() for c in concepts.split(",") if c.strip()],
                         [m.strip() for m in methods.split(",") if m.strip()], seeds=_parse_seeds(seeds),
-                        options=parse_options(option or []), out=out, progress=not as_json, transfer=transfer)
+                        options=parse_options(option or []), out=out, progress=not as_json, transfer=transfer,
+                        attacks=[a.strip() for a in attacks.split(",") if a.strip()])
     if as_json:
         typer.echo(json.dumps(table))
     else:

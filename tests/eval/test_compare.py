@@ -46,6 +46,21 @@ def test_compare_transfer_scores_text_encoder_patches_on_mini_flux(tmp_path):
     assert r.exit_code == 2 and "--transfer" in r.output
 
 
+def test_compare_attacks_add_asr_columns():
+    r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "quickfix,uce", "--attacks", "embedding",
+                            "--option", "embedding.prompts=2", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = {x["method"]: x for x in data["rows"]}
+    assert all(0.0 <= x["asr_embedding"] <= 1.0 for x in rows.values())
+    # the base encoder's embeddings bypass a text-encoder edit completely
+    assert rows["quickfix"]["asr_embedding"] == rows["base"]["asr_embedding"]
+    assert "asr_embedding" in data["summary"][0]
+    r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "uce", "--attacks", "embedding",
+                            "--option", "ringabell.generations=2"])
+    assert r.exit_code == 2 and "not among --methods or --attacks" in r.output
+
+
 def test_parse_options():
     assert parse_options(["esd-x.steps=200", "uce.preserve=[\"circle\"]", "hirm-s.target=a shape"]) == {
         "esd-x": {"steps": 200}, "uce": {"preserve": ("circle",)}, "hirm-s": {"target": "a shape"}}

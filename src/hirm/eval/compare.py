@@ -113,9 +113,11 @@ def grid_prompts(concept: str) -> list[str]:
 
 def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[int, ...] = (0,),
             options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
-            progress: bool = True, transfer: bool = False) -> dict[str, Any]:
+            progress: bool = True, transfer: bool = False, attacks: list[str] | None = None) -> dict[str, Any]:
     """Every method on every concept of `model`; with `transfer`, each patch is also scored, unchanged, on
-    mini-Flux (`flux_ua` / `flux_ira` / `flux_cra`; None for patches that edit a part Flux does not have)."""
+    mini-Flux (`flux_ua` / `flux_ira` / `flux_cra`; None for patches that edit a part Flux does not have);
+    with `attacks`, each erased model is attacked (`asr_<attack>`; the base row holds the base model's rate).
+    `options` holds method options and, keyed by attack name, attack options."""
     import hirm
     from hirm.encoders import load_pipeline
     from hirm.erase import method_parts
@@ -133,9 +135,16 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     for c in concepts:
         concept_domain(c)
     parts = {m: method_parts(m) for m in methods}  # before minutes of work
-    unknown = sorted(set(options) - {p for ps in parts.values() for p in ps})
+    attacks = list(attacks or [])
+    unknown = sorted(set(options) - {p for ps in parts.values() for p in ps} - set(attacks))
     if unknown:
-        raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods")
+        raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods or --attacks")
+    if attacks:
+        from hirm.attacks import make_attack_config
+
+        for name in attacks:
+            make_attack_config(name, **options.get(name, {}))
+    method_options = {k: v for k, v in options.items() if k not in attacks}
     pipe = load_pipeline(model)
     flux = load_pipeline("minicanvas-flux") if transfer else None
     classifier = registry.load_classifier()
@@ -153,7 +162,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
                                       progress=False)
             row, patch = _append(out, _row("base", concept, result, 0.0, 0.0, 0), seeds, options), None
         else:
-            overrides = {k: v for part in parts[method] for k, v in options.get(part, {}).items()}
+            overrides = {k: v for part in parts[method] for k, v in method_options.get(part, {}).items()}
             if "hirm-s" in parts[method] and "target" not in overrides:
                 overrides["target"] = world.supercategory(concept)  # the world's super-category, as in the paper
             gc.collect()
@@ -167,6 +176,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             row = _append(out, _row(method, concept, result, seconds, mem["peak_mb"], size), seeds, options)
         if flux is not None and "flux_ua" not in row:
             row.update(_transfer_scores(flux, concept, patch, seeds, classifier))
+        for name in attacks:
+            if f"asr_{name}" not in row:
+                row[f"asr_{name}"] = _attack_rate(pipe, model, concept, name, patch, seeds, classifier,
+                                                  options.get(name, {}))
         rows.append(row)
         with patch.applied(pipe) if patch is not None else nullcontext():
             grids.setdefault(concept, []).append((method, sample(pipe, grid_prompts(concept), **kw)))
@@ -188,6 +201,18 @@ def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifi
     result = evaluate_erasure("minicanvas-flux", concept, [patch] if patch is not None else [], seeds=seeds,
                               pipe=flux, classifier=classifier, progress=False)
     return {f"flux_{m}": round(result[m], 4) for m in METRICS}
+
+
+def _attack_rate(pipe, model: str, concept: str, name: str, patch, seeds: tuple[int, ...], classifier,
+                 options: dict[str, Any]) -> float:
+    """ASR of one attack on the model with `patch` (None: the base model)."""
+    from hirm.attacks import attack
+    from hirm.minicanvas import registry
+
+    s = registry.SAMPLING[model]
+    r = attack(pipe, concept, name, [patch] if patch is not None else [], classifier, seeds=seeds,
+               steps=s["steps"], guidance=s["guidance"], progress=False, **options)
+    return round(r.asr, 4)
 
 
 def _patch_name(method: str, concept: str) -> str:
@@ -253,6 +278,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = round(statistics.fmean(vals), 4)
             if k in METRICS:
                 s[f"{k}_std"] = round(statistics.pstdev(vals), 4)
+        for k in sorted({k for r in rs for k in r if k.startswith("asr_")}):
+            s[k] = round(statistics.fmean(r[k] for r in rs if k in r), 4)
         for k in (f"flux_{m}" for m in METRICS):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if any(k in r for r in rs):
@@ -264,16 +291,17 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(table: dict[str, Any]) -> str:
     flux = any("flux_ua" in s for s in table["summary"])
-    flux_head = " Flux UA | Flux IRA | Flux CRA |" if flux else ""
+    asr = sorted({k for s in table["summary"] for k in s if k.startswith("asr_")})
+    extra_head = (" Flux UA | Flux IRA | Flux CRA |" if flux else "") + "".join(f" ASR {k[4:]} |" for k in asr)
     lines = [f"# hirm compare on {table['model']} (seeds {table['seeds']})", "",
-             "| method | n | UA | IRA | CRA | erase s | x HiRM-R | peak MB | patch MB |" + flux_head,
-             "|---|---|---|---|---|---|---|---|---|" + "---|" * (3 if flux else 0)]
+             "| method | n | UA | IRA | CRA | erase s | x HiRM-R | peak MB | patch MB |" + extra_head,
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * ((3 if flux else 0) + len(asr))]
     for s in table["summary"]:
         ratio = "-" if s["time_vs_hirm_r"] is None else f"{s['time_vs_hirm_r']:.2f}"
         cells = "".join(" n/a |" if s.get(f"flux_{m}") is None else f" {s[f'flux_{m}']:.3f} |" for m in METRICS)
         lines.append(f"| {s['method']} | {s['n']} | " + " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" for m in METRICS)
                      + f" | {s['seconds']:.2f} | {ratio} | {s['peak_mem_mb']:.0f} | {s['patch_bytes'] / 1e6:.2f} |"
-                     + (cells if flux else ""))
+                     + (cells if flux else "") + "".join(f" {s[k]:.3f} |" for k in asr))
     lines += ["", "## Per concept", "", "| method | concept | UA | IRA | CRA | erase s |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['concept']} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS)
               + f" | {r['seconds']:.2f} |" for r in table["rows"]]
