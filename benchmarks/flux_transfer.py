@@ -1,9 +1,10 @@
 """Zero-shot transfer of a HiRM patch from mini-SD to mini-Flux (the paper's SD -> Flux claim), measured.
 
 For each concept: the HiRM-R patch made on mini-SD's CLIP encoder, scored on mini-SD and, unchanged, on
-mini-Flux (same encoder, which Flux reads only through its pooled vector); then the same recipe with
-`--encoder all`, which also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Flux:
-classifier accuracy with the prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only.
+mini-Flux (same encoder, which Flux reads only through its pooled vector), also with the T5 pathway blanked
+(the limit of a Flux that leans only on the pooled vector); then the same recipe with `--encoder all`, which
+also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Flux: classifier accuracy with the
+prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only.
 
     python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0] [--out DIR]
 
@@ -22,7 +23,7 @@ import torch
 import hirm
 from hirm.encoders import load_pipeline
 from hirm.eval.minicanvas import evaluate, score
-from hirm.eval.pathways import pathway_split
+from hirm.eval.pathways import ablate, pathway_split
 from hirm.images import write_text_atomic
 from hirm.minicanvas import registry, world
 
@@ -51,26 +52,32 @@ def main() -> None:
     report: dict = {"seeds": list(seeds), "models": {}}
     base_sd = evaluate(sd, None, classifier, **sd_grid)[1]
     sd_patches = {c: hirm.erase(sd, c, method="hirm-r", progress=False) for c in concepts}
-    sd_rows = [{"concept": c, **_metrics(evaluate(sd, c, classifier, [sd_patches[c]], **sd_grid)[0]),
-                "base_acc": _base_acc(base_sd, c)} for c in concepts]
+    sd_rows = [{"concept": c, "base_acc": _base_acc(base_sd, c), "base": _metrics(score(base_sd, c)),
+                "sd_patch": _metrics(evaluate(sd, c, classifier, [sd_patches[c]], **sd_grid)[0])} for c in concepts]
     report["models"]["minicanvas"] = {"rows": sd_rows}
-    _print("minicanvas", "sd patch", sd_rows)
+    for key in ("base", "sd_patch"):
+        _print("minicanvas", key, [r[key] for r in sd_rows])
     for name, flux in fluxes.items():
         start = time.perf_counter()
         split = pathway_split(flux, classifier, **flux_grid)
         print(f"{name} pathways ({time.perf_counter() - start:.0f}s): {json.dumps(split)}", flush=True)
         base = evaluate(flux, None, classifier, **flux_grid)[1]
+        with ablate(flux, "pooled"):
+            base_pooled = evaluate(flux, None, classifier, **flux_grid)[1]
         rows = []
         for c in concepts:
             transfer = _metrics(evaluate(flux, c, classifier, [sd_patches[c]], **flux_grid)[0])
+            with ablate(flux, "pooled"):  # the extreme split: a mini-Flux that reads the prompt only from CLIP
+                pooled_only = _metrics(evaluate(flux, c, classifier, [sd_patches[c]], **flux_grid)[0])
             both = hirm.erase(flux, c, method="hirm-r", encoder="all", progress=False)
             with_t5 = _metrics(evaluate(flux, c, classifier, [both], **flux_grid)[0])
-            rows.append({"concept": c, "base_acc": _base_acc(base, c), "sd_patch": transfer, "clip_and_t5": with_t5,
-                         "base": _metrics(score(base, c))})
+            rows.append({"concept": c, "base_acc": _base_acc(base, c), "base": _metrics(score(base, c)),
+                         "sd_patch": transfer, "clip_and_t5": with_t5,
+                         "pooled_only_base": _metrics(score(base_pooled, c)), "pooled_only_sd_patch": pooled_only})
             print(json.dumps({"model": name, **rows[-1]}), flush=True)
         report["models"][name] = {"pathways": split, "rows": rows}
-        _print(name, "sd patch", [{"concept": r["concept"], **r["sd_patch"]} for r in rows])
-        _print(name, "clip+t5", [{"concept": r["concept"], **r["clip_and_t5"]} for r in rows])
+        for key in ("base", "sd_patch", "clip_and_t5", "pooled_only_base", "pooled_only_sd_patch"):
+            _print(name, key, [r[key] for r in rows])
     write_text_atomic(json.dumps(report, indent=1), out / "transfer.json")
     print(f"wrote {out / 'transfer.json'}")
 

@@ -23,6 +23,13 @@ def test_eval_json_and_erasure_effect(tmp_path):
     assert all(0.0 <= data[k] <= 1.0 for k in ("ua", "ira", "cra"))
     assert data["ua"] > data["base"]["ua"]  # the patch removes stars the base model draws
     assert (tmp_path / "eval" / "grid-patched.png").exists() and (tmp_path / "eval" / "metrics.json").exists()
+    # the patch made on mini-SD's encoder applies unchanged to mini-Flux, which shares it
+    r = runner.invoke(app, ["eval", "--model", "minicanvas-flux", "--patch", str(patch), "--seeds", "0", "--base",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    flux = json.loads(r.stdout.strip().splitlines()[-1])
+    assert flux["model"] == "minicanvas-flux" and flux["n_images"] == 120
+    assert all(0.0 <= flux[k] <= 1.0 for k in ("ua", "ira", "cra")) and flux["patches"] == data["patches"]
 
 
 def test_eval_rejects_unknown_concept_and_model():
@@ -39,4 +46,7 @@ def test_demo_writes_report_grid_and_patch(tmp_path):
     for name in ("report.md", "before-after.png", "grid-base.png", "grid-patched.png", "metrics.json",
                  "star.safetensors"):
         assert (out / name).exists(), name
-    assert "| patched |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| patched |" in report
+    # the same patch, unchanged, on mini-Flux (which shares mini-SD's CLIP encoder)
+    assert "## minicanvas-flux" in report and (out / "minicanvas-flux" / "before-after.png").exists()

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import require_unet_pipeline
+from hirm.erase.textenc import embeddings_at, positions
 from hirm.errors import HirmError
 
 
@@ -58,26 +59,6 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
-
-
-@contextmanager
-def embeddings_at(encoder: torch.nn.Module, where, values: torch.Tensor) -> Iterator[None]:
-    """Input token embeddings replaced by `values` where `where(ids)` ([B, T] bool) holds, on every forward."""
-    module = encoder.get_input_embeddings()
-
-    def hook(_m, inputs, out):
-        mask = where(inputs[0])
-        if not mask.any():
-            return out
-        out = out.clone()
-        out[mask] = values.to(out.dtype).repeat(int(mask.sum()) // len(values), 1)
-        return out
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
@@ -139,16 +120,11 @@ def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffCon
             soft = table[start].clone().requires_grad_(True)
             opt = torch.optim.Adam([soft], lr=config.lr)
 
-            def in_prefix(x: torch.Tensor) -> torch.Tensor:
-                mask = torch.zeros_like(x, dtype=torch.bool)
-                mask[:, 1:1 + config.prefix] = True
-                return mask
-
             for _ in range(config.steps):
                 nearest = torch.cdist(soft, candidates).argmin(-1)
                 hard = soft + (candidates[nearest] - soft).detach()  # forward: real tokens; gradient: to `soft`
                 idx = torch.randint(len(latents), (config.batch,), generator=g)
-                with embeddings_at(pipe.text_encoder, in_prefix, hard):
+                with embeddings_at(pipe.text_encoder, positions(1, config.prefix), hard):
                     loss = denoising_loss(pipe, full.expand(config.batch, -1), latents[idx], g)
                 opt.zero_grad()
                 loss.backward()

@@ -11,7 +11,6 @@ which makes it the closest rival to HiRM in where it edits.
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from hirm.encoders import TextEncoder, find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, optimise
-from hirm.erase.textenc import trainable_parameter_names
+from hirm.erase.textenc import embeddings_at, positions, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
 
@@ -48,23 +47,6 @@ class AdvUnlearnConfig:
             raise HirmError(f"--lr {self.lr}: need a positive learning rate")
 
 
-@contextmanager
-def prefix_embeddings(encoder: TextEncoder, start: int, values: torch.Tensor):
-    """Replace the token embeddings at positions [start, start + k) by `values` ([k, d]) on every forward."""
-    module = encoder.model.get_input_embeddings()
-
-    def hook(_m, _inp, out):
-        out = out.clone()
-        out[:, start : start + values.shape[0]] = values
-        return out
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: bool = True) -> Patch:
     config.validate()
     require_unet_pipeline(pipe, "advunlearn")
@@ -90,7 +72,7 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
         delta = table[torch.randint(0, table.shape[0], (k,), generator=gen)].detach().clone()
         for _ in range(config.attack_steps):
             delta.requires_grad_(True)
-            with prefix_embeddings(enc, 1, delta):
+            with embeddings_at(enc.model, positions(1, len(delta)), delta):
                 h = enc.model(input_ids=adv_ids)[0]
             loss = F.mse_loss(unet(z, t, encoder_hidden_states=h).sample, target)
             (grad,) = torch.autograd.grad(loss, delta)
@@ -103,7 +85,7 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
             e0 = unet(z, t, encoder_hidden_states=uncond0).sample
             ep = unet(z, t, encoder_hidden_states=cond0).sample
         delta = attack(z, t, ep)
-        with prefix_embeddings(enc, 1, delta):
+        with embeddings_at(enc.model, positions(1, len(delta)), delta):
             h = enc.model(input_ids=adv_ids)[0]
         loss = F.mse_loss(unet(z, t, encoder_hidden_states=h).sample, e0 - config.negative_guidance * (ep - e0))
         if config.retain_weight > 0:

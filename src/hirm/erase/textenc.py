@@ -108,6 +108,39 @@ def representation(encoder: TextEncoder, ids: torch.Tensor, layer: int, module: 
 
 
 
+@contextmanager
+def embeddings_at(model: torch.nn.Module, where: Callable[[torch.Tensor], torch.Tensor],
+                  values: torch.Tensor) -> Iterator[None]:
+    """Input token embeddings replaced by `values` ([k, d], repeated per match) where `where(ids)` ([B, T]
+    bool) holds, on every forward of `model` (a text encoder) inside the block."""
+    module = model.get_input_embeddings()
+
+    def hook(_m, inputs, out):
+        mask = where(inputs[0])
+        if not mask.any():
+            return out
+        out = out.clone()
+        out[mask] = values.to(out.dtype).repeat(int(mask.sum()) // len(values), 1)
+        return out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def positions(start: int, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`where` for `embeddings_at`: token positions [start, start + k) of every prompt."""
+
+    def where(ids: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        mask[:, start : start + k] = True
+        return mask
+
+    return where
+
+
 def concept_span(encoder: TextEncoder, ids: list[int], names: list[str]) -> tuple[int, int] | None:
     """(first, last) token index of the earliest occurrence of any of `names` in a tokenized prompt."""
     best = None
