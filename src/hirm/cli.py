@@ -323,7 +323,7 @@ def minicanvas_build(
     from safetensors import safe_open
 
     from hirm.minicanvas.build import assemble_flux, assemble_sd
-    from hirm.minicanvas.training import export_unet_resume_state
+    from hirm.minicanvas.training import export_flux_resume_state, export_unet_resume_state
 
     if what not in ("sd", "flux"):
         raise HirmError(f"unknown pipeline {what!r}: use sd or flux")
@@ -338,7 +338,7 @@ def minicanvas_build(
         if metrics.exists():
             records["flux"]["generations"] = json.loads(metrics.read_text())
         out = assemble_flux(run_dir / "checkpoint" / "ema_flux.safetensors", records=records)
-        typer.echo(f"wrote {out}")
+        typer.echo(f"wrote {out} and {export_flux_resume_state(run_dir)}")
         return
     records = {name: json.loads((components / name / "training.json").read_text())
                for name in ("vae", "text_encoder") if (components / name / "training.json").exists()}

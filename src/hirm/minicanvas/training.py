@@ -664,13 +664,33 @@ def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int) -> 
     tmp.rename(path)
 
 
-def train_flux(run_dir: Path, steps: int = 20000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
+FLUX_RESUME_DIR = RESUME_DIR.parent / "minicanvas-flux"
+
+
+def export_flux_resume_state(run_dir: Path, out: Path = FLUX_RESUME_DIR) -> Path:
+    """Raw (non-EMA) mini-Flux weights in fp16 and the counters, to resume training on another machine (the
+    EMA weights are the shipped pipeline's; Adam restarts with a short warm-up)."""
+    ckpt = run_dir / "checkpoint"
+    tmp = out.with_name(out.name + ".tmp")
+    _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.half().contiguous() for k, v in load_file(str(ckpt / "flux.safetensors")).items()},
+              str(tmp / "flux.safetensors"))
+    (tmp / "state.json").write_text((ckpt / "state.json").read_text())
+    _rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
                caption_dropout: float = 0.1, sequence_dropout: float = 0.0, pooled_dropout: float = 0.0,
-               ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None):
+               ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None,
+               init_from: Path | None = FLUX_RESUME_DIR):
     """mini-Flux: FluxTransformer2DModel + T5 encoder, rectified flow on the mini-SD training set.
 
     `caption_dropout` drops both conditionings (for true CFG); `sequence_dropout` / `pooled_dropout` drop
-    only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway."""
+    only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway. A fresh
+    `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one."""
     from diffusers.training_utils import EMAModel
     from safetensors import safe_open
 
@@ -693,9 +713,22 @@ def train_flux(run_dir: Path, steps: int = 20000, batch_size: int = 128, lr: flo
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     models = {"flux": model, "ema_flux": ema_model}
     state = load_checkpoint(run_dir, models, opt)
+    counters = run_dir / "checkpoint" / "state.json"
+    if not state.step and init_from is not None and (init_from / "state.json").exists():
+        from hirm.minicanvas import registry
+
+        load_model(model, str(init_from / "flux.safetensors"), strict=True)
+        shipped = registry.FOLDERS["minicanvas-flux"]
+        ema_model.transformer.load_state_dict(type(ema_model.transformer).from_pretrained(
+            shipped / "transformer", torch_dtype=torch.float32).state_dict())
+        ema_model.t5.load_state_dict(type(ema_model.t5).from_pretrained(
+            shipped / "text_encoder_2", dtype=torch.float32).state_dict())
+        counters = init_from / "state.json"
+        raw = json.loads(counters.read_text())
+        state = RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
     ema = EMAModel(ema_model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
     if state.step:
-        ema.optimization_step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["ema_step"]
+        ema.optimization_step = json.loads(counters.read_text())["ema_step"]
 
     def step(i: int) -> dict[str, float]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
