@@ -36,7 +36,7 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int | None = None, gu
                if t is not None and "T5" in type(t).__name__), None)
     if "max_sequence_length" in params and t5 is not None:
         # Flux / SD3 pad the T5 sequence to this length (512 / 256) and Flux has no attention mask: a model
-        # trained on shorter sequences (mini-Flux: 32) must be sampled at its tokenizer's length
+        # trained on shorter sequences (mini-Flux: 24) must be sampled at its tokenizer's length
         kwargs["max_sequence_length"] = min(params["max_sequence_length"].default, int(t5.model_max_length))
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)

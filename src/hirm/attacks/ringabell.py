@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hirm.attacks.probe import Probe
+from hirm.erase.denoiser import encode
 from hirm.errors import HirmError
 
 
@@ -49,14 +50,7 @@ def _encode_ids(encoder, tokenizer, token_ids: torch.Tensor) -> torch.Tensor:
     return encoder(input_ids=ids)[0]
 
 
-@torch.no_grad()
-def _encode_text(encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return encoder(input_ids=ids)[0]
-
-
-def concept_vector(encoder, tokenizer, concept: str) -> torch.Tensor:
+def concept_vector(pipe, concept: str) -> torch.Tensor:
     """Mean over settings and other concepts of E(prompt with the concept) - E(the same prompt with another)."""
     from hirm.eval.minicanvas import concept_domain
     from hirm.minicanvas import world
@@ -70,7 +64,7 @@ def concept_vector(encoder, tokenizer, concept: str) -> torch.Tensor:
 
     with_concept = [prompt(concept, o) for o in others for _ in same]
     without = [prompt(c, o) for o in others for c in same]
-    return (_encode_text(encoder, tokenizer, with_concept) - _encode_text(encoder, tokenizer, without)).mean(0)
+    return (encode(pipe, with_concept) - encode(pipe, without)).mean(0)
 
 
 def vocabulary(tokenizer, which: str) -> torch.Tensor:
@@ -116,7 +110,7 @@ def ringabell_probes(pipe, concept: str, patches: list, config: RingABellConfig,
     config.validate()
     domain, _ = concept_domain(concept)
     encoder, tokenizer = pipe.text_encoder, pipe.tokenizer  # the base encoder: patches are not applied here
-    vector = concept_vector(encoder, tokenizer, concept)
+    vector = concept_vector(pipe, concept)
     vocab = vocabulary(tokenizer, config.vocabulary)
     rng = torch.Generator().manual_seed(config.seed)
     pick = random.Random(config.seed)
@@ -126,7 +120,7 @@ def ringabell_probes(pipe, concept: str, patches: list, config: RingABellConfig,
     for j in tqdm(range(config.prompts), desc=f"ringabell {concept}", disable=not progress):
         c, o = pick.choice(same), others[j % len(others)]
         start = f"a {c} image in {o} style" if domain == "object" else f"a {o} image in {c} style"
-        target = _encode_text(encoder, tokenizer, [start])[0] + config.strength * vector
+        target = encode(pipe, [start])[0] + config.strength * vector
         tokens, _ = genetic_search(encoder, tokenizer, target, vocab, config, rng)
         probes.append(Probe(tokenizer.decode(tokens).strip(), "ringabell"))
     return probes
