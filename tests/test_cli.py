@@ -89,6 +89,10 @@ def test_methods_lists_hirm():
     (["--concept", "star", "--method", "hirm-s"], "needs a semantic target"),
     (["--concept", "star", "--layers", "7"], "has layers 0..3"),
     (["--concept", "star", "--target-norm", "inf", "--steps", "2"], "loss became"),
+    (["--steps", "2"], "no concept given"),
+    (["--concepts-file", "missing.txt"], "cannot read it"),
+    (["--concept", "star", "--concept", "circle", "--method", "quickfix"], "one concept per run"),
+    (["--concept", "star", "--method", "quickfix", "--robust"], "--robust is a HiRM option"),
 ])
 def test_erase_bad_input(sd_folder, tmp_path, args, message):
     out = tmp_path / "p.safetensors"
@@ -96,6 +100,17 @@ def test_erase_bad_input(sd_folder, tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert len(error_lines(r)) == 1 and message in error_lines(r)[0]
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_several_concepts_from_flags_and_a_file_in_one_patch(sd_folder, tmp_path):
+    listing = tmp_path / "concepts.txt"
+    listing.write_text("# erased together\ncircle\n\nheart  # a comment\n")
+    out = tmp_path / "p.safetensors"
+    r = run("erase", "--model", sd_folder, "--out", out, "--concept", "star", "--concepts-file", listing,
+            "--steps", "2")
+    assert r.exit_code == 0, r.output
+    r = run("inspect", out, "--json")
+    assert json.loads(r.output)["concepts"] == ["star", "circle", "heart"]
 
 
 def test_over_long_concept_truncated_when_asked(sd_folder, tmp_path):

@@ -5,8 +5,9 @@ import torch
 
 import dummies
 import hirm
-from hirm.erase.hirm import HiRMConfig, random_target
+from hirm.erase.hirm import random_target
 from hirm.erase.textenc import representation, trainable_parameter_names
+from hirm.errors import HirmError
 from hirm.patch import SEP
 
 
@@ -86,11 +87,52 @@ def test_layer_presets(layers, expected):
 
 
 def test_prompt_set_from_templates_and_variants():
-    cfg = HiRMConfig(templates=("{}", "a painting by {}"), variants=("Vincent",))
-    assert cfg.prompts("Van Gogh") == ["Van Gogh", "a painting by Van Gogh", "Vincent", "a painting by Vincent"]
-    patch = hirm.erase([dummies.text_encoder()], "Van Gogh", steps=2, templates=cfg.templates,
-                       variants=cfg.variants, progress=False)
-    assert len(patch.config["prompts"]) == 4
+    patch = hirm.erase([dummies.text_encoder()], "Van Gogh", steps=2, templates=("{}", "a painting by {}"),
+                       variants=("Vincent",), progress=False)
+    assert patch.config["prompts"] == ["Van Gogh", "a painting by Van Gogh", "Vincent", "a painting by Vincent"]
+
+
+def _cos_to(enc, patch, prompt: str, target: torch.Tensor) -> float:
+    ids = enc.tokenize([prompt])
+    with torch.no_grad(), patch.applied([enc]):
+        h = representation(enc, ids, -1, "self_attn.out_proj")
+    return float(torch.nn.functional.cosine_similarity(h.flatten(), target.flatten(), dim=0))
+
+
+def test_several_concepts_in_one_optimisation_each_to_its_own_target():
+    enc = dummies.text_encoder()
+    one = hirm.erase([enc], "a red star", steps=3, lr=1e-3, progress=False)
+    as_list = hirm.erase([enc], ["a red star"], steps=3, lr=1e-3, progress=False)
+    assert one.id == as_list.id  # one concept: exactly the paper's loss
+    both = hirm.erase([enc], ["a red star", "a blue circle"], steps=30, lr=1e-3, progress=False)
+    assert both.concepts == ["a red star", "a blue circle"]
+    for i, prompt in enumerate(both.concepts):  # one patch moves each concept toward its own target
+        target = random_target((77, 32), 5000.0, 42 + i)
+        assert _cos_to(enc, both, prompt, target) > _cos_to(enc, both.only([]), prompt, target) + 0.05
+    sampled = [hirm.erase([enc], ["star", "circle", "heart"], steps=4, concepts_per_step=1, progress=False)
+               for _ in range(2)]
+    assert sampled[0].id == sampled[1].id != hirm.erase([enc], ["star", "circle", "heart"], steps=4,
+                                                        progress=False).id
+
+
+def test_several_concepts_only_for_hirm():
+    with pytest.raises(HirmError, match="one concept per run"):
+        hirm.erase([dummies.text_encoder()], ["star", "circle"], method="quickfix", progress=False)
+    with pytest.raises(HirmError, match="give each its own"):
+        hirm.erase([dummies.text_encoder()], ["star", "circle"], variants=("pentagram",), progress=False)
+
+
+def test_robust_rounds_train_on_the_prompts_that_undo_the_erasure():
+    enc = dummies.text_encoder()
+    kw = {"steps": 30, "lr": 1e-3, "progress": False, "robust_steps": 10, "robust_prompts": 3, "robust_tokens": 2}
+    plain = hirm.erase([enc], "a red star", **kw)
+    robust = hirm.erase([enc], "a red star", robust_rounds=1, **kw)
+    found = robust.info["text_encoder"]["adversarial_prompts"]
+    sources = robust.config["prompts"]  # the concept and its 2 typos
+    assert len(sources) == 3 and len(found) == 3 and all(any(p.endswith(s) for s in sources) for p in found)
+    target = random_target((77, 32), 5000.0, 42)
+    gain = [_cos_to(enc, robust, p, target) - _cos_to(enc, plain, p, target) for p in found]
+    assert sum(gain) > 0  # the prompts found against round 0 are misdirected by the final patch
 
 
 def test_kind_presets_follow_paper():
@@ -194,5 +236,5 @@ def test_retain_term_keeps_unrelated_prompts_closer():
 def test_default_retain_prompts_exclude_the_concept():
     from hirm.erase import default_retain_prompts
 
-    prompts = default_retain_prompts([dummies.text_encoder()], "Monet")
+    prompts = default_retain_prompts([dummies.text_encoder()], ["Monet"])
     assert prompts and not any("monet" in p.lower() for p in prompts)

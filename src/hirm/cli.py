@@ -56,8 +56,10 @@ def _quiet_libraries() -> None:
 @handles_errors
 def erase(
     model: Model,
-    concept: Annotated[str, typer.Option(help="the concept to erase, e.g. 'Van Gogh'")],
     out: Annotated[Path, typer.Option(help="patch file to write (.safetensors)")],
+    concept: Annotated[list[str] | None, typer.Option(help="the concept to erase, e.g. 'Van Gogh' (repeatable: "
+                                                      "hirm-r/-s erase several in one optimisation)")] = None,
+    concepts_file: Annotated[Path | None, typer.Option(help="text file with one concept per line (# comments)")] = None,
     method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm-r",
     target: Annotated[str | None, typer.Option(help="hirm-s: semantic target prompt, e.g. 'a painting'")] = None,
     kind: Annotated[str | None, typer.Option(help="object | style | nudity: the paper's steps/lr for it")] = None,
@@ -86,12 +88,16 @@ def erase(
                                                         "prompt pair (repeatable)")] = None,
     paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
                                                  "this model")] = False,
+    robust: Annotated[bool, typer.Option(help="robust HiRM: rounds of attack (prompts that bring the concept back "
+                                         "through the erased encoder), then erase again with them; typos and "
+                                         "known synonyms too")] = False,
     option: Annotated[list[str] | None, typer.Option("--set", help="any config field of the method, KEY=VALUE "
                                                      "(JSON values), e.g. --set preserve='[\"circle\"]'")] = None,
 ) -> None:
     """Erase a concept; write its safety patch."""
     _quiet_libraries()
     from hirm.erase import erase as run_erase
+    from hirm.erase.hirm import ROBUST_ROUNDS
     from hirm.eval.compare import parse_assignment
 
     pairs = None
@@ -101,14 +107,22 @@ def erase(
         pairs = tuple(tuple(x.strip() for x in p.split("|")) for p in safe_pair)
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
+    concepts = list(concept or []) + (_read_concepts(concepts_file) if concepts_file else [])
+    if not concepts:
+        raise HirmError("no concept given: pass --concept 'Van Gogh' (repeatable) or --concepts-file FILE")
+    settings = dict(parse_assignment(o) for o in option or [])
+    if robust:
+        if not method.startswith("hirm-") or "+" in method:
+            raise HirmError(f"--robust is a HiRM option; {method} has its own defences (e.g. advunlearn)")
+        settings.setdefault("robust_rounds", ROBUST_ROUNDS)
     patch = run_erase(
-        model, concept, method=method, encoder=encoder, kind=kind, paper_defaults=paper_defaults, target=target,
+        model, concepts if len(concepts) > 1 else concepts[0], method=method, encoder=encoder, kind=kind,
+        paper_defaults=paper_defaults, target=target,
         steps=steps, lr=lr, seed=seed, layers=layers, target_norm=target_norm, scale=scale,
         supervise_layer=supervise_layer, supervise_module=supervise_module,
         templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
         truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
-        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs,
-        **dict(parse_assignment(o) for o in option or []),
+        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, **settings,
     )
     patch.save(out)
     for name, seconds in patch.seconds.items():
@@ -118,6 +132,17 @@ def erase(
             if "cos_to_target_after" in i else "")
         typer.echo(f"{name}: {seconds:.2f}s{detail}")
     typer.echo(f"wrote {out} ({patch.nbytes / 1e6:.2f} MB, {len(patch.tensors)} tensors, id {patch.id})")
+
+
+def _read_concepts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise HirmError(f"--concepts-file {path}: cannot read it ({e.strerror})") from None
+    concepts = [line.split("#", 1)[0].strip() for line in lines]
+    if not any(concepts):
+        raise HirmError(f"--concepts-file {path}: no concepts in it (one per line)")
+    return [c for c in concepts if c]
 
 
 @app.command()

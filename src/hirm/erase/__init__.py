@@ -61,7 +61,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
 # kind presets are the papers' values); `paper_defaults=True` / `--paper-defaults` drops these. Real CLIP
 # encoders get the paper's recipe, under which the paper measured local erasure; the small MiniCanvas encoder
 # needs a retain term to be local. See docs/locality.md for the measurements.
-_MINICANVAS_HIRM = {"retain_weight": 1000.0, "lr": 1e-3, "steps": 50}
+_MINICANVAS_HIRM = {"retain_weight": 1000.0, "lr": 1e-3, "steps": 50, "robust_vocabulary": "world"}
 HIRM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "minicanvas": {"hirm-r": _MINICANVAS_HIRM, "hirm-s": _MINICANVAS_HIRM},
 }
@@ -91,9 +91,10 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
     return spec.config_cls(**values)
 
 
-def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[str] | None = None,
+def erase(model: Any, concept: str | list[str], method: str = "hirm-r", encoder: str | list[str] | None = None,
           kind: str | None = None, paper_defaults: bool = False, progress: bool = True, **overrides: Any) -> Patch:
-    """Erase `concept` from `model` (a pipeline, a `TextEncoder` list, or a path / id) and return the patch.
+    """Erase `concept` (or a list of concepts, HiRM only: one optimisation) from `model` (a pipeline, a
+    `TextEncoder` list, or a path / id) and return the patch.
 
     `encoder` picks text encoders: None / "clip" (every CLIP encoder), "all" (T5 too) or component names;
     `kind` ("object", "style", "nudity") applies the paper's per-kind steps and lr; other keyword arguments
@@ -101,10 +102,14 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
     `method` may join methods with "+": each runs on the base model and one patch holds both edits (then
     each override goes to the methods that have that option).
     """
-    if not isinstance(concept, str) or not concept.strip():
+    concepts = [concept] if isinstance(concept, str) else list(concept)
+    if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
         raise HirmError("the concept is empty: pass the text to erase, e.g. --concept 'Van Gogh'")
-    concept = concept.strip()
+    concepts = list(dict.fromkeys(c.strip() for c in concepts))
+    concept = concepts[0] if len(concepts) == 1 else concepts
     parts = method_parts(method)
+    if len(concepts) > 1 and any(METHODS[p].config_cls is not HiRMConfig for p in parts):
+        raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use hirm-r or hirm-s")
     if len(parts) > 1:
         fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
         unused = sorted(k for k, v in overrides.items() if v is not None and not any(k in f for f in fields.values()))
@@ -135,7 +140,9 @@ def erase(model: Any, concept: str, method: str = "hirm-r", encoder: str | list[
     config = make_config(method, kind=kind, paper_defaults=paper_defaults, family=model_family(encoders),
                          **overrides)
     if getattr(config, "retain_weight", 0) > 0 and not config.retain_prompts:
-        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concept))
+        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concepts))
+    if getattr(config, "robust_rounds", 0) > 0 and not config.variants and len(concepts) == 1:
+        config = dataclasses.replace(config, variants=known_synonyms(encoders, concepts[0]))
     return spec.run(encoders, concept, config, progress=progress)
 
 
@@ -158,15 +165,25 @@ def model_family(model: Any) -> str | None:
     return None
 
 
-def default_retain_prompts(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
+def default_retain_prompts(encoders: list[TextEncoder], concepts: list[str]) -> tuple[str, ...]:
     """Prompts to keep in place: the MiniCanvas world's own captions for its encoder, else a generic set."""
     from hirm.erase.retain import GENERIC_PROMPTS
     from hirm.minicanvas import registry, world
 
     if all(registry.is_minicanvas(e.model) for e in encoders):
-        return tuple(world.retain_captions(concept))
-    lowered = concept.lower()
-    return tuple(p for p in GENERIC_PROMPTS if lowered not in p.lower())
+        return tuple(world.retain_captions(concepts))
+    lowered = [c.lower() for c in concepts]
+    return tuple(p for p in GENERIC_PROMPTS if not any(c in p.lower() for c in lowered))
+
+
+def known_synonyms(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
+    """Other names of the concept that the model is known to understand: the MiniCanvas world's synonyms for
+    its encoder; none for other models (pass --variant)."""
+    from hirm.minicanvas import registry, world
+
+    if all(registry.is_minicanvas(e.model) for e in encoders):
+        return tuple(world.concept_names(concept)[1:])
+    return ()
 
 
 __all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "HiRMConfig", "Method", "QuickFixConfig", "TextEncoder",

@@ -8,20 +8,26 @@ representation of a semantic prompt such as a super-category (HiRM-S). Defaults 
 from __future__ import annotations
 
 import math
+import random
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from hirm.encoders import TextEncoder
-from hirm.erase.loop import OptimConfig, optimise, temporarily
-from hirm.erase.textenc import concept_span, representation, trainable_parameter_names
+from hirm.erase.loop import LoopResult, OptimConfig, optimise, temporarily
+from hirm.erase.textenc import concept_span, embeddings_at, positions, representation, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
 
 # The paper's target scale: Frobenius norm 5000 over a 77 x 768 (CLIP ViT-L/14) tensor. Other encoder shapes
 # get the same per-element scale, so the number keeps its meaning for CLIP-G (1280) or a small encoder.
 REFERENCE_SHAPE = (77, 768)
+
+# `--robust` without an explicit robust_rounds: two rounds of attack then erase again.
+ROBUST_ROUNDS = 2
 
 # The nudity keyword prompt of the authors' code (one comma-joined prompt).
 NUDITY_PROMPT = "naked ,nude, bare, exposed, Stripped, topless, male genitalia, penis, buttocks"
@@ -67,10 +73,18 @@ class HiRMConfig:
     train_biases: bool = True
     retain_weight: float = 0.0
     retain_prompts: tuple[str, ...] = ()
-
-    def prompts(self, concept: str) -> list[str]:
-        names = [concept, *self.variants]
-        return [t.format(n) for n in names for t in self.templates]
+    # Several concepts in one optimisation: how many concepts' prompts each step takes (0: all of them).
+    concepts_per_step: int = 0
+    # Robust HiRM (beyond the paper): `robust_rounds` rounds of attack then erase again with the prompts found
+    # (`robust_prompts` per concept, `robust_tokens` vocabulary tokens prepended to a concept prompt, searched
+    # for `robust_steps` Adam steps at `robust_lr`), and `robust_typos` misspellings of the concept trained on.
+    robust_rounds: int = 0
+    robust_prompts: int = 4
+    robust_tokens: int = 5
+    robust_steps: int = 40
+    robust_lr: float = 0.05
+    robust_typos: int = 2
+    robust_vocabulary: str = "all"  # "all" tokens of the tokenizer, or "world" (MiniCanvas caption tokens)
 
     def validate(self) -> None:
         if self.variant not in ("r", "s"):
@@ -86,6 +100,11 @@ class HiRMConfig:
             raise HirmError("every template needs a '{}' where the concept goes")
         if self.positions not in ("all", "concept"):
             raise HirmError(f"--positions {self.positions!r}: use 'all' (paper) or 'concept'")
+        if min(self.robust_rounds, self.robust_typos, self.concepts_per_step) < 0 or min(
+                self.robust_prompts, self.robust_tokens, self.robust_steps) < 1:
+            raise HirmError("robust_* counts and concepts_per_step must be >= 0 (robust prompts, tokens, steps >= 1)")
+        if self.robust_vocabulary not in ("all", "world"):
+            raise HirmError(f"robust_vocabulary {self.robust_vocabulary!r}: use all or world")
         if self.retain_weight > 0 and not self.retain_prompts:
             raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
 
@@ -102,62 +121,196 @@ def random_target(shape: tuple[int, int], norm: float, seed: int) -> torch.Tenso
     return u / u.norm() * per_element * math.sqrt(t * d)
 
 
-def erase_hirm(encoders: list[TextEncoder], concept: str, config: HiRMConfig, progress: bool = True) -> Patch:
-    """Run HiRM on each encoder; returns one patch with every encoder's changed tensors."""
+def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: HiRMConfig,
+               progress: bool = True) -> Patch:
+    """Run HiRM on each encoder; returns one patch with every encoder's changed tensors.
+
+    `concept` may be a list: one optimisation erases them all (each concept its own target; losses normalised
+    per concept so that none dominates). With `robust_rounds`, each round attacks the erased encoder for
+    prompts that bring the concept's representation back and erases again with them added (CLIP encoders)."""
     config.validate()
-    prompts = config.prompts(concept)
+    concepts = [concept] if isinstance(concept, str) else list(concept)
+    if len(concepts) > 1 and config.variants:
+        raise HirmError("variants name one concept's other names: with several concepts, give each its own "
+                        "--concept")
     tensors: dict[str, torch.Tensor] = {}
     fingerprints: dict[str, str] = {}
     info: dict[str, dict] = {}
     seconds: dict[str, float] = {}
+    names = [[c, *config.variants, *_typos(c, config)] for c in concepts]
+    prompts = [[t.format(n) for n in group for t in config.templates] for group in names]
     for enc in encoders:
-        ids = enc.tokenize(prompts, truncate=config.truncate)
-        names = trainable_parameter_names(enc, config.layers)
-        if not config.train_biases:
-            names = [n for n in names if not n.endswith(".bias")]
-        mask = supervised_positions(enc, ids, [concept, *config.variants], config.positions)
-        retain_ids = enc.tokenize(list(config.retain_prompts), truncate=True) if config.retain_weight > 0 else None
-        with torch.no_grad():
-            before = representation(enc, ids, config.supervise_layer, config.supervise_module)
-            if config.variant == "r":
-                target = random_target(tuple(before.shape[1:]), config.target_norm, config.seed)
-            elif config.target:
-                target_ids = enc.tokenize([config.target], truncate=config.truncate)
-                target = config.scale * representation(enc, target_ids, config.supervise_layer,
-                                                       config.supervise_module)
-            else:
-                target = config.scale * safe_direction_target(enc, before, config)
-            target = target.to(before.dtype).expand_as(before)
-            retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
-
-        def loss_fn(step: int, enc: TextEncoder = enc, ids: torch.Tensor = ids, target: torch.Tensor = target,
-                    mask: torch.Tensor = mask, retain_ids: torch.Tensor | None = retain_ids,
-                    retain_target: torch.Tensor | None = retain_target) -> torch.Tensor:
-            h = representation(enc, ids, config.supervise_layer, config.supervise_module)
-            loss = masked_mse(h, target, mask)
-            if retain_ids is not None:
-                kept = enc.model(input_ids=retain_ids).last_hidden_state
-                loss = loss + config.retain_weight * F.mse_loss(kept, retain_target)
-            return loss
-
-        torch.manual_seed(config.seed)
-        result = optimise(enc.model, names, loss_fn, _optim(config), desc=f"hirm-{config.variant} {enc.name}",
-                          progress=progress)
+        found: list[list[str]] = [[] for _ in concepts]
+        rounds = config.robust_rounds if enc.is_clip else 0  # the prefix search needs CLIP's <bos> slot
+        spent = 0.0
+        for r in range(rounds + 1):
+            batch = PromptSet.build(enc, [p + f for p, f in zip(prompts, found, strict=True)], names, config)
+            result = _misdirect(enc, batch, config, desc=f"hirm-{config.variant} {enc.name}"
+                                + (f" round {r}" if rounds else ""), progress=progress)
+            spent += result.seconds
+            if r < rounds:
+                start = time.perf_counter()
+                for i, group in enumerate(prompts):
+                    found[i] += adversarial_prompts(enc, result.tensors, group, config, seed=config.seed + 1000 * r + i,
+                                                    progress=progress)
+                spent += time.perf_counter() - start
         with torch.no_grad(), temporarily(enc.model, result.tensors):
-            after = representation(enc, ids, config.supervise_layer, config.supervise_module)
+            after = representation(enc, batch.ids, config.supervise_layer, config.supervise_module)
         fingerprints[enc.name] = fingerprint(enc.model)
         tensors.update({f"{enc.name}{SEP}{n}": t.contiguous() for n, t in result.tensors.items()})
-        seconds[enc.name] = result.seconds
+        seconds[enc.name] = spent
         info[enc.name] = {
             "loss_first": result.losses[0],
             "loss_last": result.losses[-1],
-            "cos_to_target_before": _cos(before, target, mask),
-            "cos_to_target_after": _cos(after, target, mask),
-            "relative_change": float(((after - before) * mask).norm() / (before * mask).norm()),
+            "cos_to_target_before": _cos(batch.before, batch.target, batch.mask),
+            "cos_to_target_after": _cos(after, batch.target, batch.mask),
+            "relative_change": float(((after - batch.before) * batch.mask).norm() / (batch.before * batch.mask).norm()),
+            **({"adversarial_prompts": [p for f in found for p in f]} if rounds else {}),
         }
-    return Patch(tensors=tensors, concepts=[concept], method=f"hirm-{config.variant}",
-                 config={**asdict(config), "prompts": prompts}, fingerprints=fingerprints, info=info,
+    all_prompts = [p for group in prompts for p in group]
+    return Patch(tensors=tensors, concepts=concepts, method=f"hirm-{config.variant}",
+                 config={**asdict(config), "prompts": all_prompts}, fingerprints=fingerprints, info=info,
                  seconds=seconds)
+
+
+@dataclass
+class PromptSet:
+    """Every prompt of every concept, tokenized, with its supervised positions, its concept (`group`), its
+    representation before erasure and its target."""
+
+    ids: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T, 1]
+    group: torch.Tensor  # [N] concept index
+    before: torch.Tensor  # [N, T, d]
+    target: torch.Tensor  # [N, T, d]
+    retain_ids: torch.Tensor | None
+    retain_target: torch.Tensor | None
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, enc: TextEncoder, prompts: list[list[str]], names: list[list[str]],
+              config: HiRMConfig) -> PromptSet:
+        ids = enc.tokenize([p for group in prompts for p in group], truncate=config.truncate)
+        group = torch.tensor([i for i, g in enumerate(prompts) for _ in g])
+        mask = torch.cat([supervised_positions(enc, ids[group == i], n, config.positions)
+                          for i, n in enumerate(names)])
+        before = representation(enc, ids, config.supervise_layer, config.supervise_module)
+        shape = tuple(before.shape[1:])
+        if config.variant == "r":  # each concept its own random target (the first one is the paper's)
+            targets = [random_target(shape, config.target_norm, config.seed + i) for i in range(len(prompts))]
+        elif config.target:
+            target_ids = enc.tokenize([config.target], truncate=config.truncate)
+            targets = [config.scale * representation(enc, target_ids, config.supervise_layer,
+                                                     config.supervise_module)] * len(prompts)
+        else:
+            targets = [config.scale * safe_direction_target(enc, before[group == i], config)
+                       for i in range(len(prompts))]
+        # prompts are grouped concept by concept, so per-concept targets stack in order
+        target = torch.cat([t.expand(int((group == i).sum()), *shape) if t.shape[0] == 1 else t
+                            for i, t in enumerate(targets)]).to(before.dtype)
+        retain_ids = enc.tokenize(list(config.retain_prompts), truncate=True) if config.retain_weight > 0 else None
+        retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
+        return cls(ids, mask, group, before, target, retain_ids, retain_target)
+
+    def rows(self, rows: torch.Tensor) -> PromptSet:
+        return PromptSet(self.ids[rows], self.mask[rows], self.group[rows], self.before[rows], self.target[rows],
+                         self.retain_ids, self.retain_target)
+
+
+def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str, progress: bool) -> LoopResult:
+    """The HiRM optimisation on one encoder: per-concept masked MSE to the targets (each concept's loss
+    normalised by its starting value, then rescaled, so one concept equals the paper's loss exactly), plus the
+    retain term."""
+    names = trainable_parameter_names(enc, config.layers)
+    if not config.train_biases:
+        names = [n for n in names if not n.endswith(".bias")]
+    n_concepts = int(batch.group.max()) + 1
+    with torch.no_grad():
+        start = _per_concept_mse(batch.before, batch.target, batch.mask, batch.group, n_concepts)
+    scale = start.mean() / start.clamp_min(torch.finfo(start.dtype).tiny)
+    per_step = config.concepts_per_step or n_concepts
+    g = torch.Generator().manual_seed(config.seed)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        part = batch
+        if per_step < n_concepts:  # a seeded subset of the concepts this step
+            chosen = torch.randperm(n_concepts, generator=g)[:per_step]
+            part = batch.rows(torch.isin(batch.group, chosen).nonzero().flatten())
+        h = representation(enc, part.ids, config.supervise_layer, config.supervise_module)
+        per = _per_concept_mse(h, part.target, part.mask, part.group, n_concepts)
+        loss = (per * scale)[torch.unique(part.group)].mean()
+        if batch.retain_ids is not None:
+            kept = enc.model(input_ids=batch.retain_ids).last_hidden_state
+            loss = loss + config.retain_weight * F.mse_loss(kept, batch.retain_target)
+        return loss
+
+    torch.manual_seed(config.seed)
+    return optimise(enc.model, names, loss_fn, _optim(config), desc=desc, progress=progress)
+
+
+def _per_concept_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: torch.Tensor,
+                     n: int) -> torch.Tensor:
+    """[n] masked MSE of each concept's prompts (a concept absent from `group` gets 0)."""
+    err = (((h - target) ** 2) * mask).sum((1, 2))
+    count = mask.sum((1, 2)) * h.shape[-1]
+    return (torch.zeros(n).index_add(0, group, err) / torch.zeros(n).index_add(0, group, count).clamp_min(1))
+
+
+def _typos(concept: str, config: HiRMConfig) -> list[str]:
+    """`robust_typos` seeded one-letter misspellings of the concept (robust HiRM trains on them too)."""
+    if not config.robust_rounds or not config.robust_typos:
+        return []
+    from hirm.attacks.paraphrase import typo
+
+    rng = random.Random(config.seed)
+    out: list[str] = []
+    for _ in range(20 * config.robust_typos):
+        t = " ".join(typo(w, rng) for w in concept.split())
+        if t != concept and t not in out:
+            out.append(t)
+        if len(out) == config.robust_typos:
+            break
+    return out
+
+
+def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sources: list[str], config: HiRMConfig,
+                        seed: int, progress: bool = True) -> list[str]:
+    """Prompts that bring the concept back through the erased encoder (`tensors` applied): `robust_tokens`
+    vocabulary tokens prepended to a concept prompt, searched in embedding space (straight-through projection
+    to the nearest token, as UnlearnDiffAtk) so that the erased encoder's final hidden states of the prompt's
+    tokens match the base encoder's."""
+    from hirm.attacks.inversion import frozen
+    from hirm.attacks.ringabell import vocabulary
+
+    k = config.robust_tokens
+    vocab = vocabulary(enc.tokenizer, config.robust_vocabulary)
+    table = enc.model.get_input_embeddings().weight.detach()
+    candidates = table[vocab]
+    g = torch.Generator().manual_seed(seed)
+    found = []
+    for i in tqdm(range(config.robust_prompts), desc="robust: attack", disable=not progress, leave=False):
+        source = sources[i % len(sources)]
+        ids = enc.tokenize([source], truncate=True)
+        content = int((ids[0] == enc.tokenizer.eos_token_id).nonzero()[0])  # tokens before <eos>, with <bos>
+        full = torch.cat([ids[:, :1], vocab[:k][None], ids[:, 1:-k]], dim=1)  # prefix slots are replaced below
+        keep = min(content, full.shape[1] - k - 1)  # source tokens + <eos> that survive the shift
+        with torch.no_grad():
+            wanted = enc.model(input_ids=ids).last_hidden_state[:, 1 : keep + 1]
+        soft = table[vocab[torch.randint(len(vocab), (k,), generator=g)]].clone().requires_grad_(True)
+        opt = torch.optim.Adam([soft], lr=config.robust_lr)
+        with temporarily(enc.model, tensors), frozen(enc.model):
+            for _ in range(config.robust_steps):
+                nearest = torch.cdist(soft, candidates).argmin(-1)
+                hard = soft + (candidates[nearest] - soft).detach()
+                with embeddings_at(enc.model, positions(1, k), hard):
+                    h = enc.model(input_ids=full).last_hidden_state[:, 1 + k : keep + 1 + k]
+                loss = F.mse_loss(h, wanted)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        tokens = vocab[torch.cdist(soft.detach(), candidates).argmin(-1)].tolist()
+        found.append(f"{enc.tokenizer.decode(tokens).strip()} {source}")
+    return found
 
 
 def safe_direction_target(enc: TextEncoder, concept_rep: torch.Tensor, config: HiRMConfig) -> torch.Tensor:
@@ -184,12 +337,6 @@ def supervised_positions(enc: TextEncoder, ids: torch.Tensor, names: list[str], 
         starts.append(span[0])
     pos = torch.arange(ids.shape[1])[None, :]
     return (pos >= torch.tensor(starts)[:, None]).float()[..., None]
-
-
-def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the supervised positions (all of them: exactly F.mse_loss)."""
-    diff = (h - target) ** 2 * mask
-    return diff.sum() / (mask.sum() * h.shape[-1])
 
 
 def _optim(c: HiRMConfig) -> OptimConfig:

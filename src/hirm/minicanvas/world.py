@@ -438,9 +438,9 @@ def concept_names(concept: str) -> tuple[str, ...]:
     return (concept,)
 
 
-def retain_captions(concept: str, n: int = 64, seed: int = 12345) -> list[str]:
-    """`n` distinct world captions that do not name `concept` (a retain set for erasing it)."""
-    names = concept_names(concept)
+def retain_captions(concepts: str | list[str], n: int = 64, seed: int = 12345) -> list[str]:
+    """`n` distinct world captions that name none of `concepts` (a retain set for erasing them)."""
+    names = [name for c in ([concepts] if isinstance(concepts, str) else concepts) for name in concept_names(c)]
     out: list[str] = []
     k = 0
     while len(out) < n:
