@@ -399,7 +399,9 @@ def minicanvas_preview(
 def compare(
     model: Model = "minicanvas",
     concepts: Annotated[str, typer.Option(help="MiniCanvas concepts, comma-separated")] = "star,striped",
-    methods: Annotated[str, typer.Option(help="methods, comma-separated; join two with '+' (hirm-r+esd-x)")]
+    methods: Annotated[str, typer.Option(help="methods, comma-separated; join two with '+' (hirm-r+esd-x); "
+                                              "a method twice under labels, e.g. hirm-r/robust with "
+                                              "--option hirm-r/robust.robust_rounds=2")]
     = "hirm-r,hirm-s,quickfix,esd-x,esd-u,uce,rece,hirm-r+esd-x",
     seeds: Annotated[str, typer.Option(help="seeds per (object, style) cell of the evaluation grid")] = "0",
     option: Annotated[list[str] | None, typer.Option("--option", help="METHOD.KEY=VALUE (or ATTACK.KEY=VALUE) for "

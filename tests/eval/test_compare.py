@@ -47,12 +47,15 @@ def test_compare_transfer_scores_text_encoder_patches_on_mini_flux(tmp_path):
 
 
 def test_compare_attacks_add_asr_columns():
-    r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "quickfix,uce", "--attacks", "embedding",
+    r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "quickfix,uce,quickfix/weak",
+                            "--option", "quickfix/weak.lamb=1000", "--attacks", "embedding",
                             "--option", "embedding.prompts=2", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout.strip().splitlines()[-1])
     rows = {x["method"]: x for x in data["rows"]}
     assert all(0.0 <= x["asr_embedding"] <= 1.0 for x in rows.values())
+    # the same method under a label, with its own options: a much weaker edit (lamb keeps W near W0)
+    assert rows["quickfix/weak"]["ua"] < rows["quickfix"]["ua"]
     # the base encoder's embeddings bypass a text-encoder edit completely
     assert rows["quickfix"]["asr_embedding"] == rows["base"]["asr_embedding"]
     assert "asr_embedding" in data["summary"][0]

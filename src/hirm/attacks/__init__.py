@@ -30,6 +30,7 @@ class Attack:
     config_cls: type
     run: Callable[..., list[Probe]]  # (pipe, concept, patches, config, progress) -> probes
     summary: str
+    needs_erased_model: bool = False  # False: the probes depend only on the base model, so they can be reused
 
 
 ATTACKS: dict[str, Attack] = {
@@ -40,9 +41,11 @@ ATTACKS: dict[str, Attack] = {
     "ringabell": Attack("ringabell", RingABellConfig, ringabell_probes,
                         "Ring-A-Bell: concept vector on the base encoder, prompt tokens found by a genetic search"),
     "unlearndiff": Attack("unlearndiff", UnlearnDiffConfig, unlearndiff_probes,
-                          "UnlearnDiffAtk: prepended tokens optimised against the erased model's denoising loss"),
+                          "UnlearnDiffAtk: prepended tokens optimised against the erased model's denoising loss",
+                          needs_erased_model=True),
     "cce": Attack("cce", CCEConfig, cce_probes,
-                  "CCE: a token embedding learned by textual inversion against the erased model"),
+                  "CCE: a token embedding learned by textual inversion against the erased model",
+                  needs_erased_model=True),
 }
 
 
@@ -75,19 +78,31 @@ def make_attack_config(name: str, **overrides: Any):
 
 def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tuple[int, ...] = (0, 1),
            steps: int | None = None, guidance: float | None = None, progress: bool = True,
-           **overrides: Any) -> AttackResult:
-    """Run attack `name` against `pipe` with `patches` applied; ASR judged by the MiniCanvas classifier."""
+           cache: dict | None = None, **overrides: Any) -> AttackResult:
+    """Run attack `name` against `pipe` with `patches` applied; ASR judged by the MiniCanvas classifier.
+
+    `cache`: a dict kept by a caller that attacks several patches of the same base pipeline; probes that do
+    not depend on the erased model, and their base-model hits, are found once and reused from it."""
     from hirm.eval.minicanvas import concept_domain
 
     domain, index = concept_domain(concept)
     config = make_attack_config(name, **overrides)
+    sampling = {"steps": steps, "guidance": guidance, "seeds": tuple(seeds)}
     start = time.perf_counter()
-    probes = ATTACKS[name].run(pipe, concept, patches, config, progress=progress)
-    if not probes:
-        raise HirmError(f"attack {name} found no prompts to try for {concept!r}")
-    sampling = {"steps": steps, "guidance": guidance, "seeds": seeds}
+    reusable = cache is not None and not ATTACKS[name].needs_erased_model
+    key = (name, concept, repr(config), repr(sampling))
+    if reusable and key in cache:
+        probes, base_hits = cache[key]
+    else:
+        probes = ATTACKS[name].run(pipe, concept, patches, config, progress=progress)
+        if not probes:
+            raise HirmError(f"attack {name} found no prompts to try for {concept!r}")
+        base_hits = None
     erased_hits, images = _hits(pipe, probes, patches, classifier, domain, index, **sampling)
-    base_hits, _ = _hits(pipe, probes, [], classifier, domain, index, **sampling)
+    if base_hits is None:
+        base_hits = erased_hits if not patches else _hits(pipe, probes, [], classifier, domain, index, **sampling)[0]
+    if reusable:
+        cache[key] = (probes, base_hits)
     seconds = time.perf_counter() - start
     k = len(seeds)
     rows = [{"prompt": p.prompt, "kind": p.kind, "erased": erased_hits[i * k:(i + 1) * k],

@@ -134,9 +134,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
         raise HirmError("give at least one --concepts and one --methods")
     for c in concepts:
         concept_domain(c)
-    parts = {m: method_parts(m) for m in methods}  # before minutes of work
+    # "hirm-r/robust": the method under a label, so that it can run twice with different --option values
+    parts = {m: method_parts(m.partition("/")[0]) for m in methods}  # before minutes of work
     attacks = list(attacks or [])
-    unknown = sorted(set(options) - {p for ps in parts.values() for p in ps} - set(attacks))
+    unknown = sorted(set(options) - {p for ps in parts.values() for p in ps} - set(methods) - set(attacks))
     if unknown:
         raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods or --attacks")
     if attacks:
@@ -153,6 +154,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     grids: dict[str, list] = {}
     # each finished row is appended to out/rows.jsonl at once, so an interrupted run resumes where it stopped
     done = _finished_rows(out, seeds, options)
+    attack_cache: dict = {}  # probes that do not depend on the erased model, found once per concept
     jobs = [(c, m) for c in concepts for m in ("base", *methods)]
     for concept, method in tqdm(jobs, desc="compare", disable=not progress):
         if (method, concept) in done:
@@ -163,12 +165,14 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             row, patch = _append(out, _row("base", concept, result, 0.0, 0.0, 0), seeds, options), None
         else:
             overrides = {k: v for part in parts[method] for k, v in method_options.get(part, {}).items()}
+            if "/" in method:
+                overrides.update(method_options.get(method, {}))
             if "hirm-s" in parts[method] and "target" not in overrides:
                 overrides["target"] = world.supercategory(concept)  # the world's super-category, as in the paper
             gc.collect()
             start = time.perf_counter()
             with peak_memory() as mem:
-                patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
+                patch = hirm.erase(pipe, concept, method=method.partition("/")[0], progress=False, **overrides)
             seconds = time.perf_counter() - start
             size = _saved_size(patch, out, _patch_name(method, concept))
             result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
@@ -179,7 +183,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
         for name in attacks:
             if f"asr_{name}" not in row:
                 row[f"asr_{name}"] = _attack_rate(pipe, model, concept, name, patch, seeds, classifier,
-                                                  options.get(name, {}))
+                                                  options.get(name, {}), attack_cache)
         rows.append(row)
         with patch.applied(pipe) if patch is not None else nullcontext():
             grids.setdefault(concept, []).append((method, sample(pipe, grid_prompts(concept), **kw)))
@@ -204,19 +208,19 @@ def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifi
 
 
 def _attack_rate(pipe, model: str, concept: str, name: str, patch, seeds: tuple[int, ...], classifier,
-                 options: dict[str, Any]) -> float:
+                 options: dict[str, Any], cache: dict) -> float:
     """ASR of one attack on the model with `patch` (None: the base model)."""
     from hirm.attacks import attack
     from hirm.minicanvas import registry
 
     s = registry.SAMPLING[model]
     r = attack(pipe, concept, name, [patch] if patch is not None else [], classifier, seeds=seeds,
-               steps=s["steps"], guidance=s["guidance"], progress=False, **options)
+               steps=s["steps"], guidance=s["guidance"], progress=False, cache=cache, **options)
     return round(r.asr, 4)
 
 
 def _patch_name(method: str, concept: str) -> str:
-    return f"{method}--{concept.replace(' ', '-')}.safetensors"
+    return f"{method.replace('/', '@')}--{concept.replace(' ', '-')}.safetensors"
 
 
 def _saved_patch(out: Path | None, method: str, concept: str):
