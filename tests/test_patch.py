@@ -97,3 +97,17 @@ def test_fp16_pipeline_accepts_patch_made_in_fp32():
     key = next(iter(patch.tensors))
     name = key.split("::", 1)[1]
     assert torch.equal(dict(half.text_encoder.named_parameters())[name], patch.tensors[key].half())
+
+
+def test_average_is_the_elementwise_mean_of_patches_of_the_same_tensors():
+    enc = dummies.text_encoder(seed=0)
+    a = hirm.erase([enc], "a red star", steps=2, lr=1e-3, progress=False)
+    b = hirm.erase([enc], "a blue circle", steps=2, lr=1e-3, progress=False)
+    mean = Patch.average([a, b])
+    assert mean.concepts == ["a red star", "a blue circle"] and mean.fingerprints == a.fingerprints
+    for k, t in mean.tensors.items():
+        assert torch.allclose(t, (a.tensors[k] + b.tensors[k]) / 2)
+    with mean.applied([enc]):
+        pass  # made from the same base weights: accepted
+    with pytest.raises(hirm.HirmError, match="cannot average"):
+        Patch.average([a, hirm.erase([enc], "x", steps=1, layers="1", progress=False)])

@@ -127,6 +127,22 @@ class Patch:
                    config={p.method: p.config for p in patches}, fingerprints=fingerprints,
                    info={p.method: p.info for p in patches}, seconds=seconds)
 
+    @classmethod
+    def average(cls, patches: list[Patch]) -> Patch:
+        """The element-wise mean of patches that edit the same tensors of the same base model: the paper's
+        weight-averaging merge of separately erased concepts (its baseline for multi-concept erasure)."""
+        if not patches:
+            raise HirmError("nothing to average")
+        keys, prints = set(patches[0].tensors), patches[0].fingerprints
+        if any(set(p.tensors) != keys or p.fingerprints != prints for p in patches):
+            raise HirmError("cannot average: the patches edit different tensors or were made from different weights")
+        tensors = {k: torch.stack([p.tensors[k] for p in patches]).mean(0) for k in patches[0].tensors}
+        concepts = list(dict.fromkeys(c for p in patches for c in p.concepts))
+        return cls(tensors=tensors, concepts=concepts, method="average(" + ",".join(p.method for p in patches) + ")",
+                   config={"averaged": [p.config for p in patches]}, fingerprints=dict(prints),
+                   info={"averaged": [p.info for p in patches]},
+                   seconds={c: sum(p.seconds.get(c, 0.0) for p in patches) for c in prints})
+
     def only(self, components: list[str]) -> Patch:
         """The part of this patch that edits `components` (e.g. only its denoiser edit)."""
         keep = [c for c in self.components if c in components]

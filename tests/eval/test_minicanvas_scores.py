@@ -56,3 +56,24 @@ def test_unknown_concept_is_clear_error():
     g = make_grid(lambda o, s: o, lambda o, s: s)
     with pytest.raises(hirm.HirmError, match="not a MiniCanvas concept"):
         score(g, "teapot")
+
+
+def test_several_erased_concepts_scored_apart_from_what_was_left_alone():
+    from hirm.eval.minicanvas import score_concepts
+
+    star, striped = world.OBJECTS.index("star"), world.STYLES.index("striped")
+
+    def po(o, s):  # stars erased; on striped cells every object is also wrong (must not count as "kept")
+        p = o.copy()
+        p[(o == star) | (s == striped)] = (o[(o == star) | (s == striped)] + 1) % N_OBJ
+        return p
+
+    def ps(o, s):  # striped erased
+        p = s.copy()
+        p[s == striped] = (striped + 1) % N_STY
+        return p
+
+    r = score_concepts(make_grid(po, ps), ["star", "striped"])
+    assert r["ua_per_concept"] == {"star": 1.0, "striped": 1.0} and r["ua"] == 1.0
+    assert "star" not in r["kept_per_concept"] and "striped" not in r["kept_per_concept"]
+    assert r["kept_acc"] == 1.0 and len(r["kept_per_concept"]) == N_OBJ + N_STY - 2

@@ -97,6 +97,28 @@ def score(grid: Grid, concept: str | None) -> dict[str, Any]:
     return out
 
 
+def score_concepts(grid: Grid, concepts: list[str]) -> dict[str, Any]:
+    """Several erased concepts at once: each one's UA, and each other concept's accuracy (its own head) on the
+    cells where no erased concept appears, i.e. what the erasure should have left alone."""
+    obj_ok = grid.pred_objects == grid.objects
+    sty_ok = grid.pred_styles == grid.styles
+    erased = [concept_domain(c) for c in concepts]
+    hit_objects = [i for d, i in erased if d == "object"]
+    hit_styles = [i for d, i in erased if d == "style"]
+    clean = ~np.isin(grid.objects, hit_objects) & ~np.isin(grid.styles, hit_styles)
+    ua = {}
+    for c, (domain, i) in zip(concepts, erased, strict=True):
+        ok, label = (obj_ok, grid.objects) if domain == "object" else (sty_ok, grid.styles)
+        ua[c] = float(1.0 - ok[label == i].mean())
+    kept = {n: float(obj_ok[clean & (grid.objects == i)].mean()) for i, n in enumerate(world.OBJECTS)
+            if i not in hit_objects}
+    kept |= {n: float(sty_ok[clean & (grid.styles == i)].mean()) for i, n in enumerate(world.STYLES)
+             if i not in hit_styles}
+    return {"concepts": list(concepts), "ua": float(np.mean(list(ua.values()))) if ua else None, "ua_per_concept": ua,
+            "kept_acc": float(np.mean(list(kept.values()))), "kept_per_concept": kept,
+            "n_images": len(grid.images)}
+
+
 def evaluate(pipe, concept: str | None, classifier: MiniCanvasClassifier, patches: list | None = None,
              **grid_kwargs: Any) -> tuple[dict[str, Any], Grid]:
     """Score `pipe` (with `patches` applied for the duration) on the full grid."""
