@@ -18,7 +18,7 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 
 
-def _measure(shape: str, steps: int, threads: int, queue: mp.Queue) -> None:
+def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_step: int, queue: mp.Queue) -> None:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -35,13 +35,16 @@ def _measure(shape: str, steps: int, threads: int, queue: mp.Queue) -> None:
     encoder = TextEncoder("text_encoder", model, load_tokenizer())
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    patch = hirm.erase([encoder], "Van Gogh", steps=steps, progress=False)
+    names = ["Van Gogh"] if concepts == 1 else [f"concept number {i}" for i in range(concepts)]
+    patch = hirm.erase([encoder], names, steps=steps, concepts_per_step=concepts_per_step, progress=False)
     total = time.perf_counter() - start
     encoder_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     queue.put({
         "shape": shape,
         "steps": steps,
         "threads": threads,
+        "concepts": concepts,
+        "concepts_per_step": concepts_per_step or concepts,
         "erase_seconds": round(total, 2),
         "train_seconds": round(patch.seconds["text_encoder"], 2),
         "seconds_per_step": round(patch.seconds["text_encoder"] / steps, 3),
@@ -53,11 +56,13 @@ def _measure(shape: str, steps: int, threads: int, queue: mp.Queue) -> None:
     })
 
 
-def erase_cost(shape: str = "clip-l", steps: int = 50, threads: int = 2) -> dict[str, Any]:
-    """Time and peak memory of a default HiRM-R erase on an encoder of `shape`, in a fresh process."""
+def erase_cost(shape: str = "clip-l", steps: int = 50, threads: int = 2, concepts: int = 1,
+               concepts_per_step: int = 0) -> dict[str, Any]:
+    """Time and peak memory of a default HiRM-R erase of `concepts` concepts (one optimisation, `concepts_per_step`
+    of them per step; 0: all) on an encoder of `shape`, in a fresh process."""
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(shape, steps, threads, queue))
+    proc = ctx.Process(target=_measure, args=(shape, steps, threads, concepts, concepts_per_step, queue))
     proc.start()
     result = queue.get()
     proc.join()

@@ -241,13 +241,17 @@ def bench(
     shape: Annotated[str, typer.Option(help="encoder shape: clip-l | clip-h | clip-g")] = "clip-l",
     steps: Annotated[int, typer.Option(help="HiRM steps")] = 50,
     threads: Annotated[int, typer.Option(help="CPU threads")] = 2,
+    concepts: Annotated[int, typer.Option(help="concepts erased in one optimisation")] = 1,
+    concepts_per_step: Annotated[int, typer.Option(help="concepts sampled per step (0: all)")] = 0,
 ) -> None:
     """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size."""
     from hirm.bench import SHAPES, erase_cost
 
     if shape not in SHAPES:
         raise HirmError(f"--shape {shape}: use one of {', '.join(SHAPES)}")
-    r = erase_cost(shape, steps, threads)
+    if concepts < 1 or concepts_per_step < 0:
+        raise HirmError("--concepts must be >= 1 and --concepts-per-step >= 0")
+    r = erase_cost(shape, steps, threads, concepts, concepts_per_step)
     typer.echo(json.dumps(r))
 
 

@@ -1,0 +1,52 @@
+"""Time and peak memory of one HiRM erase of N concepts on a CLIP ViT-L/14-sized text encoder (random weights:
+cost depends on shape only), each N in a fresh process. Each step takes `--per-step` concepts (sampled, seeded),
+so the step cost stays flat and what grows with N is the set-up: every concept's prompt encoded once for its
+target and starting loss, and the targets held in memory.
+
+    python benchmarks/multi_concept_scaling.py [--ns 1,10,100,1000] [--per-step 8] [--steps 50] [--out DIR]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hirm.bench import erase_cost  # noqa: E402
+from hirm.images import write_text_atomic  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--ns", default="1,10,100,1000")
+    p.add_argument("--per-step", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--shape", default="clip-l")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/multi-concept-scaling")
+    a = p.parse_args()
+    rows = []
+    for n in (int(x) for x in a.ns.split(",")):
+        r = erase_cost(a.shape, a.steps, a.threads, concepts=n, concepts_per_step=min(n, a.per_step))
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "scaling.json", json.dumps(rows, indent=1))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    ns = [r["concepts"] for r in rows]
+    axes[0].plot(ns, [r["erase_seconds"] for r in rows], "o-")
+    axes[0].set(xscale="log", xlabel="concepts", ylabel="erase wall time (s)",
+                title=f"{a.shape}, {a.steps} steps, <= {a.per_step} concepts/step")
+    axes[1].plot(ns, [r["peak_rss_mb"] for r in rows], "o-")
+    axes[1].set(xscale="log", xlabel="concepts", ylabel="peak resident memory (MB)")
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=110)
+    print(f"wrote {out / 'scaling.png'}")
+
+
+if __name__ == "__main__":
+    main()
