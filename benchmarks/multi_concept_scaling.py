@@ -13,10 +13,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from hirm.bench import erase_cost  # noqa: E402
-from hirm.images import write_text_atomic  # noqa: E402
+from hirm.bench import erase_cost
+from hirm.images import write_text_atomic
 
 
 def main() -> None:
