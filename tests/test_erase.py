@@ -238,3 +238,19 @@ def test_default_retain_prompts_exclude_the_concept():
 
     prompts = default_retain_prompts([dummies.text_encoder()], ["Monet"])
     assert prompts and not any("monet" in p.lower() for p in prompts)
+
+
+@pytest.mark.parametrize(("positions", "expected"), [
+    ("all", list(range(77))), ("no-bos", list(range(1, 77))),
+    ("concept", list(range(3, 77))),  # <bos> a photo [red star] <eos> ...: from "red" on
+    ("concept+eos", [3, 4, 5]),
+])
+def test_supervised_positions(positions, expected):
+    from hirm.erase.hirm import supervised_positions
+
+    enc = dummies.text_encoder()
+    ids = enc.tokenize(["a photo red star"])
+    mask = supervised_positions(enc, ids, ["red star"], positions)
+    assert mask[0, :, 0].nonzero().flatten().tolist() == expected
+    patch = hirm.erase([enc], "red star", templates=("a photo {}",), positions=positions, steps=1, progress=False)
+    assert patch.config["positions"] == positions

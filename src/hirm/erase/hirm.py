@@ -26,6 +26,9 @@ from hirm.patch import SEP, Patch, fingerprint
 # get the same per-element scale, so the number keeps its meaning for CLIP-G (1280) or a small encoder.
 REFERENCE_SHAPE = (77, 768)
 
+# Token positions the misdirection loss may cover (see supervised_positions); the paper's is "all".
+POSITIONS = ("all", "concept", "concept+eos", "no-bos")
+
 # `--robust` without an explicit robust_rounds: two rounds of attack then erase again.
 ROBUST_ROUNDS = 2
 
@@ -69,7 +72,7 @@ class HiRMConfig:
     # "concept": from the first concept token on, the only positions that can see it under the causal mask),
     # whether biases train (a bias shift moves every prompt alike), and a retain term that keeps the final
     # hidden states of unrelated prompts where they were.
-    positions: str = "all"
+    positions: str = "all"  # one of POSITIONS
     train_biases: bool = True
     retain_weight: float = 0.0
     retain_prompts: tuple[str, ...] = ()
@@ -98,8 +101,8 @@ class HiRMConfig:
             raise HirmError(f"--lr {self.lr}: need a positive learning rate")
         if not all("{}" in t for t in self.templates):
             raise HirmError("every template needs a '{}' where the concept goes")
-        if self.positions not in ("all", "concept"):
-            raise HirmError(f"--positions {self.positions!r}: use 'all' (paper) or 'concept'")
+        if self.positions not in POSITIONS:
+            raise HirmError(f"--positions {self.positions!r}: use one of {', '.join(POSITIONS)} (paper: all)")
         if min(self.robust_rounds, self.robust_typos, self.concepts_per_step) < 0 or min(
                 self.robust_prompts, self.robust_tokens, self.robust_steps) < 1:
             raise HirmError("robust_* counts and concepts_per_step must be >= 0 (robust prompts, tokens, steps >= 1)")
@@ -324,19 +327,33 @@ def safe_direction_target(enc: TextEncoder, concept_rep: torch.Tensor, config: H
 
 
 def supervised_positions(enc: TextEncoder, ids: torch.Tensor, names: list[str], positions: str) -> torch.Tensor:
-    """[N, T, 1] float mask of supervised token positions."""
+    """[N, T, 1] float mask of supervised token positions: "all" (the paper), "no-bos" (all but the start token,
+    which is the same for every prompt), "concept" (from the concept's first token on: the only positions that
+    can see it under the causal mask) or "concept+eos" (the concept's tokens and the end token only)."""
     mask = torch.ones(ids.shape[0], ids.shape[1], 1)
     if positions == "all":
         return mask
-    starts = []
-    for row in ids.tolist():
-        span = concept_span(enc, row, names)
+    if positions == "no-bos":
+        if enc.is_clip:  # T5 has no start token
+            mask[:, 0] = 0
+        return mask
+    mask.zero_()
+    for row, token_ids in enumerate(ids.tolist()):
+        span = concept_span(enc, token_ids, names)
         if span is None:
-            raise HirmError("--positions concept: a prompt does not contain the concept's tokens; every template "
-                            "must include the concept")
-        starts.append(span[0])
-    pos = torch.arange(ids.shape[1])[None, :]
-    return (pos >= torch.tensor(starts)[:, None]).float()[..., None]
+            raise HirmError(f"--positions {positions}: a prompt does not contain the concept's tokens; every "
+                            "template must include the concept")
+        if positions == "concept":
+            mask[row, span[0]:] = 1
+        else:
+            mask[row, span[0] : span[1] + 1] = 1
+            mask[row, _eos_index(enc, token_ids, span[1])] = 1
+    return mask
+
+
+def _eos_index(enc: TextEncoder, token_ids: list[int], after: int) -> int:
+    eos = enc.tokenizer.eos_token_id
+    return next((i for i in range(after + 1, len(token_ids)) if token_ids[i] == eos), len(token_ids) - 1)
 
 
 def _optim(c: HiRMConfig) -> OptimConfig:
