@@ -78,7 +78,8 @@ def erase(
     template: Annotated[list[str] | None, typer.Option(help="prompt template with {} (repeatable)")] = None,
     variant: Annotated[list[str] | None, typer.Option(help="other names of the concept (repeatable)")] = None,
     truncate: Annotated[bool, typer.Option(help="cut prompts longer than the encoder instead of failing")] = False,
-    positions: Annotated[str | None, typer.Option(help="supervised positions: all (paper) | no-bos | concept | concept+eos")] = None,
+    positions: Annotated[str | None, typer.Option(help="supervised positions: all (paper) | no-bos | concept | "
+                                                  "concept+eos")] = None,
     train_biases: Annotated[bool | None, typer.Option("--train-biases/--no-train-biases",
                                                       help="train layer biases too (paper: yes)")] = None,
     retain_weight: Annotated[float | None, typer.Option(help="weight of the retain term (paper: 0)")] = None,
