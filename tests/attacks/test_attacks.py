@@ -54,19 +54,23 @@ def test_embedding_input_undoes_a_text_encoder_patch_exactly(pipe):
     patch = hirm.erase(pipe, "circle", method="quickfix", progress=False)
     clf = registry.load_classifier()
     s = registry.SAMPLING["minicanvas"]
-    r = attack(pipe, "circle", "embedding", [patch], clf, seeds=(0,), steps=s["steps"], guidance=s["guidance"],
+    r = attack(pipe, "circle", "embedding", [patch], clf, seeds=(0,), denoise_steps=s["steps"], guidance=s["guidance"],
                progress=False, prompts=3)
     assert r.n == 3 and r.asr == r.base_asr
     assert all(p["erased"] == p["base"] for p in r.probes)
     cache: dict = {}  # probes that do not depend on the erased model, and their base hits, found once
-    first = attack(pipe, "circle", "embedding", [], clf, seeds=(0,), steps=s["steps"], guidance=s["guidance"],
+    first = attack(pipe, "circle", "embedding", [], clf, seeds=(0,), denoise_steps=s["steps"], guidance=s["guidance"],
                    progress=False, prompts=3, cache=cache)
-    again = attack(pipe, "circle", "embedding", [patch], clf, seeds=(0,), steps=s["steps"], guidance=s["guidance"],
-                   progress=False, prompts=3, cache=cache)
+    again = attack(pipe, "circle", "embedding", [patch], clf, seeds=(0,), denoise_steps=s["steps"],
+                   guidance=s["guidance"], progress=False, prompts=3, cache=cache)
     assert len(cache) == 1 and first.asr == first.base_asr == again.base_asr == r.base_asr and again.asr == r.asr
-    plain = attack(pipe, "circle", "paraphrase", [patch], clf, seeds=(0,), steps=s["steps"],
+    plain = attack(pipe, "circle", "paraphrase", [patch], clf, seeds=(0,), denoise_steps=s["steps"],
                    guidance=s["guidance"], progress=False, kinds=("template",), per_kind=3)
     assert plain.n == 3 and 0.0 <= plain.asr <= 1.0
+    # the attack's own `steps` option is not the sampler's
+    cce = attack(pipe, "circle", "cce", [patch], clf, seeds=(0,), denoise_steps=2, progress=False, steps=1, images=2,
+                 prompts=1)
+    assert cce.n == 1
 
 
 def test_attack_cli_json_and_files(tmp_path):

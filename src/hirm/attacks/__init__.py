@@ -77,9 +77,10 @@ def make_attack_config(name: str, **overrides: Any):
 
 
 def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tuple[int, ...] = (0, 1),
-           steps: int | None = None, guidance: float | None = None, progress: bool = True,
+           denoise_steps: int | None = None, guidance: float | None = None, progress: bool = True,
            cache: dict | None = None, **overrides: Any) -> AttackResult:
     """Run attack `name` against `pipe` with `patches` applied; ASR judged by the MiniCanvas classifier.
+    `denoise_steps` and `guidance` set how every probe is sampled; `overrides` are the attack's own options.
 
     `cache`: a dict kept by a caller that attacks several patches of the same base pipeline; probes that do
     not depend on the erased model, and their base-model hits, are found once and reused from it."""
@@ -87,7 +88,7 @@ def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tupl
 
     domain, index = concept_domain(concept)
     config = make_attack_config(name, **overrides)
-    sampling = {"steps": steps, "guidance": guidance, "seeds": tuple(seeds)}
+    sampling = {"steps": denoise_steps, "guidance": guidance, "seeds": tuple(seeds)}
     start = time.perf_counter()
     reusable = cache is not None and not ATTACKS[name].needs_erased_model
     key = (name, concept, repr(config), repr(sampling))

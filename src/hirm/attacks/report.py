@@ -35,7 +35,7 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
     sampling = registry.SAMPLING[model]
     rows, details = [], {}
     for name in attacks:
-        r = attack(pipe, concept, name, patches, classifier, seeds=seeds, steps=sampling["steps"],
+        r = attack(pipe, concept, name, patches, classifier, seeds=seeds, denoise_steps=sampling["steps"],
                    guidance=sampling["guidance"], progress=progress, **options.get(name, {}))
         rows.append(r.row())
         details[name] = r

@@ -215,7 +215,7 @@ def _attack_rate(pipe, model: str, concept: str, name: str, patch, seeds: tuple[
 
     s = registry.SAMPLING[model]
     r = attack(pipe, concept, name, [patch] if patch is not None else [], classifier, seeds=seeds,
-               steps=s["steps"], guidance=s["guidance"], progress=False, cache=cache, **options)
+               denoise_steps=s["steps"], guidance=s["guidance"], progress=False, cache=cache, **options)
     return round(r.asr, 4)
 
 
