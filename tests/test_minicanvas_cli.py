@@ -32,6 +32,19 @@ def test_eval_json_and_erasure_effect(tmp_path):
     assert all(0.0 <= flux[k] <= 1.0 for k in ("ua", "ira", "cra")) and flux["patches"] == data["patches"]
 
 
+def test_eval_of_a_patch_of_several_concepts(tmp_path):
+    patch = tmp_path / "two.safetensors"
+    r = runner.invoke(app, ["erase", "--model", "minicanvas", "--concept", "star", "--concept", "striped",
+                            "--steps", "3", "--out", str(patch)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "--model", "minicanvas", "--patch", str(patch), "--seeds", "0", "--steps", "4",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    erased = json.loads(r.stdout.strip().splitlines()[-1])["erased"]
+    assert erased["concepts"] == ["star", "striped"] and set(erased["ua_per_concept"]) == {"star", "striped"}
+    assert 0.0 <= erased["kept_acc"] <= 1.0 and "circle" in erased["kept_per_concept"]
+
+
 def test_eval_rejects_unknown_concept_and_model():
     r = runner.invoke(app, ["eval", "--model", "minicanvas", "--concept", "teapot"])
     assert r.exit_code == 2 and "not a MiniCanvas concept" in r.output

@@ -44,7 +44,7 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
                      steps: int | None = None, guidance: float | None = None, out: Path | None = None,
                      progress: bool = True, pipe=None, classifier=None) -> dict[str, Any]:
     from hirm.encoders import find_text_encoders, load_pipeline
-    from hirm.eval.minicanvas import concept_domain, evaluate
+    from hirm.eval.minicanvas import concept_domain, evaluate, score_concepts
 
     _require_minicanvas(model)
     if concept is None and patches:
@@ -66,6 +66,11 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
                               "templates": list(templates or world.EVAL_TEMPLATES)}
     metrics, grid = evaluate(pipe, concept, classifier, patches, **kwargs)
     result.update(metrics)
+    erased = list(dict.fromkeys(c for p in patches for c in p.concepts))
+    if len(erased) > 1:  # a patch of several concepts: each one's UA, and what was left alone
+        for c in erased:
+            concept_domain(c)
+        result["erased"] = score_concepts(grid, erased)
     grids = {"patched" if patches else "model": grid}
     if base and patches:
         result["base"], grids["base"] = evaluate(pipe, concept, classifier, [], **kwargs)
@@ -105,6 +110,11 @@ def print_result(result: dict[str, Any]) -> None:
     for name, r in rows:
         table.add_row(name, *(f"{r[m]:.3f}" if m in r else "-" for m in (*METRICS, "object_acc", "style_acc")))
     Console().print(table)
+    if "erased" in result:
+        e = result["erased"]
+        Console().print(f"{len(e['concepts'])} erased concepts: UA {e['ua']:.3f} ("
+                        + ", ".join(f"{c} {v:.2f}" for c, v in e["ua_per_concept"].items())
+                        + f"); accuracy of the others where no erased concept appears {e['kept_acc']:.3f}")
     if "probe" in result:
         p = result["probe"]
         Console().print("locality probe (relative change of final representations, median; IN/OUT ratio): " + ", ".join(
