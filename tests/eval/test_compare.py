@@ -116,3 +116,6 @@ def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
     assert _finished_rows(tmp_path, (0,), {"esd-x": {"steps": 2}}) == {("uce", "star"): row}
     assert _finished_rows(tmp_path, (0, 1), {"esd-x": {"steps": 2}}) == {}
     assert _finished_rows(tmp_path, (0,), {}) == {}
+    richer = {**row, "asr_embedding": 0.5}  # the same row again once its attack columns are in: the later wins
+    _append(tmp_path, richer, (0,), {"esd-x": {"steps": 2}})
+    assert _finished_rows(tmp_path, (0,), {"esd-x": {"steps": 2}}) == {("uce", "star"): richer}

@@ -178,12 +178,15 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
                                       progress=False)
             row = _append(out, _row(method, concept, result, seconds, mem["peak_mb"], size), seeds, options)
+        columns = len(row)
         if flux is not None and "flux_ua" not in row:
             row.update(_transfer_scores(flux, concept, patch, seeds, classifier))
         for name in attacks:
             if f"asr_{name}" not in row:
                 row[f"asr_{name}"] = _attack_rate(pipe, model, concept, name, patch, seeds, classifier,
                                                   options.get(name, {}), attack_cache)
+        if len(row) > columns:  # the row again, now with its transfer / ASR columns (the later line wins)
+            _append(out, row, seeds, options)
         rows.append(row)
         with patch.applied(pipe) if patch is not None else nullcontext():
             grids.setdefault(concept, []).append((method, sample(pipe, grid_prompts(concept), **kw)))
