@@ -251,9 +251,13 @@ def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict) -> d
 
 def _append(out: Path | None, row: dict[str, Any], seeds: tuple[int, ...], options: dict) -> dict[str, Any]:
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with open(Path(out) / "rows.jsonl", "a") as f:
-            f.write(json.dumps({"seeds": list(seeds), "options": options, "row": row}) + "\n")
+        path = Path(out) / "rows.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab+") as f:
+            f.seek(0, 2)
+            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":  # a line cut by a kill: end it first
+                f.write(b"\n")
+            f.write((json.dumps({"seeds": list(seeds), "options": options, "row": row}) + "\n").encode())
     return row
 
 
