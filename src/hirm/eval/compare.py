@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -253,10 +254,11 @@ def _append(out: Path | None, row: dict[str, Any], seeds: tuple[int, ...], optio
     if out is not None:
         path = Path(out) / "rows.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab+") as f:
-            f.seek(0, 2)
-            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":  # a line cut by a kill: end it first
-                f.write(b"\n")
+        with open(path, "ab+") as f:  # appends go to the end whatever the read position
+            if f.seek(0, os.SEEK_END):
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut by a kill: end it first
+                    f.write(b"\n")
             f.write((json.dumps({"seeds": list(seeds), "options": options, "row": row}) + "\n").encode())
     return row
 
