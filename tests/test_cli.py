@@ -190,3 +190,4 @@ def test_bench_prints_measured_figures():
     assert data["shape"] == "clip-l" and data["steps"] == 1
     assert data["peak_rss_mb"] > data["encoder_mb"] > 400  # CLIP-L text encoder, fp32
     assert 0 < data["patch_fraction"] < 0.1
+    assert data["encode_ms_base"] > 0 and data["encode_ms_patched"] > 0
