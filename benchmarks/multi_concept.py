@@ -82,13 +82,13 @@ def main() -> None:
     report = {"seeds": list(seeds), "concepts": concepts, "base_kept_acc": base["kept_per_concept"], "rows": rows}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "multi_concept.json", json.dumps(report, indent=1))
+    write_text_atomic(json.dumps(report, indent=1), out / "multi_concept.json")
     lines = ["| K | way | UA | kept acc | base kept acc | erase s |", "|---|---|---|---|---|---|"]
     for r in rows:
         base_kept = sum(base["kept_per_concept"][c] for c in r["kept_per_concept"]) / len(r["kept_per_concept"])
         lines.append(f"| {r['k']} | {r['way']} | {r['ua']:.3f} | {r['kept_acc']:.3f} | {base_kept:.3f} | "
                      f"{r['erase_s']:.0f} |")
-    write_text_atomic(out / "multi_concept.md", "\n".join(lines) + "\n")
+    write_text_atomic("\n".join(lines) + "\n", out / "multi_concept.md")
     print("\n".join(lines))
 
 

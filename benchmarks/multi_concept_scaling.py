@@ -35,7 +35,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "scaling.json", json.dumps(rows, indent=1))
+    write_text_atomic(json.dumps(rows, indent=1), out / "scaling.json")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     ns = [r["concepts"] for r in rows]
     axes[0].plot(ns, [r["erase_seconds"] for r in rows], "o-")
