@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import require_unet_pipeline
-from hirm.erase.textenc import embeddings_at, positions
+from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_prefix_slots
 from hirm.errors import HirmError
 
 
@@ -114,22 +114,20 @@ def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffCon
         for prompt in tqdm(_setting_prompts(concept, config.prompts), desc=f"unlearndiff {concept}",
                            disable=not progress):
             ids = _ids(pipe, [prompt])  # "<bos> prefix prompt <eos> <pad>...": the prefix ids are placeholders
-            filler = vocab[:config.prefix][None]  # (their embeddings are replaced on every forward)
-            full = torch.cat([ids[:, :1], filler, ids[:, 1:-config.prefix]], dim=1)
+            full = with_prefix_slots(ids, config.prefix, vocab)
             start = vocab[torch.randint(len(vocab), (config.prefix,), generator=g)]
             soft = table[start].clone().requires_grad_(True)
             opt = torch.optim.Adam([soft], lr=config.lr)
 
             for _ in range(config.steps):
-                nearest = torch.cdist(soft, candidates).argmin(-1)
-                hard = soft + (candidates[nearest] - soft).detach()  # forward: real tokens; gradient: to `soft`
+                hard = straight_through(soft, candidates)  # forward: real tokens; gradient: to `soft`
                 idx = torch.randint(len(latents), (config.batch,), generator=g)
                 with embeddings_at(pipe.text_encoder, positions(1, config.prefix), hard):
                     loss = denoising_loss(pipe, full.expand(config.batch, -1), latents[idx], g)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            tokens = vocab[torch.cdist(soft.detach(), candidates).argmin(-1)].tolist()
+            tokens = vocab[nearest_tokens(soft, candidates)].tolist()
             probes.append(Probe(f"{pipe.tokenizer.decode(tokens).strip()} {prompt}", "unlearndiff"))
     return probes
 

@@ -18,7 +18,16 @@ from tqdm.auto import tqdm
 
 from hirm.encoders import TextEncoder
 from hirm.erase.loop import LoopResult, OptimConfig, optimise, temporarily
-from hirm.erase.textenc import concept_span, embeddings_at, positions, representation, trainable_parameter_names
+from hirm.erase.textenc import (
+    concept_span,
+    embeddings_at,
+    nearest_tokens,
+    positions,
+    representation,
+    straight_through,
+    trainable_parameter_names,
+    with_prefix_slots,
+)
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
 
@@ -295,7 +304,7 @@ def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sour
         source = sources[i % len(sources)]
         ids = enc.tokenize([source], truncate=True)
         content = int((ids[0] == enc.tokenizer.eos_token_id).nonzero()[0])  # tokens before <eos>, with <bos>
-        full = torch.cat([ids[:, :1], vocab[:k][None], ids[:, 1:-k]], dim=1)  # prefix slots are replaced below
+        full = with_prefix_slots(ids, k, vocab)
         keep = min(content, full.shape[1] - k - 1)  # source tokens + <eos> that survive the shift
         with torch.no_grad():
             wanted = enc.model(input_ids=ids).last_hidden_state[:, 1 : keep + 1]
@@ -303,15 +312,13 @@ def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sour
         opt = torch.optim.Adam([soft], lr=config.robust_lr)
         with temporarily(enc.model, tensors), frozen(enc.model):
             for _ in range(config.robust_steps):
-                nearest = torch.cdist(soft, candidates).argmin(-1)
-                hard = soft + (candidates[nearest] - soft).detach()
-                with embeddings_at(enc.model, positions(1, k), hard):
+                with embeddings_at(enc.model, positions(1, k), straight_through(soft, candidates)):
                     h = enc.model(input_ids=full).last_hidden_state[:, 1 + k : keep + 1 + k]
                 loss = F.mse_loss(h, wanted)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        tokens = vocab[torch.cdist(soft.detach(), candidates).argmin(-1)].tolist()
+        tokens = vocab[nearest_tokens(soft, candidates)].tolist()
         found.append(f"{enc.tokenizer.decode(tokens).strip()} {source}")
     return found
 

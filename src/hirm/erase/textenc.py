@@ -141,6 +141,22 @@ def positions(start: int, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return where
 
 
+def with_prefix_slots(ids: torch.Tensor, k: int, filler: torch.Tensor) -> torch.Tensor:
+    """"<bos> prompt ..." ids -> "<bos> [k slots] prompt ..." at the same length (the last k ids drop off); the
+    slots hold `filler` ids, whose embeddings `embeddings_at(..., positions(1, k), ...)` replaces."""
+    return torch.cat([ids[:, :1], filler[:k][None].expand(len(ids), -1), ids[:, 1:-k]], dim=1)
+
+
+def nearest_tokens(soft: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Index into `candidates` ([V, d] token embeddings) of the one nearest each row of `soft` ([k, d])."""
+    return torch.cdist(soft.detach(), candidates).argmin(-1)
+
+
+def straight_through(soft: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """The nearest real token embeddings in the forward pass, the gradient to `soft` (UnlearnDiffAtk's projection)."""
+    return soft + (candidates[nearest_tokens(soft, candidates)] - soft).detach()
+
+
 def concept_span(encoder: TextEncoder, ids: list[int], names: list[str]) -> tuple[int, int] | None:
     """(first, last) token index of the earliest occurrence of any of `names` in a tokenized prompt."""
     best = None
