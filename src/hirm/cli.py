@@ -272,13 +272,19 @@ def _parse_seeds(seeds: str) -> tuple[int, ...]:
     return out
 
 
+PROTOCOL_OPTIONS = "Protocols on real checkpoints (--protocol)"
+
+
 @app.command("eval")
 @handles_errors
 def eval_cmd(
     model: Model = "minicanvas",
-    concept: Annotated[str | None, typer.Option(help="the erased MiniCanvas concept (object or style)")] = None,
+    concept: Annotated[str | None, typer.Option(help="the erased concept (a MiniCanvas or UnlearnCanvas class)")]
+    = None,
     patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) to apply")] = None,
-    seeds: Annotated[str, typer.Option(help="seeds per (object, style) cell, comma-separated")] = "0,1",
+    seeds: Annotated[str | None, typer.Option(help="MiniCanvas: seeds per (object, style) cell, comma-separated "
+                                              "(default 0,1); --protocol: the seed of prompts whose file gives "
+                                              "none (default: the protocol's)")] = None,
     templates: Annotated[list[str] | None, typer.Option(help="prompt templates with {object} and {style} "
                                                         "(repeatable); default 'a {object} image in {style} style'")]
     = None,
@@ -286,14 +292,58 @@ def eval_cmd(
     probe: Annotated[bool, typer.Option(help="also report the representation-space locality probe")] = False,
     steps: Annotated[int | None, typer.Option(help="sampling steps")] = None,
     guidance: Annotated[float | None, typer.Option(help="guidance scale")] = None,
-    out: Annotated[Path | None, typer.Option(help="folder for the image grids and metrics.json")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the image grids and metrics.json (--protocol: the "
+                                             "run folder, resumable)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
+    protocol: Annotated[str | None, typer.Option(help="nudity | coco | unlearncanvas: the paper's protocol on a "
+                                                 "real pipeline", rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    prompts: Annotated[Path | None, typer.Option(help="prompt CSV (nudity, coco)",
+                                                 rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N prompts", rich_help_panel=PROTOCOL_OPTIONS)]
+    = None,
+    prompt_column: Annotated[str | None, typer.Option(help="the CSV's prompt column (default: prompt, adv_prompt, "
+                                                      "'sensitive prompt' or text)",
+                                                      rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    threshold: Annotated[float | None, typer.Option(help="nudity: NudeNet score above which an exposed class "
+                                                    "counts (default 0.45)", rich_help_panel=PROTOCOL_OPTIONS)]
+    = None,
+    prompt_set: Annotated[str | None, typer.Option(help="nudity: the set's name for the report's paper table "
+                                                   "(I2P, Ring-A-Bell-16, Ring-A-Bell-77, MMA-Diffusion)",
+                                                   rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    clip_model: Annotated[Path | None, typer.Option(help="coco: local CLIP folder for the CLIP score",
+                                                    rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    fid_model: Annotated[Path | None, typer.Option(help="coco: CLIP folder or Inception weights file for FID",
+                                                   rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    style_classifier: Annotated[Path | None, typer.Option(help="unlearncanvas: style classifier folder",
+                                                          rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    object_classifier: Annotated[Path | None, typer.Option(help="unlearncanvas: object classifier folder",
+                                                           rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    scheduler: Annotated[str | None, typer.Option(help="ddim | pndm | lms | euler | keep (default: the "
+                                                  "protocol's)", rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="prompts per pipeline call (default 8 on GPU, 4 on CPU)",
+                                                   rich_help_panel=PROTOCOL_OPTIONS)] = None,
 ) -> None:
-    """UnlearnCanvas-style UA / IRA / CRA of an erasure on a MiniCanvas model."""
+    """UA / IRA / CRA of an erasure on a MiniCanvas model, or (--protocol) the paper's protocols on a real one.
+
+    A protocol run writes every image and its score as soon as it exists: re-running the same command resumes it.
+    Shard over processes with `torchrun --nproc_per_node N $(which hirm) eval ...` (CPU or GPU) or
+    `accelerate launch --num_processes N $(which hirm) eval ...` (GPUs).
+    """
     _quiet_libraries()
+    if protocol is not None:
+        _eval_protocol(**{k: v for k, v in locals().items() if k not in ("templates", "base", "probe")},
+                       minicanvas_only={"--templates": templates, "--base": base, "--probe": probe})
+        return
+    protocol_only = {"--prompts": prompts, "--limit": limit, "--prompt-column": prompt_column,
+                     "--threshold": threshold, "--prompt-set": prompt_set, "--clip-model": clip_model,
+                     "--fid-model": fid_model, "--style-classifier": style_classifier,
+                     "--object-classifier": object_classifier, "--scheduler": scheduler, "--batch-size": batch_size}
+    given = [k for k, v in protocol_only.items() if v is not None]
+    if given:
+        raise HirmError(f"{given[0]} applies to --protocol runs only: add --protocol nudity|coco|unlearncanvas")
     from hirm.eval.report import evaluate_erasure
 
-    result = evaluate_erasure(model, concept, _load_patches(patch), seeds=_parse_seeds(seeds),
+    result = evaluate_erasure(model, concept, _load_patches(patch), seeds=_parse_seeds(seeds or "0,1"),
                               templates=tuple(templates) if templates else None, base=base, probe=probe,
                               steps=steps, guidance=guidance, out=out, progress=not as_json)
     if as_json:
@@ -302,6 +352,55 @@ def eval_cmd(
         from hirm.eval.report import print_result
 
         print_result(result)
+
+
+def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path] | None, seeds: str | None,
+                   steps: int | None, guidance: float | None, prompts: Path | None, limit: int | None,
+                   scheduler: str | None, batch_size: int | None, as_json: bool, minicanvas_only: dict,
+                   **options) -> None:
+    from hirm.eval.protocols import make_protocol
+    from hirm.eval.protocols.runner import run_protocol
+
+    given = [k for k, v in minicanvas_only.items() if v]
+    if given:
+        raise HirmError(f"{given[0]} applies to MiniCanvas evaluation only: drop it or drop --protocol")
+    if out is None:
+        raise HirmError("--protocol needs --out RUN_DIR: the folder that holds the run's images and scores")
+    if patch and len(patch) > 1:
+        raise HirmError("--protocol takes one --patch: merge patches first, or run once per patch")
+    runner_options = {"prompts": prompts, "limit": limit, "steps": steps, "guidance": guidance,
+                      "scheduler": scheduler, "batch_size": batch_size}
+    proto = make_protocol(protocol, **options)
+    if seeds is not None:
+        seed = _parse_seeds(seeds)
+        if len(seed) != 1:
+            raise HirmError(f"--seeds {seeds!r}: a protocol run takes one seed")
+        proto.seed = seed[0]
+    metrics = run_protocol(proto, model, out, patch=patch[0] if patch else None, progress=not as_json,
+                           **runner_options)
+    if metrics is None:  # not the main process of a sharded run
+        return
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        from hirm.eval.protocols.runner import print_metrics
+
+        print_metrics(metrics)
+        typer.echo(f"wrote {out}/metrics.json; `hirm report {out}` writes the HTML report")
+
+
+@app.command()
+@handles_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="the --out folder of a `hirm eval --protocol` run")],
+    blur: Annotated[bool, typer.Option(help="blur NudeNet's exposed regions in the report's images")] = True,
+    sample: Annotated[int, typer.Option(help="prompts shown base vs erased")] = 8,
+) -> None:
+    """Write RUN_DIR/report.html (one self-contained page) and report.md: metrics, the paper's numbers, images."""
+    from hirm.eval.protocols.report import write_report
+
+    html, md = write_report(run_dir, blur=blur, sample=sample)
+    typer.echo(f"wrote {html} and {md}")
 
 
 @app.command()

@@ -1,0 +1,219 @@
+"""The loop every protocol shares: generate each prompt's image with and without the patch, score it, write both
+as soon as they exist; shard over processes; resume; then aggregate.
+
+Run folder (the contract `hirm report` reads):
+    run.json                      what the run is (protocol, model, patch, prompts, settings); a re-run must match
+    images/{variant}/{key}.png    variant = base | erased
+    records/{variant}/{key}.json  prompt, seed, guidance and the protocol's scores for that image
+    metrics.json                  the protocol's figures per variant, written once every image is done
+
+An image counts as done when its record parses and its PNG opens, so an interrupted run (or a corrupt file) is
+redone item by item. Items are split over processes by index (`torchrun` / `accelerate launch`, read through
+accelerate's `PartialState`), so any number of processes covers the same set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from hirm.errors import HirmError
+from hirm.eval.protocols.base import Protocol
+from hirm.eval.protocols.prompts import Item
+from hirm.images import save_atomic, write_text_atomic
+
+SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+              "euler": "EulerDiscreteScheduler"}
+
+
+def image_path(run_dir: Path, variant: str, key: str) -> Path:
+    return Path(run_dir) / "images" / variant / f"{key}.png"
+
+
+def record_path(run_dir: Path, variant: str, key: str) -> Path:
+    return Path(run_dir) / "records" / variant / f"{key}.json"
+
+
+def read_record(run_dir: Path, variant: str, item: Item) -> dict | None:
+    """The item's record if both it and its image are whole and match the item, else None (to be redone)."""
+    try:
+        record = json.loads(record_path(run_dir, variant, item.key).read_text())
+        with Image.open(image_path(run_dir, variant, item.key)) as im:
+            im.verify()
+    except (OSError, ValueError, SyntaxError):  # missing, truncated or corrupt
+        return None
+    if not isinstance(record, dict) or "scores" not in record or record.get("prompt") != item.prompt \
+            or record.get("seed") != item.seed:
+        return None
+    return record
+
+
+def _path_or_name(value) -> str | None:
+    """An existing path as an absolute one (so a resume from another folder matches), else the name as given."""
+    if value is None:
+        return None
+    return str(Path(value).resolve()) if Path(value).exists() else str(value)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _check_or_write_spec(run_dir: Path, spec: dict, state) -> None:
+    """Write run.json on a new run; on a re-run, refuse settings that differ from the finished part."""
+    path = Path(run_dir) / "run.json"
+    if state.is_main_process and not path.exists():
+        if run_dir.exists() and any(p.name != "run.json" for p in run_dir.iterdir()):
+            raise HirmError(f"--out {run_dir} is not empty and has no run.json: choose a new folder")
+        write_text_atomic(json.dumps(spec, indent=2), path)
+    state.wait_for_everyone()
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k) and k != "settings")
+    diff += sorted(f"settings.{k}" for k in set(old.get("settings", {})) | set(spec["settings"])
+                   if old.get("settings", {}).get(k) != spec["settings"].get(k))
+    if diff:
+        first = diff[0]
+        was = old.get(first) if "." not in first else old.get("settings", {}).get(first.split(".", 1)[1])
+        raise HirmError(f"--out {run_dir} holds a run with other settings ({', '.join(diff)}; e.g. {first} was "
+                        f"{was!r}): re-run with the same settings to resume, or choose a new --out")
+
+
+def _set_scheduler(pipe, name: str) -> str:
+    """Swap in the protocol's sampler for UNet models (SD 1.x/2.x, SDXL); flow-matching transformers (SD3, Flux)
+    keep theirs, which is the only one they are trained for."""
+    import diffusers
+
+    if name == "keep" or getattr(pipe, "unet", None) is None:
+        return type(pipe.scheduler).__name__
+    cls = getattr(diffusers, SCHEDULERS[name])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return cls.__name__
+
+
+def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None = None, prompts: Path | None = None,
+                 limit: int | None = None, steps: int | None = None, guidance: float | None = None,
+                 scheduler: str | None = None, batch_size: int | None = None,
+                 progress: bool = True) -> dict[str, Any] | None:
+    """Run `protocol` on `model` (and `model` + `patch`) into `out`; return the metrics on the main process."""
+    from accelerate import PartialState
+
+    from hirm.encoders import load_pipeline
+    from hirm.generate import sample
+    from hirm.patch import Patch
+
+    out = Path(out)
+    if limit is not None and limit < 1:
+        raise HirmError(f"--limit {limit}: give a positive number of prompts")
+    scheduler = scheduler or protocol.scheduler
+    if scheduler != "keep" and scheduler not in SCHEDULERS:
+        raise HirmError(f"--scheduler {scheduler!r}: choose one of {', '.join(['keep', *SCHEDULERS])}")
+    protocol.check()  # bad options and CSVs fail before minutes of model loading
+    items = protocol.items(prompts, limit)
+    loaded_patch = Patch.load(patch) if patch else None
+    state = PartialState(cpu=not torch.cuda.is_available())
+    variants = ["base", "erased"] if loaded_patch else ["base"]
+    steps = steps or protocol.steps
+    spec = {
+        "protocol": protocol.name, "model": _path_or_name(model), "patch": _path_or_name(patch),
+        "patch_id": loaded_patch.id if loaded_patch else None, "variants": variants,
+        "prompts_file": _path_or_name(prompts),
+        "prompts_sha256": _sha256(prompts) if prompts else None, "n_prompts": len(items),
+        "settings": {"steps": steps, "guidance": guidance, "default_guidance": protocol.guidance,
+                     "scheduler": scheduler, "seed": protocol.seed, **protocol.settings()},
+    }
+    _check_or_write_spec(out, spec, state)
+
+    dtype = torch.float16 if state.device.type == "cuda" else torch.float32
+    pipe = load_pipeline(model, dtype=dtype).to(state.device)
+    _set_scheduler(pipe, scheduler)
+    protocol.load(state.device)
+    batch_size = batch_size or (8 if state.device.type == "cuda" else 4)
+    mine = items[state.process_index :: state.num_processes]
+    for variant in variants:
+        todo = [it for it in mine if read_record(out, variant, it) is None]
+        if not todo:
+            continue
+        handle = loaded_patch.apply(pipe) if variant == "erased" else None
+        desc = f"{protocol.name} {variant}" + (f" [{state.process_index + 1}/{state.num_processes}]"
+                                               if state.num_processes > 1 else "")
+        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            # one guidance per pipeline call: I2P gives each prompt its own
+            by_guidance = groupby(sorted(todo, key=lambda it: _guidance(it, guidance, protocol) or 0.0),
+                                  key=lambda it: _guidance(it, guidance, protocol))
+            for g, group in by_guidance:
+                group = list(group)
+                for i in range(0, len(group), batch_size):
+                    batch = group[i : i + batch_size]
+                    images = sample(pipe, [it.prompt for it in batch], seeds=[it.seed for it in batch],
+                                    steps=steps, guidance=g, batch_size=batch_size)
+                    for it, im in zip(batch, images, strict=True):
+                        save_atomic(im, image_path(out, variant, it.key))
+                    for it, scores in zip(batch, protocol.score(batch, images), strict=True):
+                        record = {"key": it.key, "prompt": it.prompt, "seed": it.seed, "guidance": g,
+                                  **it.meta, "scores": scores}
+                        write_text_atomic(json.dumps(record), record_path(out, variant, it.key))
+                    bar.update(len(batch))
+        finally:
+            bar.close()
+            if handle is not None:
+                handle.remove()
+        if progress:
+            took = time.perf_counter() - start
+            tqdm.write(f"{desc}: {len(todo)} images in {took:.1f} s ({len(todo) / took:.2f} img/s)")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return aggregate(protocol, out, items, variants)
+
+
+def _guidance(item: Item, forced: float | None, protocol: Protocol) -> float:
+    if forced is not None:
+        return forced
+    return item.guidance if item.guidance is not None else protocol.guidance
+
+
+def aggregate(protocol: Protocol, out: Path, items: list[Item], variants: list[str]) -> dict[str, Any]:
+    """metrics.json from every record; refuses to summarise a run with images missing."""
+    by_variant = {}
+    for variant in variants:
+        records = [read_record(out, variant, it) for it in items]
+        missing = sum(r is None for r in records)
+        if missing:
+            raise HirmError(f"{missing} of {len(items)} {variant} images in {out} are missing or corrupt (a "
+                            "process stopped early?): re-run the same command to finish them")
+        by_variant[variant] = records
+    metrics = {"protocol": protocol.name, "n_prompts": len(items),
+               "variants": {v: protocol.summarize(items, rs) for v, rs in by_variant.items()}}
+    metrics.update(protocol.compare(out, items, variants))
+    write_text_atomic(json.dumps(metrics, indent=2), out / "metrics.json")
+    return metrics
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """The headline figures, one line per variant."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = metrics["variants"]
+    keys = [k for k in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[k], int | float)
+            and not isinstance(next(iter(rows.values()))[k], bool)]
+    table = Table(title=f"{metrics['protocol']} ({metrics['n_prompts']} prompts)")
+    table.add_column("variant")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for variant, row in rows.items():
+        table.add_row(variant, *(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    Console().print(table)
+    for k, v in metrics.items():
+        if k not in ("protocol", "n_prompts", "variants"):
+            Console().print(f"{k}: {v}")
