@@ -10,7 +10,7 @@ $(BIN)/hirm: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU torch wheel first and pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,eval]'
 	touch $(BIN)/hirm
 
 install: $(BIN)/hirm

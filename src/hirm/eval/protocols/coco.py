@@ -104,6 +104,7 @@ class Coco(Protocol):
 
         self._clip = CLIPScore(model_name_or_path=model_and_processor).to(device)
 
+    @torch.no_grad()
     def score(self, items: list[Item], images: list) -> list[dict[str, Any]]:
         pixels = _to_tensor(images).to(self._clip.device)
         # torchmetrics' CLIPScore averages over what it is given: one image at a time keeps each image's score
