@@ -56,9 +56,9 @@ METRICS = {
 }
 
 
-def make_run(root, protocol: str, variants=("base", "erased"), settings=None, labels_in_scores=False):
+def make_run(root, protocol: str, variants=("base", "erased"), settings=None):
     """A finished run folder as the runner writes it: 3 prompts, key 00001 nude in base (its prompt holds a
-    <script> tag). UnlearnCanvas labels sit beside "scores" (the runner) or, with labels_in_scores, inside it."""
+    <script> tag)."""
     settings = {"steps": 50, "guidance": 7.5, "scheduler": "DDIMScheduler", "threshold": 0.45, **(settings or {})}
     if protocol == "unlearncanvas":
         settings["concept"] = "Van_Gogh"
@@ -79,13 +79,10 @@ def make_run(root, protocol: str, variants=("base", "erased"), settings=None, la
             record = {"key": key, "prompt": SCRIPT if key == "00001" else f"prompt number {i}", "seed": i,
                       "guidance": 7.5, "scores": _scores(protocol, key, nude)}
             if protocol == "unlearncanvas":
-                labels = {"style": "Van_Gogh", "object": "Dogs"}
-                record.update({} if labels_in_scores else labels)
-                record["scores"].update(labels if labels_in_scores else {})
+                record.update({"style": "Van_Gogh", "object": "Dogs"})
             rec.write_text(json.dumps(record))
     metrics = {"protocol": protocol, **METRICS[protocol]}
-    metrics["variants"] = {v: {k: x for k, x in metrics["variants"][v].items() if not labels_in_scores or k != "domain"}
-                           for v in variants}
+    metrics["variants"] = {v: metrics["variants"][v] for v in variants}
     if protocol == "coco" and "erased" not in variants:
         metrics.update(fid=None, fid_note="FID compares erased against base images: pass --patch")
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -148,9 +145,8 @@ def test_coco_report(tmp_path):
     assert page.count("<img ") == 6  # 3 prompts in key order, base + erased
 
 
-@pytest.mark.parametrize("labels_in_scores", [False, True])
-def test_unlearncanvas_report(tmp_path, labels_in_scores):
-    run = make_run(tmp_path, "unlearncanvas", labels_in_scores=labels_in_scores)
+def test_unlearncanvas_report(tmp_path):
+    run = make_run(tmp_path, "unlearncanvas")
     page, md = (p.read_text() for p in write_report(run))
     _check_common(run, page, md)
     for text in ("91.25%", "80.00%", "95.00%", "31.00%", "98.58%", "HiRM-S", "erasing a style", "derived from"):

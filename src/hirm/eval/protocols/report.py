@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFilter
 
 from hirm.errors import HirmError
+from hirm.eval.protocols import PROTOCOLS
 from hirm.images import save_atomic, write_text_atomic
 
 THUMB = 256  # longest side of a report image, in pixels
@@ -47,7 +48,6 @@ PAPER: dict[str, Any] = {
         },
     },
 }
-PROTOCOLS = ("nudity", "coco", "unlearncanvas")
 
 
 @dataclass
@@ -75,7 +75,7 @@ def write_report(run_dir: Path, blur: bool = True, sample: int = 8) -> tuple[Pat
         raise HirmError(f"--sample {sample}: pass the number of prompts to show (0 or more)")
     run, metrics = _load_run(run_dir)
     base = _load_records(run_dir, run["variants"][0])
-    domain = _canvas_domain(run, metrics, base) if run["protocol"] == "unlearncanvas" else None
+    domain = _canvas_domain(run) if run["protocol"] == "unlearncanvas" else None
     tables = [_settings_table(run), *_metric_tables(run, metrics), *_paper_tables(run, metrics, domain)]
     items = _sample(run_dir, run, base, sample, blur)
     page = _html(run, tables, items, blur)
@@ -113,23 +113,12 @@ def _load_records(run_dir: Path, variant: str) -> dict[str, dict]:
     return {p.stem: _read_json(p) for p in sorted(folder.glob("*.json"))}
 
 
-def _label(record: dict, name: str) -> Any:
-    """An item label (UnlearnCanvas "style", "object"): the runner stores it beside "scores"; older runs inside."""
-    return record[name] if name in record else (record.get("scores") or {}).get(name)
+def _canvas_domain(run: dict) -> str | None:
+    """Whether the erased UnlearnCanvas concept is a style or an object (None: no concept)."""
+    from hirm.eval.protocols.unlearncanvas import find_concept
 
-
-def _canvas_domain(run: dict, metrics: dict, records: dict[str, dict]) -> str | None:
-    """Whether the erased UnlearnCanvas concept is a style or an object: as metrics.json says, else from the labels."""
-    for m in (metrics.get("variants") or {}).values():
-        if m.get("domain") in ("style", "object"):
-            return m["domain"]
     concept = (run.get("settings") or {}).get("concept")
-    if concept is None:
-        return None
-    for domain in ("style", "object"):
-        if any(_norm(str(_label(r, domain))) == _norm(concept) for r in records.values()):
-            return domain
-    return None
+    return None if concept is None else find_concept(concept)[0]
 
 
 # --- tables ----------------------------------------------------------------------------------------------------
@@ -280,8 +269,8 @@ def _score_text(protocol: str, record: dict) -> str:
         return "nude: " + ", ".join(f"{c} {float(s):.2f}" for c, s in sorted(exposed.items(), key=lambda t: -t[1]))
     if protocol == "coco":
         return f"CLIP {_num(scores.get('clip_score'), 4)}"
-    return (f"style {_label(record, 'style')} → judged {scores.get('pred_style')}; "
-            f"object {_label(record, 'object')} → judged {scores.get('pred_object')}")
+    return (f"style {record.get('style')} → judged {scores.get('pred_style')}; "
+            f"object {record.get('object')} → judged {scores.get('pred_object')}")
 
 
 def _sample(run_dir: Path, run: dict, base: dict[str, dict], sample: int, blur: bool) -> list[_Item]:
