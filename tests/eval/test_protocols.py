@@ -239,18 +239,24 @@ def test_coco_protocol_clip_score_and_fid(sd_folder, patch, clip_folder, tmp_pat
 
 @pytest.fixture(scope="module")
 def classifiers(tmp_path_factory) -> tuple[Path, Path]:
+    """The style classifier as the benchmark ships it (a timm .pth), the object one as a transformers folder."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    folders = []
+    paths = []
     for name, labels in (("style", STYLES), ("object", OBJECTS)):
         torch.manual_seed(0)
-        cfg = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        image_size=32, patch_size=8, id2label=dict(enumerate(labels)),
+        cfg = ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+                        image_size=32, patch_size=16, layer_norm_eps=1e-6, id2label=dict(enumerate(labels)),
                         label2id={n: i for i, n in enumerate(labels)})
+        model = ViTForImageClassification(cfg).eval()
         folder = tmp_path_factory.mktemp(f"{name}-classifier")
-        ViTForImageClassification(cfg).eval().save_pretrained(folder)
-        folders.append(folder)
-    return folders[0], folders[1]
+        if name == "style":
+            torch.save({"model_state_dict": _timm_state_dict(model, folder)}, folder / "style.pth")
+            paths.append(folder / "style.pth")
+        else:
+            model.save_pretrained(folder)
+            paths.append(folder)
+    return paths[0], paths[1]
 
 
 def test_unlearncanvas_protocol_end_to_end(sd_folder, patch, classifiers, tmp_path):
@@ -301,3 +307,50 @@ def test_protocol_refuses_a_foreign_folder_and_two_patches(sd_folder, patch, i2p
     r = run("eval", "--protocol", "nudity", "--model", sd_folder, "--prompts", i2p, "--out", tmp_path / "r",
             "--patch", patch, "--patch", patch)
     assert r.exit_code == 2 and "one --patch" in r.output
+
+
+def _timm_state_dict(model, folder: Path) -> dict:
+    """A `ViTForImageClassification`'s weights under timm's names (what the benchmark's .pth files hold)."""
+    from safetensors.torch import load_file
+
+    model.save_pretrained(folder)  # transformers' checkpoint names, the same in every version
+    sd = load_file(folder / "model.safetensors")
+    out = {"cls_token": sd["vit.embeddings.cls_token"], "pos_embed": sd["vit.embeddings.position_embeddings"],
+           "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": sd["vit.layernorm.weight"], "norm.bias": sd["vit.layernorm.bias"],
+           "head.weight": sd["classifier.weight"], "head.bias": sd["classifier.bias"]}
+    for i in range(model.config.num_hidden_layers):
+        hf, timm = f"vit.encoder.layer.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{timm}attn.qkv.{kind}"] = torch.cat([sd[f"{hf}attention.attention.{p}.{kind}"]
+                                                       for p in ("query", "key", "value")])
+            for a, b in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
+                         ("attn.proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
+                         ("mlp.fc2", "output.dense")):
+                out[f"{timm}{a}.{kind}"] = sd[f"{hf}{b}.{kind}"]
+    return out
+
+
+def test_benchmark_timm_checkpoint_loads_as_the_same_classifier(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hirm.errors import HirmError
+    from hirm.eval.protocols.unlearncanvas import vit_from_timm_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=32, patch_size=16, layer_norm_eps=1e-6, num_labels=len(OBJECTS))
+    reference = ViTForImageClassification(cfg).eval()
+    path = tmp_path / "cls.pth"
+    torch.save({"model_state_dict": _timm_state_dict(reference, tmp_path / "hf")}, path)
+    loaded = vit_from_timm_checkpoint(path, OBJECTS, "--object-classifier").eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=x).logits, reference(pixel_values=x).logits, atol=1e-5)
+    assert loaded.config.id2label[4] == "Cats"
+    with pytest.raises(HirmError, match="head has 20 classes"):
+        vit_from_timm_checkpoint(path, STYLES, "--style-classifier")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(HirmError, match="not a readable torch checkpoint"):
+        vit_from_timm_checkpoint(tmp_path / "junk.pth", OBJECTS, "--object-classifier")

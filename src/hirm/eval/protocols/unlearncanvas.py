@@ -3,12 +3,15 @@ UnlearnCanvas-finetuned pipeline, judged by the benchmark's style and object cla
 
 UA = share of the target concept's images NOT classified as it; IRA = accuracy on the other classes of the
 target's domain; CRA = accuracy of the other domain's classifier (objects for a style target, styles for an
-object target). The classifiers are `transformers` image-classification folders (e.g. the benchmark's ViT-L/16
-converted to `ViTForImageClassification` and saved with `save_pretrained`) whose `id2label` names the classes.
+object target). A classifier is either the benchmark's own checkpoint (timm ViT-L/16, `{"model_state_dict": ...}`
+in a .pth file: its tensors are read with `torch.load(weights_only=True)`, which loads tensors only and runs no
+code, and mapped onto `transformers`' `ViTForImageClassification`) or a `transformers` image-classification folder
+whose `id2label` names the classes.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,11 +63,16 @@ def grid_items(seed: int, limit: int | None = None) -> list[Item]:
 class _Classifier:
     """A transformers image classifier whose labels are mapped onto one of the benchmark's class lists."""
 
-    def __init__(self, folder: Path, names: tuple[str, ...], option: str, device: torch.device):
+    def __init__(self, path: Path, names: tuple[str, ...], option: str, device: torch.device):
         from transformers import AutoModelForImageClassification
 
-        self.labels = _labels(folder, names, option)
-        self.model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True).to(device).eval()
+        if Path(path).is_file():
+            self.labels = list(names)
+            model = vit_from_timm_checkpoint(path, names, option)
+        else:
+            self.labels = _labels(path, names, option)
+            model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+        self.model = model.to(device).eval()
         self.size = int(getattr(self.model.config, "image_size", 224))
 
     @torch.no_grad()
@@ -90,12 +98,57 @@ def _labels(folder: Path, names: tuple[str, ...], option: str) -> list[str]:
     return [known[labels[i]] for i in range(len(labels))]
 
 
-def _check_folder(path: Path | None, option: str) -> Path:
+def vit_from_timm_checkpoint(path: Path, names: tuple[str, ...], option: str):
+    """The benchmark's timm ViT classifier as a `ViTForImageClassification` (the key mapping of transformers'
+    own timm-to-ViT converter). Heads are hidden / 64, as in every timm ViT with 16-pixel patches."""
+    from safetensors.torch import save_file
+    from transformers import ViTConfig, ViTForImageClassification
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # whatever makes the file unreadable, the same one-line error
+        raise HirmError(f"{option} {path}: not a readable torch checkpoint ({type(e).__name__})") from None
+    sd = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(sd, dict) or "cls_token" not in sd or "head.weight" not in sd:
+        raise HirmError(f"{option} {path}: not a timm ViT classifier checkpoint (no cls_token / head.weight)")
+    if sd["head.weight"].shape[0] != len(names):
+        raise HirmError(f"{option} {path}: its head has {sd['head.weight'].shape[0]} classes, the benchmark's "
+                        f"list has {len(names)}: is it the other domain's classifier?")
+    hidden, patch = sd["cls_token"].shape[-1], sd["patch_embed.proj.weight"].shape[-1]
+    layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    grid = round((sd["pos_embed"].shape[1] - 1) ** 0.5)
+    config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                       intermediate_size=sd["blocks.0.mlp.fc1.weight"].shape[0], image_size=grid * patch,
+                       patch_size=patch, layer_norm_eps=1e-6, qkv_bias=True,
+                       id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    new = {"vit.embeddings.cls_token": sd["cls_token"], "vit.embeddings.position_embeddings": sd["pos_embed"],
+           "vit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+           "vit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+           "vit.layernorm.weight": sd["norm.weight"], "vit.layernorm.bias": sd["norm.bias"],
+           "classifier.weight": sd["head.weight"], "classifier.bias": sd["head.bias"]}
+    renames = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+               "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    for i in range(layers):
+        src, dst = f"blocks.{i}.", f"vit.encoder.layer.{i}."
+        for old, name in renames.items():
+            for kind in ("weight", "bias"):
+                new[f"{dst}{name}.{kind}"] = sd[f"{src}{old}.{kind}"]
+        for kind in ("weight", "bias"):  # timm keeps query, key and value in one matrix
+            for part, chunk in zip(("query", "key", "value"), sd[f"{src}attn.qkv.{kind}"].chunk(3), strict=True):
+                new[f"{dst}attention.attention.{part}.{kind}"] = chunk
+    # the keys above are transformers' checkpoint names, which from_pretrained maps onto any version's modules
+    with tempfile.TemporaryDirectory() as folder:
+        config.save_pretrained(folder)
+        save_file({k: v.contiguous() for k, v in new.items()}, Path(folder) / "model.safetensors")
+        return ViTForImageClassification.from_pretrained(folder, local_files_only=True)
+
+
+def _check_path(path: Path | None, option: str) -> Path:
     if path is None:
-        raise HirmError(f"--protocol unlearncanvas needs {option} PATH: the benchmark's classifier as a local "
-                        "transformers image-classification folder (see docs/protocols.md)")
-    if not (Path(path) / "config.json").is_file():
-        raise HirmError(f"{option} {path}: not a transformers model folder (no config.json)")
+        raise HirmError(f"--protocol unlearncanvas needs {option} PATH: the benchmark's classifier checkpoint "
+                        "(.pth) or a local transformers image-classification folder (see docs/protocols.md)")
+    if not Path(path).is_file() and not (Path(path) / "config.json").is_file():
+        raise HirmError(f"{option} {path}: neither a checkpoint file nor a transformers model folder (config.json)")
     return Path(path)
 
 
@@ -140,8 +193,10 @@ class UnlearnCanvas(Protocol):
     def check(self) -> None:
         if self.concept is not None:
             find_concept(self.concept)
-        _labels(_check_folder(self.style_classifier, "--style-classifier"), STYLES, "--style-classifier")
-        _labels(_check_folder(self.object_classifier, "--object-classifier"), OBJECTS, "--object-classifier")
+        for path, names, option in ((self.style_classifier, STYLES, "--style-classifier"),
+                                    (self.object_classifier, OBJECTS, "--object-classifier")):
+            if _check_path(path, option).is_dir():
+                _labels(path, names, option)
 
     def items(self, prompts: Path | None, limit: int | None) -> list[Item]:
         if prompts is not None:
