@@ -191,3 +191,6 @@ def test_bench_prints_measured_figures():
     assert data["peak_rss_mb"] > data["encoder_mb"] > 400  # CLIP-L text encoder, fp32
     assert 0 < data["patch_fraction"] < 0.1
     assert data["encode_ms_base"] > 0 and data["encode_ms_patched"] > 0
+    # a step on CLIP-L with 1 prompt: forward + backward through 12 layers, ~3x the forward's 2 * 123M * tokens
+    assert 10 < data["gflop_per_step"] < 1000
+    assert data["matmul_peak_gflops"] > 1 and 0 < data["matmul_limit_fraction"] < 2

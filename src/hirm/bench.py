@@ -18,7 +18,8 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 
 
-def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_step: int, queue: mp.Queue) -> None:
+def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_step: int, flops: bool,
+             queue: mp.Queue) -> None:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -38,11 +39,12 @@ def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_s
     names = ["Van Gogh"] if concepts == 1 else [f"concept number {i}" for i in range(concepts)]
     patch = hirm.erase([encoder], names, steps=steps, concepts_per_step=concepts_per_step, progress=False)
     total = time.perf_counter() - start
+    flops_per_step = _flops_per_step(encoder, names, concepts_per_step) if flops else None
     latency = {"base": _latency_ms(encoder)}
     with patch.applied([encoder]):  # the patch replaces tensors in place: nothing is added to inference
         latency["patched"] = _latency_ms(encoder)
     encoder_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    queue.put({
+    result = {
         "shape": shape,
         "steps": steps,
         "threads": threads,
@@ -58,7 +60,45 @@ def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_s
         "patch_fraction": round(patch.nbytes / encoder_bytes, 4),
         "encode_ms_base": latency["base"],
         "encode_ms_patched": latency["patched"],
-    })
+    }
+    if flops_per_step is not None:
+        peak = _matmul_peak_flops()
+        achieved = flops_per_step * steps / patch.seconds["text_encoder"]
+        result.update({"gflop_per_step": round(flops_per_step / 1e9, 2),
+                       "achieved_gflops": round(achieved / 1e9, 1),
+                       "matmul_peak_gflops": round(peak / 1e9, 1),
+                       "matmul_limit_fraction": round(achieved / peak, 3)})
+    queue.put(result)
+
+
+def _flops_per_step(encoder, names: list[str], concepts_per_step: int) -> int:
+    """FLOPs of one optimisation step (forward and backward), counted by torch's FlopCounterMode as the difference
+    between a 2-step and a 1-step erase, so set-up work (targets, starting representations) cancels out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import hirm
+
+    totals = []
+    for steps in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            hirm.erase([encoder], names, steps=steps, concepts_per_step=concepts_per_step, progress=False)
+        totals.append(counter.get_total_flops())
+    return totals[1] - totals[0]
+
+
+def _matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+    """This CPU's measured fp32 matmul rate at the process's thread count (best of `repeats`): the hardware
+    limit an erase step, made of matmuls, is compared against."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def _latency_ms(encoder, repeats: int = 10) -> float:
@@ -79,12 +119,13 @@ def _latency_ms(encoder, repeats: int = 10) -> float:
 
 
 def erase_cost(shape: str = "clip-l", steps: int = 50, threads: int = 2, concepts: int = 1,
-               concepts_per_step: int = 0) -> dict[str, Any]:
+               concepts_per_step: int = 0, flops: bool = True) -> dict[str, Any]:
     """Time and peak memory of a default HiRM-R erase of `concepts` concepts (one optimisation, `concepts_per_step`
-    of them per step; 0: all) on an encoder of `shape`, in a fresh process."""
+    of them per step; 0: all) on an encoder of `shape`, in a fresh process; with `flops`, also the FLOPs of a step,
+    the rate achieved, this CPU's measured matmul peak and the fraction of it (measured after the timed erase)."""
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(shape, steps, threads, concepts, concepts_per_step, queue))
+    proc = ctx.Process(target=_measure, args=(shape, steps, threads, concepts, concepts_per_step, flops, queue))
     proc.start()
     result = queue.get()
     proc.join()

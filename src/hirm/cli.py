@@ -244,15 +244,18 @@ def bench(
     threads: Annotated[int, typer.Option(help="CPU threads")] = 2,
     concepts: Annotated[int, typer.Option(help="concepts erased in one optimisation")] = 1,
     concepts_per_step: Annotated[int, typer.Option(help="concepts sampled per step (0: all)")] = 0,
+    flops: Annotated[bool, typer.Option(help="also count a step's FLOPs and compare the rate achieved with this "
+                                        "CPU's measured matmul peak")] = True,
 ) -> None:
-    """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size."""
+    """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size, inference
+    latency with and without the patch, and the fraction of the measured matmul limit the erase reaches."""
     from hirm.bench import SHAPES, erase_cost
 
     if shape not in SHAPES:
         raise HirmError(f"--shape {shape}: use one of {', '.join(SHAPES)}")
     if concepts < 1 or concepts_per_step < 0:
         raise HirmError("--concepts must be >= 1 and --concepts-per-step >= 0")
-    r = erase_cost(shape, steps, threads, concepts, concepts_per_step)
+    r = erase_cost(shape, steps, threads, concepts, concepts_per_step, flops)
     typer.echo(json.dumps(r))
 
 
