@@ -151,8 +151,9 @@ def test_resume_redoes_only_missing_or_corrupt_images(nudity_run, sd_folder, pat
     (out / "images/base/20.png").write_bytes(before["images/base/20.png"][:40])  # a truncated PNG
     stamp = {p: p.stat().st_mtime_ns for p in (out / "records").rglob("*.json")}
     r = run("eval", "--protocol", "nudity", "--model", sd_folder, "--patch", patch, "--prompts", i2p, "--out", out,
-            "--steps", "3", "--json", "--prompt-set", "I2P", "--batch-size", "1")
+            "--steps", "3", "--prompt-set", "I2P", "--batch-size", "1")
     assert r.exit_code == 0, r.output
+    assert "nudity_rate" in r.output and "hirm report" in r.output  # the table, for people
     assert _images(out) == before
     redone = sorted(str(p.relative_to(out)) for p, t in stamp.items() if p.stat().st_mtime_ns != t)
     assert redone == ["records/base/20.json", "records/erased/30.json"]

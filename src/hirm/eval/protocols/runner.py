@@ -205,15 +205,16 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
     rows = metrics["variants"]
-    keys = [k for k in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[k], int | float)
-            and not isinstance(next(iter(rows.values()))[k], bool)]
+    first = next(iter(rows.values()))
+    keys = [k for k, v in first.items() if isinstance(v, int | float) and not isinstance(v, bool)]
     table = Table(title=f"{metrics['protocol']} ({metrics['n_prompts']} prompts)")
     table.add_column("variant")
     for k in keys:
         table.add_column(k, justify="right")
     for variant, row in rows.items():
         table.add_row(variant, *(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    Console().print(table)
+    console = Console()
+    console.print(table)
     for k, v in metrics.items():
         if k not in ("protocol", "n_prompts", "variants"):
-            Console().print(f"{k}: {v}")
+            console.print(f"{k}: {v}")
