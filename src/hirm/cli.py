@@ -317,9 +317,11 @@ def eval_cmd(
                                                     rich_help_panel=PROTOCOL_OPTIONS)] = None,
     fid_model: Annotated[Path | None, typer.Option(help="coco: CLIP folder or Inception weights file for FID",
                                                    rich_help_panel=PROTOCOL_OPTIONS)] = None,
-    style_classifier: Annotated[Path | None, typer.Option(help="unlearncanvas: style classifier folder",
+    style_classifier: Annotated[Path | None, typer.Option(help="unlearncanvas: the benchmark's style "
+                                                          "classifier (.pth) or a transformers folder",
                                                           rich_help_panel=PROTOCOL_OPTIONS)] = None,
-    object_classifier: Annotated[Path | None, typer.Option(help="unlearncanvas: object classifier folder",
+    object_classifier: Annotated[Path | None, typer.Option(help="unlearncanvas: the object classifier "
+                                                           "(.pth or a transformers folder)",
                                                            rich_help_panel=PROTOCOL_OPTIONS)] = None,
     scheduler: Annotated[str | None, typer.Option(help="ddim | pndm | lms | euler | keep (default: the "
                                                   "protocol's)", rich_help_panel=PROTOCOL_OPTIONS)] = None,
