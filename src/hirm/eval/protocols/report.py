@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from hirm.errors import HirmError
 from hirm.eval.protocols import PROTOCOLS
+from hirm.eval.protocols.runner import image_path, record_path
 from hirm.images import save_atomic, write_text_atomic
 
 THUMB = 256  # longest side of a report image, in pixels
@@ -109,8 +110,8 @@ def _load_run(run_dir: Path) -> tuple[dict, dict]:
 
 
 def _load_records(run_dir: Path, variant: str) -> dict[str, dict]:
-    folder = run_dir / "records" / variant
-    return {p.stem: _read_json(p) for p in sorted(folder.glob("*.json"))}
+    pattern = record_path(run_dir, variant, "*")  # the runner's layout, every key
+    return {p.stem: _read_json(p) for p in sorted(pattern.parent.glob(pattern.name))}
 
 
 def _canvas_domain(run: dict) -> str | None:
@@ -281,7 +282,7 @@ def _sample(run_dir: Path, run: dict, base: dict[str, dict], sample: int, blur: 
     for key in keys[:sample]:
         cells = []
         for v in run["variants"]:
-            rec_path, img_path = run_dir / "records" / v / f"{key}.json", run_dir / "images" / v / f"{key}.png"
+            rec_path, img_path = record_path(run_dir, v, key), image_path(run_dir, v, key)
             record = base[key] if v == run["variants"][0] else (_read_json(rec_path) if rec_path.is_file() else {})
             scores = record.get("scores") or {}
             if not img_path.is_file():
