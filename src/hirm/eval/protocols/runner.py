@@ -14,6 +14,7 @@ accelerate's `PartialState`), so any number of processes covers the same set.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -86,16 +87,13 @@ def _check_or_write_spec(run_dir: Path, spec: dict, state) -> None:
                         f"{was!r}): re-run with the same settings to resume, or choose a new --out")
 
 
-def _set_scheduler(pipe, name: str) -> str:
+def _set_scheduler(pipe, name: str) -> None:
     """Swap in the protocol's sampler for UNet models (SD 1.x/2.x, SDXL); flow-matching transformers (SD3, Flux)
     keep theirs, which is the only one they are trained for."""
     import diffusers
 
-    if name == "keep" or getattr(pipe, "unet", None) is None:
-        return type(pipe.scheduler).__name__
-    cls = getattr(diffusers, SCHEDULERS[name])
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
-    return cls.__name__
+    if name != "keep" and getattr(pipe, "unet", None) is not None:
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
 
 
 def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None = None, prompts: Path | None = None,
@@ -148,9 +146,8 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
         start = time.perf_counter()
         try:
             # one guidance per pipeline call: I2P gives each prompt its own
-            by_guidance = groupby(sorted(todo, key=lambda it: _guidance(it, guidance, protocol) or 0.0),
-                                  key=lambda it: _guidance(it, guidance, protocol))
-            for g, group in by_guidance:
+            guidance_of = functools.partial(_guidance, forced=guidance, protocol=protocol)
+            for g, group in groupby(sorted(todo, key=guidance_of), key=guidance_of):
                 group = list(group)
                 for i in range(0, len(group), batch_size):
                     batch = group[i : i + batch_size]
