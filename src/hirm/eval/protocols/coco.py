@@ -120,6 +120,8 @@ class Coco(Protocol):
             return {"fid": None, "fid_note": "FID compares erased against base images: pass --patch"}
         if self.fid_model is None:
             return {"fid": None, "fid_note": "no --fid-model given"}
+        if len(items) < 2:
+            return {"fid": None, "fid_note": "FID needs at least 2 images per variant"}
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         from hirm.eval.protocols.runner import image_path
@@ -134,8 +136,6 @@ class Coco(Protocol):
                 raise HirmError("--fid-model FILE (Inception weights) needs torch-fidelity: pip install "
                                 "torch-fidelity, or pass a CLIP folder for FID on CLIP features") from None
             features = "inception"
-        if len(items) < 2:
-            return {"fid": None, "fid_note": "FID needs at least 2 images per variant"}
         for variant, real in (("base", True), ("erased", False)):
             for i in range(0, len(items), 32):
                 batch = [Image.open(image_path(run_dir, variant, it.key)) for it in items[i : i + 32]]
