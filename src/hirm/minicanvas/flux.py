@@ -102,7 +102,7 @@ class FluxTrainer(nn.Module):
         seq = self.t5(input_ids=t5_ids).last_hidden_state
         return self.transformer(
             hidden_states=x_t, timestep=t, pooled_projections=pooled, encoder_hidden_states=seq,
-            txt_ids=torch.zeros(seq.shape[1], 3), img_ids=image_ids(h, w), return_dict=False,
+            txt_ids=seq.new_zeros(seq.shape[1], 3), img_ids=image_ids(h, w).to(x_t.device), return_dict=False,
         )[0]
 
 
@@ -111,8 +111,8 @@ def flow_matching_loss(model: FluxTrainer, x0: torch.Tensor, pooled: torch.Tenso
     """Rectified flow (as Flux): x_t = (1 - t) x0 + t noise, predict the velocity noise - x0.
     Timesteps from a logit-normal, the SD3/Flux choice."""
     b, _, h, w = x0.shape
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.sigmoid(torch.randn(b, generator=generator))
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # CPU draws: the same on any device
+    t = torch.sigmoid(torch.randn(b, generator=generator)).to(x0.device)
     x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
     pred = model.velocity(pack(x_t), t, pooled, t5_ids, h, w)
     return F.mse_loss(pred, pack(noise - x0))

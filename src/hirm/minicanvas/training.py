@@ -30,7 +30,7 @@ from hirm.minicanvas.classifier import HEADS, MiniCanvasClassifier, to_tensor
 
 def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v.detach().clone() if torch.is_tensor(v) else torch.tensor(v)
+    tensors = {f"{i}.{k}": v.detach().to("cpu", copy=True) if torch.is_tensor(v) else torch.tensor(v)
                for i, st in sd["state"].items() for k, v in st.items()}
     meta = {"param_groups": json.dumps(sd["param_groups"])}
     save_file(tensors, str(path), metadata=meta)
@@ -110,18 +110,22 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: floa
 def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optimizer, total_steps: int,
              step_fn: Callable[[int], dict[str, float]], base_lr: float, save_every: int = 200,
              desc: str = "train", before_save: Callable[[], dict] | None = None,
-             warmup: int = 100, state: RunState | None = None) -> RunState:
+             warmup: int = 100, state: RunState | None = None, time_budget: float | None = None) -> RunState:
     """The one training loop: resume, step with a cosine schedule, log, checkpoint, finish.
 
     `before_save` runs before each checkpoint and returns extra counters stored in its state.json; pass
-    `state` when the caller already restored the checkpoint itself.
+    `state` when the caller already restored the checkpoint itself. With `time_budget` (seconds) the run
+    measures its own speed after 100 and 1000 steps and shortens `total_steps` so that the cosine schedule
+    ends within the budget (a leased accelerator's time is fixed, its speed is not known in advance), and
+    stops and saves at 1.05 x the budget whatever the schedule.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
         state = load_checkpoint(run_dir, models, opt)
     log = (run_dir / "log.jsonl").open("a")
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, mininterval=5)
-    t_last = time.time()
+    t_last = t_start = time.time()
+    first, cap = state.step, total_steps
     while state.step < total_steps:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(state.step, total_steps, base_lr, warmup=warmup)
@@ -132,6 +136,12 @@ def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optim
         t_last = now
         state.images_seen += int(metrics.pop("batch", 0))
         bar.update(1)
+        if time_budget is not None and state.step - first in (100, 1000):
+            per_step = (now - t_start) / (state.step - first)
+            total_steps = min(cap, state.step + int((t_start + time_budget - now) / per_step))
+            bar.total = total_steps
+        if time_budget is not None and now - t_start > 1.05 * time_budget:  # slower than measured: stop, save
+            total_steps = state.step
         if state.step % 20 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
             log.write(json.dumps({"step": state.step, "seconds": round(state.seconds, 1), **metrics}) + "\n")
@@ -496,20 +506,23 @@ def encode_captions(encoder, tokenizer, captions: list[str], batch_size: int = 2
     for i in tqdm(range(0, len(captions), batch_size), desc="encode captions", mininterval=10):
         ids = tokenizer(captions[i : i + batch_size], padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt")["input_ids"]
-        out.append(encoder(input_ids=ids).last_hidden_state.half())
+        out.append(encoder(input_ids=ids.to(encoder.device)).last_hidden_state.half().cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def prepare_generator_data(path: Path, vae, encoder, tokenizer, n: int, seed: int) -> None:
-    """Render `n` captioned images once; store VAE latents and caption encodings (fp16) for training."""
+def prepare_generator_data(path: Path, vae, encoder, tokenizer, n: int, seed: int, workers: int = 1) -> None:
+    """Render `n` captioned images once (over `workers` processes); store VAE latents and caption encodings
+    (fp16) for training. The first n images of a larger set are the n-image set."""
     if path.exists():
         return
     chunks, captions, objects, styles = [], [], [], []
     gen = torch.Generator().manual_seed(seed)
-    for k in tqdm(range(0, n, 500), desc="render + encode images", mininterval=10):
-        b = world.render_batch(min(500, n - k), seed=seed * 7919 + k)
-        chunks.append(vae.encode(to_tensor(b.images)).latent_dist.sample(generator=gen).half().contiguous())
+    specs = _data_chunks(n, seed)
+    for b in tqdm(world.render_batches(specs, workers), total=len(specs), desc="render + encode images",
+                  mininterval=10):
+        x = to_tensor(b.images).to(vae.device)
+        chunks.append(vae.encode(x).latent_dist.sample(generator=gen).half().cpu().contiguous())
         captions += b.captions
         objects.append(torch.as_tensor(b.objects))
         styles.append(torch.as_tensor(b.styles))
@@ -525,6 +538,11 @@ def prepare_generator_data(path: Path, vae, encoder, tokenizer, n: int, seed: in
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"scaling_factor": str(float(1.0 / latents.float().std()))})
     tmp.rename(path)
+
+
+def _data_chunks(n: int, seed: int) -> list[tuple[int, int]]:
+    """(size, seed) of each rendered chunk of a generator training set (shared by mini-SD and mini-Flux)."""
+    return [(min(500, n - k), seed * 7919 + k) for k in range(0, n, 500)]
 
 
 RESUME_DIR = Path(__file__).resolve().parents[3] / "training" / "minicanvas-sd-unet"
@@ -555,13 +573,14 @@ def _init_from_export(run_dir: Path, init_from: Path, models: dict[str, nn.Modul
 
 def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
                n_images: int = 80000, caption_dropout: float = 0.1, ema_decay: float = 0.999,
-               save_every: int = 250, components: Path | None = None, init_from: Path | None = RESUME_DIR):
+               save_every: int = 250, components: Path | None = None, init_from: Path | None = RESUME_DIR,
+               device: str = "cpu", workers: int = 1, time_budget: float | None = None):
     """mini-SD: a UNet2DConditionModel on 8x8 VAE latents, conditioned on the frozen text encoder, with
     caption dropout for classifier-free guidance. Trains from a fixed rendered set (latents and caption
     encodings precomputed once: the text encoder would otherwise cost more than the UNet step).
 
     A fresh `run_dir` starts from the committed export in `init_from` when there is one, so training goes on
-    across machines."""
+    across machines. `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
     from diffusers import AutoencoderKL
     from diffusers.training_utils import EMAModel
     from safetensors import safe_open
@@ -572,17 +591,19 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     seed_everything(seed)
     components = components or run_dir.parent / "components"
     # fp32 whatever the files hold: shipped components are fp16, and fp16 matmuls on CPU are many times slower
-    vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval()
-    encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval().to(device)
+    encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval().to(device)
     data_path = run_dir / "data.safetensors"
-    prepare_generator_data(data_path, vae, encoder, load_tokenizer(), n_images, seed)
-    data = load_file(str(data_path))
+    prepare_generator_data(data_path, vae, encoder, load_tokenizer(), n_images, seed, workers)
+    del vae, encoder
+    data = load_file(str(data_path), device=device)
     with safe_open(str(data_path), "pt") as f:
         scaling = float(f.metadata()["scaling_factor"])
     latents, text, empty = data["latents"], data["text"], data["empty"]
     unet = make_unet(latent_channels=latents.shape[1], cross_attention_dim=text.shape[-1])
     ema_unet = make_unet(latent_channels=latents.shape[1], cross_attention_dim=text.shape[-1])
-    ema_unet.load_state_dict(unet.state_dict())
+    unet.to(device)
+    ema_unet.to(device).load_state_dict(unet.state_dict())
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     models = {"unet": unet, "ema_unet": ema_unet}
     state = load_checkpoint(run_dir, models, opt)
@@ -598,17 +619,18 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     if state.step:
         ema.optimization_step = json.loads(counters.read_text())["ema_step"]
     scheduler = make_scheduler()
-    alphas = scheduler.alphas_cumprod
+    alphas = scheduler.alphas_cumprod.to(device)
 
     def step(i: int) -> dict[str, float]:
+        # every random draw from one CPU generator per step: the same stream on any device
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        idx = torch.randint(0, len(latents), (batch_size,), generator=g)
+        idx = torch.randint(0, len(latents), (batch_size,), generator=g).to(device)
         x0 = latents[idx].float() * scaling
         cond = text[idx].float()
-        drop = torch.rand(batch_size, generator=g) < caption_dropout
+        drop = (torch.rand(batch_size, generator=g) < caption_dropout).to(device)
         cond[drop] = empty.float()
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=cond).sample
@@ -621,7 +643,7 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
         return {"ema_step": ema.optimization_step}
 
     state = run_loop(run_dir, {"unet": unet, "ema_unet": ema_unet}, opt, steps, step, lr, save_every,
-                     desc="unet", before_save=sync_ema, warmup=200, state=state)
+                     desc="unet", before_save=sync_ema, warmup=200, state=state, time_budget=time_budget)
     (run_dir / "scaling_factor.txt").write_text(str(scaling))
     return unet, state
 
@@ -630,7 +652,7 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
 
 
 @torch.no_grad()
-def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int) -> None:
+def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int, workers: int = 1) -> None:
     """Pooled CLIP vectors and T5 token ids for the same rendered set as mini-SD's (whose latents and text
     states it reads: the pooled vector is the text state at the EOS token, as CLIPTextModel.pooler_output)."""
     from hirm.minicanvas import flux
@@ -639,9 +661,8 @@ def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int) -> 
     if path.exists():
         return
     clip_tok, t5_tok = load_tokenizer(), flux.make_t5_tokenizer()
-    captions: list[str] = []
-    for k in range(0, n_images, 500):  # the captions of prepare_generator_data, re-drawn from the same seeds
-        captions += world.render_batch(min(500, n_images - k), seed=seed * 7919 + k).captions
+    # the captions of prepare_generator_data, re-drawn from the same seeds
+    captions = [c for b in world.render_batches(_data_chunks(n_images, seed), workers) for c in b.captions]
     data = load_file(str(unet_data))
     ids = clip_tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
     eos = (ids == clip_tok.eos_token_id).int().argmax(-1)
@@ -685,12 +706,14 @@ def export_flux_resume_state(run_dir: Path, out: Path = FLUX_RESUME_DIR) -> Path
 def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
                caption_dropout: float = 0.1, sequence_dropout: float = 0.0, pooled_dropout: float = 0.0,
                ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None,
-               init_from: Path | None = FLUX_RESUME_DIR):
+               init_from: Path | None = FLUX_RESUME_DIR, device: str = "cpu", workers: int = 1,
+               time_budget: float | None = None):
     """mini-Flux: FluxTransformer2DModel + T5 encoder, rectified flow on the mini-SD training set.
 
     `caption_dropout` drops both conditionings (for true CFG); `sequence_dropout` / `pooled_dropout` drop
     only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway. A fresh
-    `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one."""
+    `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one.
+    `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
     from diffusers.training_utils import EMAModel
     from safetensors import safe_open
 
@@ -703,13 +726,14 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
         raise FileNotFoundError(f"{unet_data}: mini-Flux trains on mini-SD's rendered set; prepare it first")
     with safe_open(str(unet_data), "pt") as f:
         scaling = float(f.metadata()["scaling_factor"])
-        latents = f.get_tensor("latents")
-    prepare_flux_data(run_dir / "data.safetensors", unet_data, len(latents), seed)
-    data = load_file(str(run_dir / "data.safetensors"))
+        latents = f.get_tensor("latents").to(device)
+    prepare_flux_data(run_dir / "data.safetensors", unet_data, len(latents), seed, workers)
+    data = load_file(str(run_dir / "data.safetensors"), device=device)
     vocab = len(flux.make_t5_tokenizer())
     model = flux.FluxTrainer(vocab, latent_channels=latents.shape[1], pooled_dim=data["pooled"].shape[-1])
     ema_model = flux.FluxTrainer(vocab, latent_channels=latents.shape[1], pooled_dim=data["pooled"].shape[-1])
-    ema_model.load_state_dict(model.state_dict())
+    model.to(device)
+    ema_model.to(device).load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     models = {"flux": model, "ema_flux": ema_model}
     state = load_checkpoint(run_dir, models, opt)
@@ -732,7 +756,7 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
 
     def step(i: int) -> dict[str, float]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        idx = torch.randint(0, len(latents), (batch_size,), generator=g)
+        idx = torch.randint(0, len(latents), (batch_size,), generator=g).to(device)
         x0 = latents[idx].float() * scaling
         pooled = data["pooled"][idx].float()
         ids = data["t5_ids"][idx].long()
@@ -740,6 +764,7 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
         drop_all = r < caption_dropout
         drop_seq = drop_all | ((r >= caption_dropout) & (torch.rand(batch_size, generator=g) < sequence_dropout))
         drop_pool = drop_all | ((r >= caption_dropout) & (torch.rand(batch_size, generator=g) < pooled_dropout))
+        drop_seq, drop_pool = drop_seq.to(device), drop_pool.to(device)
         ids[drop_seq] = data["empty_t5_ids"].long()
         pooled[drop_pool] = data["empty_pooled"].float()
         loss = flux.flow_matching_loss(model, x0, pooled, ids, g)
@@ -752,7 +777,7 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
                 "sequence_dropout": sequence_dropout, "pooled_dropout": pooled_dropout}
 
     return run_loop(run_dir, models, opt, steps, step, lr, save_every, desc="flux", before_save=sync_ema,
-                    warmup=200, state=state)
+                    warmup=200, state=state, time_budget=time_budget)
 
 
 def generator_pipeline(components: Path, unet, scaling_factor: float):
@@ -814,9 +839,14 @@ def main() -> None:  # pragma: no cover - manual entry for background runs
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=int(os.environ.get("HIRM_THREADS", "2")))
     p.add_argument("--set", action="append", default=[], help="extra keyword, e.g. --set edge_weight=1.0")
+    p.add_argument("--device", default=None, help="unet / flux: cuda on a leased accelerator")
+    p.add_argument("--workers", type=int, default=None, help="unet / flux: processes rendering the training set")
+    p.add_argument("--time-budget", type=float, default=None, help="unet / flux: seconds; the schedule fits it")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     kw = {} if a.steps is None else {"steps": a.steps}
+    kw |= {k: v for k, v in (("device", a.device), ("workers", a.workers), ("time_budget", a.time_budget))
+           if v is not None}
     for item in a.set:
         key, value = item.split("=", 1)
         kw[key] = float(value) if "." in value or "e" in value else int(value)

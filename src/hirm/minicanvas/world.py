@@ -9,7 +9,7 @@ survive a 4x latent autoencoder and stay recognisable by eye at 32 px.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -449,6 +449,23 @@ def retain_captions(concepts: str | list[str], n: int = 64, seed: int = 12345) -
                 out.append(c)
         k += 1
     return out[:n]
+
+
+def _render_spec(spec: tuple[int, int]) -> Batch:
+    return render_batch(*spec)
+
+
+def render_batches(specs: Sequence[tuple[int, int]], workers: int = 1) -> Iterator[Batch]:
+    """`render_batch(n, seed)` for each `(n, seed)` in order; over `workers` processes when > 1 (rendering is
+    pure numpy/PIL and each batch depends only on its seed, so the result is the same)."""
+    if workers <= 1:
+        yield from map(_render_spec, specs)
+        return
+    import multiprocessing
+
+    # fork: workers inherit the imported world and never touch torch or CUDA
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_render_spec, specs)
 
 
 def render_every_pair(n_per_pair: int, seed: int) -> Batch:
