@@ -116,6 +116,8 @@ def export(runs: Path, out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--budget", type=float, default=370.0, help="training seconds per run (runs go side by side)")
+    p.add_argument("--total", type=float, default=560.0,
+                   help="seconds the whole script may take (the device call's limit, less a margin)")
     p.add_argument("--n-images", type=int, default=120_000)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--batch-size", type=int, default=512)
@@ -126,8 +128,9 @@ def main() -> None:
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
     prepare(a.runs, a.n_images, a.workers, a.device)
-    print(f"data ready in {time.time() - t0:.0f} s", flush=True)
-    common = {"device": a.device, "time_budget": a.budget, "batch_size": a.batch_size, "save_every": 500,
+    budget = min(a.budget, (a.total - (time.time() - t0) - 70) / 1.05)  # 70 s: start-up, loading, export
+    print(f"data ready in {time.time() - t0:.0f} s; training budget {budget:.0f} s per run", flush=True)
+    common = {"device": a.device, "time_budget": budget, "batch_size": a.batch_size, "save_every": 500,
               "steps": 1_000_000}
     flux_init = init_dir(a.runs, "flux")
     jobs = {
@@ -139,7 +142,7 @@ def main() -> None:
     procs = {name: ctx.Process(target=train, args=(what, str(a.runs / name), kw)) for name, (what, kw) in jobs.items()}
     for proc in procs.values():
         proc.start()
-    hard_stop = time.time() + 1.05 * a.budget + 120  # start-up, data loading and the last checkpoint
+    hard_stop = t0 + a.total - 15  # leaves time to export whatever checkpoint each run has
     for name, proc in procs.items():
         proc.join(max(1.0, hard_stop - time.time()))
         if proc.is_alive():
