@@ -118,6 +118,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=370.0, help="training seconds per run (runs go side by side)")
     p.add_argument("--total", type=float, default=560.0,
                    help="seconds the whole script may take (the device call's limit, less a margin)")
+    p.add_argument("--jobs", default="unet,flux,flux-pooled", help="which runs, comma-separated")
     p.add_argument("--n-images", type=int, default=120_000)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--batch-size", type=int, default=512)
@@ -132,12 +133,13 @@ def main() -> None:
     print(f"data ready in {time.time() - t0:.0f} s; training budget {budget:.0f} s per run", flush=True)
     common = {"device": a.device, "time_budget": budget, "batch_size": a.batch_size, "save_every": 500,
               "steps": 1_000_000}
-    flux_init = init_dir(a.runs, "flux")
     jobs = {
-        "unet": ("unet", {**common, "n_images": a.n_images, "init_from": init_dir(a.runs, "unet")}),
-        "flux": ("flux", {**common, "init_from": flux_init}),
-        "flux-pooled": ("flux", {**common, "init_from": flux_init, "sequence_dropout": 0.5}),
+        "unet": ("unet", {**common, "n_images": a.n_images}),
+        "flux": ("flux", common),
+        "flux-pooled": ("flux", {**common, "sequence_dropout": 0.5}),
     }
+    jobs = {name: (what, {**kw, "init_from": init_dir(a.runs, what)})
+            for name, (what, kw) in jobs.items() if name in a.jobs.split(",")}
     ctx = multiprocessing.get_context("spawn")
     procs = {name: ctx.Process(target=train, args=(what, str(a.runs / name), kw)) for name, (what, kw) in jobs.items()}
     for proc in procs.values():
