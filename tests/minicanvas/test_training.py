@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from hirm.minicanvas import training
@@ -55,3 +56,40 @@ def test_vae_decoder_finetune_keeps_the_encoder(tmp_path, monkeypatch):
     after = vae.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+
+class FakeClock:
+    """time.time() that moves `per_step` seconds per call, `slow` seconds per call after `slow_after` calls."""
+
+    def __init__(self, per_step: float, slow: float | None = None, slow_after: int = 0):
+        self.now, self.calls, self.per_step, self.slow, self.slow_after = 1000.0, 0, per_step, slow, slow_after
+
+    def __call__(self) -> float:
+        self.calls += 1
+        self.now += self.slow if self.slow is not None and self.calls > self.slow_after else self.per_step
+        return self.now
+
+
+@pytest.mark.parametrize(("clock", "expected"), [
+    (FakeClock(0.005), range(195, 201)),  # measured at step 100: 0.5 s left / 5 ms = 100 more steps
+    (FakeClock(0.005, slow=0.02, slow_after=101), range(126, 131)),  # 4x slower after the measurement: hard stop
+])
+def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, clock, expected):
+    """A run with a time budget shortens its cosine schedule to what fits, stops at 1.05 x the budget whatever
+    the schedule, and saves where it stops."""
+    monkeypatch.setattr(training.time, "time", clock)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lrs = []
+
+    def step(i):
+        lrs.append(opt.param_groups[0]["lr"])
+        return {"batch": 1}
+
+    state = training.run_loop(tmp_path, {"m": model}, opt, 1_000_000, step, base_lr=0.1, save_every=10_000,
+                              warmup=10, time_budget=1.0)
+    assert state.step in expected
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == state.step
+    if expected.start > 150:
+        assert lrs[-1] < 0.1 * max(lrs)  # the schedule ran to its end within the budget

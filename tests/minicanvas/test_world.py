@@ -47,3 +47,12 @@ def test_styles_differ_visibly():
     for i in range(len(imgs)):
         for j in range(i + 1, len(imgs)):
             assert np.abs(imgs[i] - imgs[j]).mean() > 0.02, (world.STYLES[i], world.STYLES[j])
+
+
+def test_render_batches_over_processes_equal_one_process():
+    specs = [(5, 11), (3, 12), (4, 13)]
+    one = list(world.render_batches(specs, workers=1))
+    two = list(world.render_batches(specs, workers=2))
+    assert [len(b.captions) for b in two] == [5, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        assert np.array_equal(a.images, b.images) and a.captions == b.captions
