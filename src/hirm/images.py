@@ -50,10 +50,15 @@ def save_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write UTF-8 text via a temp file in the same folder and rename; the temp file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
