@@ -6,6 +6,10 @@ For K = 2, 5, 10 concepts (objects and styles mixed, nested sets): UA on the era
 of every other concept on the cells where no erased concept appears (what should be left alone).
 
     python benchmarks/multi_concept.py [--ks 2,5,10] [--seeds 0] [--out runs/multi-concept]
+        [--ways joint,sequential,average] [--joint 'joint,steps150={"steps": 150}']
+
+`--joint` lists joint recipes: a name alone is hirm's default recipe, `NAME={json}` overrides its fields
+(`steps`, `lr`, `retain_weight`, `layers`, ...), as in minicanvas_table.py.
 """
 
 import argparse
@@ -15,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from minicanvas_table import parse_recipe, split_recipes
 
 import hirm
 from hirm.encoders import load_pipeline
@@ -33,7 +38,12 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/multi-concept")
+    p.add_argument("--ways", default="joint,sequential,average")
+    p.add_argument("--joint", default="joint", help="joint recipes: NAME or NAME={json overrides}, comma-separated")
     a = p.parse_args()
+    ways = a.ways.split(",")
+    joint_recipes = dict(parse_recipe(r) for r in split_recipes(a.joint)) if "joint" in ways else {}
+    combined = "sequential" in ways or "average" in ways
     torch.set_num_threads(a.threads)
     ks = [int(k) for k in a.ks.split(",")]
     seeds = tuple(int(s) for s in a.seeds.split(","))
@@ -58,22 +68,29 @@ def main() -> None:
     separate, chain, rows = [], [], []
     separate_s = chain_s = 0.0
     for i, concept in enumerate(concepts):
-        patch, s = timed(lambda c=concept: hirm.erase(pipe, c, progress=False))
-        separate.append(patch)
-        separate_s += s
-        if i > 0:  # the first link of the chain is the first separate patch
-            with ExitStack() as stack:
-                for earlier in chain:
-                    stack.enter_context(earlier.applied(pipe))
-                patch, s = timed(lambda c=concept: hirm.erase(pipe, c, progress=False))
-        chain.append(patch)
-        chain_s += s
+        if combined:
+            patch, s = timed(lambda c=concept: hirm.erase(pipe, c, progress=False))
+            separate.append(patch)
+            separate_s += s
+            if i > 0:  # the first link of the chain is the first separate patch
+                with ExitStack() as stack:
+                    for earlier in chain:
+                        stack.enter_context(earlier.applied(pipe))
+                    patch, s = timed(lambda c=concept: hirm.erase(pipe, c, progress=False))
+            chain.append(patch)
+            chain_s += s
         k = i + 1
         if k not in ks:
             continue
-        joint, joint_s = timed(lambda k=k: hirm.erase(pipe, concepts[:k], progress=False))
-        for way, patches, seconds in (("joint", [joint], joint_s), ("sequential", chain[:k], chain_s),
-                                      ("average", [Patch.average(separate[:k])], separate_s)):
+        results = []
+        for name, overrides in joint_recipes.items():
+            joint, joint_s = timed(lambda k=k, o=overrides: hirm.erase(pipe, concepts[:k], progress=False, **o))
+            results.append((name, [joint], joint_s))
+        if "sequential" in ways:
+            results.append(("sequential", chain[:k], chain_s))
+        if "average" in ways:
+            results.append(("average", [Patch.average(separate[:k])], separate_s))
+        for way, patches, seconds in results:
             row = {"k": k, "way": way, "erase_s": round(seconds, 1), **scored(patches, concepts[:k])}
             rows.append(row)
             print(f"K={k:2d} {way:10s} UA {row['ua']:.3f}  kept {row['kept_acc']:.3f}  erase {seconds:.0f}s",

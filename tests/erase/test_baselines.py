@@ -6,7 +6,7 @@ import torch
 import dummies
 import hirm
 from hirm.erase.closed_form import ridge_edit
-from hirm.erase.denoiser import unet_parameter_names
+from hirm.erase.denoiser import transformer_parameter_names, unet_parameter_names
 from hirm.erase.uce import aligned_pair
 from hirm.errors import HirmError
 from hirm.patch import Patch
@@ -122,3 +122,47 @@ def test_advunlearn_trains_only_the_text_encoder_and_restores_the_unet(pipe):
     with a.applied(pipe):
         changed = cross_attention_output(pipe, "star")
     assert not torch.allclose(changed, cross_attention_output(pipe, "star"))
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return dummies.flux_pipeline()
+
+
+@pytest.mark.parametrize("group,check", [
+    ("xattn", lambda n: n.startswith("transformer_blocks.") and ".attn." in n),
+    ("noxattn", lambda n: not (n.startswith("transformer_blocks.") and ".attn." in n)),
+    ("selfattn", lambda n: n.startswith("single_transformer_blocks.") and ".attn." in n),
+])
+def test_transformer_parameter_groups(flux, group, check):
+    names = transformer_parameter_names(flux.transformer, group)
+    assert names and all(check(n) for n in names)
+    if group == "noxattn":
+        assert not any(n.startswith(("time_text_embed.", "context_embedder.", "proj_out.")) for n in names)
+
+
+def test_esd_on_flux_trains_the_transformers_joint_attention_with_the_velocity_loss(flux):
+    """ESD on a Flux pipeline: the same negative-guidance loss on the transformer's velocities."""
+    from hirm.erase.denoiser import denoiser
+
+    before = {n: p.detach().clone() for n, p in flux.transformer.named_parameters()}
+    a = hirm.erase(flux, "star", method="esd-x", steps=3, ddim_steps=4, lr=1e-3, progress=False)
+    b = hirm.erase(flux, "star", method="esd-x", steps=3, ddim_steps=4, lr=1e-3, progress=False)
+    assert a.id == b.id and a.components == ["transformer"]
+    assert {k.split("::")[1] for k in a.tensors} == set(transformer_parameter_names(flux.transformer, "xattn"))
+    assert all(torch.equal(p, before[n]) for n, p in flux.transformer.named_parameters())
+    # the patched transformer predicts another velocity for the concept at the same latent and time
+    den = denoiser(flux, "esd-x")
+    cond = den.condition(["star"])
+    z, t = den.partly_denoised(cond, den.condition([""]), 4, 3.0, torch.Generator().manual_seed(0))
+    plain = den.predict(z, t, cond)
+    with a.applied(flux):
+        erased = den.predict(z, t, cond)
+    assert not torch.allclose(plain, erased)
+
+
+def test_hirm_plus_esd_on_flux_edits_the_clip_encoder_and_the_transformer(flux):
+    patch = hirm.erase(flux, "star", method="hirm-r+esd-x", steps=2, ddim_steps=3, progress=False)
+    assert patch.components == ["text_encoder", "transformer"]
+    with pytest.raises(HirmError, match="UNet of a Stable-Diffusion"):
+        hirm.erase(flux, "star", method="uce", progress=False)

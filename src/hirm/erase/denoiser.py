@@ -1,11 +1,16 @@
-"""What every denoiser (UNet) erasure shares: checking the pipeline, encoding prompts, naming the UNet's
+"""What every denoiser erasure shares: checking the pipeline, encoding prompts, naming the denoiser's
 parameter groups, and sampling a partly denoised latent.
 
-Denoiser methods work on Stable-Diffusion-style pipelines: a `UNet2DConditionModel` conditioned by cross
-attention on one text encoder's hidden states (SD 1.x / 2.x, and the MiniCanvas mini-SD).
+Closed-form methods (UCE, RECE) work on Stable-Diffusion-style pipelines: a `UNet2DConditionModel` conditioned
+by cross attention on one text encoder's hidden states (SD 1.x / 2.x, and the MiniCanvas mini-SD). Trained
+methods (ESD) go through `Denoiser`, which also covers Flux's flow-matching transformer (real Flux, mini-Flux):
+the same loss on velocities instead of noise predictions.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -93,3 +98,109 @@ def partly_denoised(pipe, unet: torch.nn.Module, cond: torch.Tensor, uncond: tor
     lo, hi = round(stop / ddim_steps * n_train), round((stop + 1) / ddim_steps * n_train)
     t = torch.randint(lo, max(hi, lo + 1), (1,), generator=generator)
     return denoise_until(pipe, unet, cond, uncond, stop, ddim_steps, guidance, generator), t
+
+
+# ------------------------------------------------------------------------------ any trained denoiser
+
+
+def transformer_parameter_names(transformer: torch.nn.Module, group: str) -> list[str]:
+    """ESD's groups on a Flux transformer. Its text and image tokens meet in the joint attention of the
+    double-stream blocks, the counterpart of a UNet's cross-attention: `xattn` is that attention; `noxattn`
+    everything else but the time / text embedders and the output projection; `selfattn` the single-stream
+    blocks' attention; `full`."""
+    if group not in GROUPS:
+        raise HirmError(f"transformer parameter group {group!r}: use one of {', '.join(GROUPS)}")
+    joint = lambda n: n.startswith("transformer_blocks.") and ".attn." in n  # noqa: E731
+    in_group = {
+        "xattn": joint,
+        "noxattn": lambda n: not (joint(n) or n.startswith(("time_text_embed.", "context_embedder.", "proj_out."))),
+        "selfattn": lambda n: n.startswith("single_transformer_blocks.") and ".attn." in n,
+        "full": lambda n: True,
+    }[group]
+    return [name for name, _ in transformer.named_parameters() if in_group(name)]
+
+
+@dataclass
+class Denoiser:
+    """A pipeline's denoiser seen the same way by every trained denoiser eraser: `name` is its component
+    (`unet` or `transformer`), `predict` its noise (UNet) or velocity (Flux) prediction for a conditioning
+    from `condition`, and `partly_denoised` ESD's training sample (z_t, t) drawn with classifier-free guidance.
+    """
+
+    pipe: Any
+    name: str
+    _image_ids: torch.Tensor | None = field(default=None, repr=False)  # Flux: the latent's positions
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.name)
+
+    def parameter_names(self, group: str) -> list[str]:
+        if self.name == "unet":
+            return unet_parameter_names(self.module, group)
+        return transformer_parameter_names(self.module, group)
+
+    @torch.no_grad()
+    def condition(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.name == "unet":
+            return {"encoder_hidden_states": encode(self.pipe, prompts)}
+        t5 = getattr(self.pipe, "tokenizer_2", None)
+        embeds, pooled, text_ids = self.pipe.encode_prompt(
+            prompts, prompt_2=None, device=self.module.device,
+            max_sequence_length=min(512, int(getattr(t5, "model_max_length", 512))))  # as hirm.generate samples
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": text_ids}
+
+    def predict(self, z: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.name == "unet":
+            return self.module(z, t, **cond).sample
+        config = self.module.config
+        guidance = torch.full((z.shape[0],), 1.0) if config.guidance_embeds else None  # Flux-dev: no extra push
+        return self.module(hidden_states=z, timestep=t / 1000, guidance=guidance, img_ids=self._image_ids,
+                           return_dict=False, **cond)[0]
+
+    @torch.no_grad()
+    def partly_denoised(self, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor], steps: int,
+                        guidance: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random stop among `steps` sampler steps, the latent the (trained) denoiser draws up to there with
+        classifier-free guidance, and a timestep t for it. Returns (z_t, t)."""
+        if self.name == "unet":
+            return partly_denoised(self.pipe, self.module, cond["encoder_hidden_states"],
+                                   uncond["encoder_hidden_states"], steps, guidance, generator)
+        scheduler = self._flow_scheduler(steps)
+        stop = int(torch.randint(0, steps, (1,), generator=generator))
+        z = self._initial_latents(generator)
+        for t in scheduler.timesteps[:stop]:
+            v_u, v_c = self.predict(z, t[None], uncond), self.predict(z, t[None], cond)
+            z = scheduler.step(v_u + guidance * (v_c - v_u), t, z).prev_sample
+        return z, scheduler.timesteps[stop][None]
+
+    def _initial_latents(self, generator: torch.Generator) -> torch.Tensor:
+        size = int(self.pipe.vae.config.sample_size)  # pixels, as hirm.generate samples transformer pipelines
+        channels = self.module.config.in_channels // 4
+        z, self._image_ids = self.pipe.prepare_latents(1, channels, size, size, torch.float32, self.module.device,
+                                                       generator)
+        return z
+
+    def _flow_scheduler(self, steps: int):
+        """The pipeline's flow-matching schedule for `steps` steps, shifted as FluxPipeline shifts it."""
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        size = int(self.pipe.vae.config.sample_size) // self.pipe.vae_scale_factor // 2
+        c = scheduler.config
+        mu = calculate_shift(size * size, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return scheduler
+
+
+def denoiser(pipe, method: str) -> Denoiser:
+    """The denoiser of an SD-1.x/2.x-style pipeline (UNet + one text encoder) or of a Flux pipeline."""
+    if getattr(pipe, "unet", None) is not None:
+        require_unet_pipeline(pipe, method)
+        return Denoiser(pipe, "unet")
+    if type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel":
+        return Denoiser(pipe, "transformer")
+    raise HirmError(f"{method} edits the UNet of an SD-1.x/2.x-style pipeline or the transformer of a Flux "
+                    f"pipeline; {type(pipe).__name__} is neither: use a hirm-* method for it")
