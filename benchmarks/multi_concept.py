@@ -15,7 +15,6 @@ of every other concept on the cells where no erased concept appears (what should
 import argparse
 import json
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from hirm.encoders import load_pipeline
 from hirm.eval.minicanvas import generate_grid, score_concepts
 from hirm.images import write_text_atomic
 from hirm.minicanvas import registry
-from hirm.patch import Patch
+from hirm.patch import Patch, all_applied
 
 CONCEPTS = ("circle", "striped", "heart", "watercolor", "star", "polka-dot", "square", "checkered", "triangle",
             "neon glow")
@@ -52,9 +51,7 @@ def main() -> None:
     sampling = registry.SAMPLING["minicanvas"]
 
     def scored(patches: list[Patch], concepts: list[str]) -> dict:
-        with ExitStack() as stack:  # in order: a sequential patch was made on the model the earlier ones make
-            for patch in patches:
-                stack.enter_context(patch.applied(pipe))
+        with all_applied(patches, pipe):  # in order: a sequential patch was made on the model the earlier ones make
             grid = generate_grid(pipe, classifier, seeds=seeds, steps=sampling["steps"],
                                  guidance=sampling["guidance"], progress=False)
         return score_concepts(grid, concepts)
@@ -73,9 +70,7 @@ def main() -> None:
             separate.append(patch)
             separate_s += s
             if i > 0:  # the first link of the chain is the first separate patch
-                with ExitStack() as stack:
-                    for earlier in chain:
-                        stack.enter_context(earlier.applied(pipe))
+                with all_applied(chain, pipe):
                     patch, s = timed(lambda c=concept: hirm.erase(pipe, c, progress=False))
             chain.append(patch)
             chain_s += s

@@ -111,3 +111,22 @@ def test_average_is_the_elementwise_mean_of_patches_of_the_same_tensors():
         pass  # made from the same base weights: accepted
     with pytest.raises(hirm.HirmError, match="cannot average"):
         Patch.average([a, hirm.erase([enc], "x", steps=1, layers="1", progress=False)])
+
+
+def test_all_applied_applies_in_order_and_always_removes_every_patch(made):
+    """A patch made on an already patched model applies after the one it was made on, and a failure part-way
+    leaves the model as it was."""
+    from hirm.errors import HirmError
+    from hirm.patch import all_applied
+
+    enc, first = made
+    original = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    with first.applied([enc]):
+        second = hirm.erase([enc], "a blue moon", steps=3, lr=1e-3, progress=False)
+    with all_applied([first, second], [enc]):
+        patched = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    assert any(not torch.equal(v, original[k]) for k, v in patched.items())
+    assert all(torch.equal(v, original[k]) for k, v in enc.model.state_dict().items())
+    with pytest.raises(HirmError, match="fingerprint"), all_applied([second, first], [enc]):
+        pass
+    assert all(torch.equal(v, original[k]) for k, v in enc.model.state_dict().items())

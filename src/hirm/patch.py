@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 import weakref
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,16 @@ class Patch:
             "info": self.info,
             "seconds": self.seconds,
         }
+
+
+@contextmanager
+def all_applied(patches: Iterable[Patch], target: Any):
+    """`with all_applied(patches, pipe): ...` applies the patches in order for the block (a patch made on an
+    already patched model checks the fingerprint the earlier ones make) and always removes every one applied."""
+    with ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch.applied(target))
+        yield target
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from hirm.attacks.paraphrase import ParaphraseConfig, paraphrase_probes
 from hirm.attacks.probe import Probe
 from hirm.attacks.ringabell import RingABellConfig, ringabell_probes
 from hirm.errors import HirmError
+from hirm.patch import all_applied
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,8 @@ def _hits(pipe, probes: list[Probe], patches: list, classifier, domain: str, ind
     hits: list[bool] = []
     images: list = []
     for i, probe in enumerate(probes):
-        with ExitStack() as stack:
-            for p in patches:
-                stack.enter_context(_view(p, probe).applied(pipe))
-            stack.enter_context(probe.setup(pipe) if probe.setup is not None else nullcontext())
+        with all_applied([_view(p, probe) for p in patches], pipe), \
+                probe.setup(pipe) if probe.setup is not None else nullcontext():
             ims = sample(pipe, [probe.prompt] * len(seeds), seeds=[1000 * s + i for s in seeds], steps=steps,
                          guidance=guidance)
         pred = classify_images(classifier, ims)[domain]

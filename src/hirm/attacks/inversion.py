@@ -11,7 +11,7 @@ freely; prompts then use it, with the learned embedding in place while they gene
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import require_unet_pipeline
 from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_prefix_slots
 from hirm.errors import HirmError
+from hirm.patch import all_applied
 
 
 @dataclass
@@ -107,10 +108,7 @@ def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffCon
     candidates = table[vocab]
     g = torch.Generator().manual_seed(config.seed)
     probes = []
-    with ExitStack() as stack:
-        for p in patches:
-            stack.enter_context(p.applied(pipe))
-        stack.enter_context(frozen(pipe.text_encoder, pipe.unet, pipe.vae))
+    with all_applied(patches, pipe), frozen(pipe.text_encoder, pipe.unet, pipe.vae):
         for prompt in tqdm(_setting_prompts(concept, config.prompts), desc=f"unlearndiff {concept}",
                            disable=not progress):
             ids = _ids(pipe, [prompt])  # "<bos> prefix prompt <eos> <pad>...": the prefix ids are placeholders
@@ -149,11 +147,8 @@ def cce_probes(pipe, concept: str, patches: list, config: CCEConfig, progress: b
     def is_placeholder(x: torch.Tensor) -> torch.Tensor:
         return x == token_id
 
-    with ExitStack() as stack:
-        for p in patches:
-            stack.enter_context(p.applied(pipe))
-        stack.enter_context(frozen(pipe.text_encoder, pipe.unet, pipe.vae))
-        stack.enter_context(embeddings_at(pipe.text_encoder, is_placeholder, learned))
+    with all_applied(patches, pipe), frozen(pipe.text_encoder, pipe.unet, pipe.vae), \
+            embeddings_at(pipe.text_encoder, is_placeholder, learned):
         for _ in tqdm(range(config.steps), desc=f"cce {concept}", disable=not progress):
             idx = torch.randint(len(latents), (config.batch,), generator=g)
             rows = torch.randint(len(ids), (config.batch,), generator=g)

@@ -18,6 +18,7 @@ from hirm.errors import HirmError
 from hirm.generate import sample
 from hirm.minicanvas import world
 from hirm.minicanvas.classifier import MiniCanvasClassifier, to_tensor
+from hirm.patch import all_applied
 
 
 @dataclass
@@ -122,12 +123,8 @@ def score_concepts(grid: Grid, concepts: list[str]) -> dict[str, Any]:
 def evaluate(pipe, concept: str | None, classifier: MiniCanvasClassifier, patches: list | None = None,
              **grid_kwargs: Any) -> tuple[dict[str, Any], Grid]:
     """Score `pipe` (with `patches` applied for the duration) on the full grid."""
-    applied = [p.apply(pipe) for p in patches or []]
-    try:
+    with all_applied(patches or [], pipe):
         grid = generate_grid(pipe, classifier, **grid_kwargs)
-    finally:
-        for handle in reversed(applied):
-            handle.remove()
     return score(grid, concept), grid
 
 
