@@ -254,3 +254,21 @@ def test_supervised_positions(positions, expected):
     assert mask[0, :, 0].nonzero().flatten().tolist() == expected
     patch = hirm.erase([enc], "red star", templates=("a photo {}",), positions=positions, steps=1, progress=False)
     assert patch.config["positions"] == positions
+
+
+def test_representation_stops_the_forward_at_the_supervised_module():
+    """The supervised output equals the full forward's, and nothing after it (the last MLP) is computed."""
+    enc = dummies.text_encoder(seed=0)
+    ids = enc.tokenize(["a red star", "a blue moon"])
+    layers = getattr(enc.model, "text_model", enc.model).encoder.layers
+    seen, mlp_calls = [], []
+    h1 = layers[-1].self_attn.out_proj.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    h2 = layers[-1].mlp.register_forward_hook(lambda *_: mlp_calls.append(1))
+    try:
+        enc.model(input_ids=ids)
+        assert len(mlp_calls) == 1
+        early = representation(enc, ids, -1, "self_attn.out_proj")
+    finally:
+        h1.remove()
+        h2.remove()
+    assert len(mlp_calls) == 1 and torch.equal(early, seen[0])

@@ -84,27 +84,28 @@ def resolve_module(encoder: TextEncoder, layer: int, module: str) -> torch.nn.Mo
     raise HirmError(f"supervised module {module!r} not found in layer {layer}")
 
 
-@contextmanager
-def capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Record `module`'s output on each forward (the first tensor if it returns a tuple)."""
-    seen: list[torch.Tensor] = []
+class _Reached(Exception):
+    """Raised by a forward hook once the wanted output exists: nothing after it in the forward is needed."""
 
-    def hook(_m, _inp, out):
-        seen.append(out[0] if isinstance(out, tuple) else out)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield seen
-    finally:
-        handle.remove()
+    def __init__(self, value: torch.Tensor):
+        self.value = value
 
 
 def representation(encoder: TextEncoder, ids: torch.Tensor, layer: int, module: str) -> torch.Tensor:
-    """Output of (layer, module) for token ids, with gradients if enabled."""
-    with capture_output(resolve_module(encoder, layer, module)) as seen:
-        encoder.model(input_ids=ids)
-    return seen[-1]
+    """Output of (layer, module) for token ids, with gradients if enabled. The forward stops there: the
+    layers after it (for HiRM's final attention output, the last MLP and the final norm) are never computed."""
 
+    def stop(_m, _inp, out):
+        raise _Reached(out[0] if isinstance(out, tuple) else out)
+
+    handle = resolve_module(encoder, layer, module).register_forward_hook(stop)
+    try:
+        encoder.model(input_ids=ids)
+    except _Reached as reached:
+        return reached.value
+    finally:
+        handle.remove()
+    raise HirmError(f"{encoder.name}: layer {layer} {module} did not run in the forward pass")
 
 
 
