@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -194,3 +195,35 @@ def test_bench_prints_measured_figures():
     # a step on CLIP-L with 1 prompt: forward + backward through 12 layers, ~3x the forward's 2 * 123M * tokens
     assert 10 < data["gflop_per_step"] < 1000
     assert data["matmul_peak_gflops"] > 1 and 0 < data["matmul_limit_fraction"] < 2
+
+
+def test_cost_at_equal_ua_doubles_a_trained_methods_budget_until_it_reaches_hirms_ua(monkeypatch):
+    """The search itself, with erasing and scoring faked: ESD reaches HiRM-R's UA at 100 steps; UCE, closed
+    form, is timed once whatever its UA; combinations are refused."""
+    import hirm
+    import hirm.eval.report
+    from hirm import bench
+    from hirm.errors import HirmError
+
+    calls = []
+
+    def fake_erase(pipe, concept, method="hirm-r", progress=True, **overrides):
+        calls.append((method, overrides.get("steps")))
+        time.sleep(0.001)
+        return (method, overrides.get("steps"))
+
+    def fake_scores(model, concept, patches, **kw):
+        method, steps = patches[0]
+        ua = {"hirm-r": 0.9, "uce": 0.5}.get(method, min(1.0, (steps or 0) / 100))
+        return {"ua": ua, "ira": 0.8, "cra": 0.8}
+
+    monkeypatch.setattr(hirm, "erase", fake_erase)
+    monkeypatch.setattr(hirm.eval.report, "evaluate_erasure", fake_scores)
+    rows = bench.cost_at_equal_ua("striped", ("esd-x", "uce"))
+    assert [c for c in calls if c[0] == "esd-x"] == [("esd-x", s) for s in (25, 50, 100)]
+    esd, uce = rows[1], rows[2]
+    assert esd["steps"] == 100 and esd["reached"] and esd["ua"] >= rows[0]["ua"]
+    assert uce["steps"] is None and not uce["reached"] and ("uce", None) in calls
+    assert all({"method", "seconds", "ratio", "ua", "ira", "cra"} <= set(r) for r in rows)
+    with pytest.raises(HirmError, match="single methods"):
+        bench.cost_at_equal_ua("striped", ("hirm-r+esd-x",))

@@ -130,3 +130,52 @@ def erase_cost(shape: str = "clip-l", steps: int = 50, threads: int = 2, concept
     result = queue.get()
     proc.join()
     return result
+
+
+# steps doubling until a trained method's UA reaches HiRM-R's
+BUDGETS = (25, 50, 100, 200, 400, 800)
+# where ESD's paper defaults (lr 1e-5, 50 DDIM steps) do not fit MiniCanvas: the overrides of docs/baselines.md
+MINICANVAS_OVERRIDES: dict[str, dict[str, Any]] = {"esd-x": {"lr": 1e-4, "ddim_steps": 25},
+                                                   "esd-u": {"lr": 1e-4, "ddim_steps": 25}}
+
+
+def cost_at_equal_ua(concept: str = "striped", methods: tuple[str, ...] = ("esd-x", "uce"),
+                     seeds: tuple[int, ...] = (0,), budgets: tuple[int, ...] = BUDGETS) -> list[dict[str, Any]]:
+    """Erase wall time of each method at HiRM-R's UA on mini-SD, as a ratio to HiRM-R's (hirm's MiniCanvas
+    recipe), all in this process. A trained method runs from the base model at doubling step budgets until its UA
+    reaches HiRM-R's (its time is that run's); a closed-form one (no `steps`) has no budget: its one edit is
+    timed and its UA stands next to HiRM-R's. Rows: method, steps, seconds, ratio, ua, ira, cra, reached."""
+    import dataclasses
+
+    import hirm
+    from hirm.encoders import load_pipeline
+    from hirm.erase import METHODS, method_parts
+    from hirm.errors import HirmError
+    from hirm.eval.report import evaluate_erasure
+    from hirm.minicanvas import registry
+
+    pipe = load_pipeline("minicanvas")
+    classifier = registry.load_classifier()
+
+    def run(method: str, **overrides: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
+        seconds = time.perf_counter() - start
+        scores = evaluate_erasure("minicanvas", concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
+                                  progress=False)
+        return {"seconds": seconds, **{k: round(scores[k], 4) for k in ("ua", "ira", "cra")}}
+
+    reference = run("hirm-r")
+    rows = [{"method": "hirm-r", "steps": None, **reference, "ratio": 1.0, "reached": True}]
+    for method in methods:
+        if len(method_parts(method)) > 1:  # also a clear error for an unknown name
+            raise HirmError(f"{method}: time single methods against HiRM-R, e.g. esd-x,uce")
+        overrides = MINICANVAS_OVERRIDES.get(method, {})
+        trained = "steps" in {f.name for f in dataclasses.fields(METHODS[method].config_cls)}
+        for steps in budgets if trained else (None,):
+            result = run(method, **overrides, **({"steps": steps} if trained else {}))
+            if result["ua"] >= reference["ua"]:
+                break
+        rows.append({"method": method, "steps": steps, **result, "ratio": result["seconds"] / reference["seconds"],
+                     "reached": result["ua"] >= reference["ua"]})
+    return [{**r, "seconds": round(r["seconds"], 2), "ratio": round(r["ratio"], 2)} for r in rows]

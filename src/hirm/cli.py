@@ -246,17 +246,31 @@ def bench(
     concepts_per_step: Annotated[int, typer.Option(help="concepts sampled per step (0: all)")] = 0,
     flops: Annotated[bool, typer.Option(help="also count a step's FLOPs and compare the rate achieved with this "
                                         "CPU's measured matmul peak")] = True,
+    baselines: Annotated[str, typer.Option(help="also time these methods on mini-SD at HiRM-R's UA, as ratios to "
+                                           "HiRM-R (e.g. esd-x,uce; minutes)")] = "",
+    concept: Annotated[str, typer.Option(help="the MiniCanvas concept for --baselines")] = "striped",
 ) -> None:
     """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size, inference
-    latency with and without the patch, and the fraction of the measured matmul limit the erase reaches."""
-    from hirm.bench import SHAPES, erase_cost
+    latency with and without the patch, and the fraction of the measured matmul limit the erase reaches; with
+    --baselines, each method's erase time at HiRM-R's UA on mini-SD, as a ratio to HiRM-R's."""
+    import torch
+
+    from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost
+    from hirm.eval.minicanvas import concept_domain
 
     if shape not in SHAPES:
         raise HirmError(f"--shape {shape}: use one of {', '.join(SHAPES)}")
     if concepts < 1 or concepts_per_step < 0:
         raise HirmError("--concepts must be >= 1 and --concepts-per-step >= 0")
+    methods = tuple(m.strip() for m in baselines.split(",") if m.strip())
+    if methods:
+        concept_domain(concept)
     r = erase_cost(shape, steps, threads, concepts, concepts_per_step, flops)
     typer.echo(json.dumps(r))
+    if methods:
+        torch.set_num_threads(threads)
+        for row in cost_at_equal_ua(concept, methods):
+            typer.echo(json.dumps({"concept": concept, **row}))
 
 
 def _load_patches(paths: list[Path] | None) -> list:
