@@ -119,3 +119,31 @@ def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
     richer = {**row, "asr_embedding": 0.5}  # the same row again once its attack columns are in: the later wins
     _append(tmp_path, richer, (0,), {"esd-x": {"steps": 2}})
     assert _finished_rows(tmp_path, (0,), {"esd-x": {"steps": 2}}) == {("uce", "star"): richer}
+
+
+def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
+    """`esd-x.steps` is ESD's budget inside `hirm-r+esd-x` too and never reaches HiRM; a label's own options go
+    to the parts that have them; an option no part has is refused before any erase."""
+    import torch
+
+    import hirm
+    from hirm.eval.compare import _erase
+    from hirm.patch import Patch
+
+    calls = []
+
+    def fake_erase(pipe, concept, method, progress=True, **kw):
+        calls.append((method, kw))
+        return Patch(tensors={f"{method}::w": torch.zeros(1)}, concepts=[concept], method=method,
+                     config={}, fingerprints={method: "f"})
+
+    monkeypatch.setattr(hirm, "erase", fake_erase)
+    options = {"esd-x": {"steps": 200, "lr": 1e-4}, "hirm-r+esd-x/long": {"retain_weight": 10.0}}
+    patch = _erase(None, "striped", "hirm-r+esd-x/long", ["hirm-r", "esd-x"], options)
+    assert calls == [("hirm-r", {"retain_weight": 10.0}), ("esd-x", {"steps": 200, "lr": 1e-4})]
+    assert set(patch.components) == {"hirm-r", "esd-x"}
+    calls.clear()
+    _erase(None, "striped", "hirm-s", ["hirm-s"], {})
+    assert calls == [("hirm-s", {"target": "a pattern"})]
+    with pytest.raises(HirmError, match="has no such option"):
+        _erase(None, "striped", "uce/x", ["uce"], {"uce/x": {"robust_rounds": 2}})

@@ -98,6 +98,31 @@ def parse_options(options: list[str], what: str = "METHOD") -> dict[str, dict[st
     return out
 
 
+def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, dict[str, Any]]):
+    """The patch of `label`'s method. Each part of a combination gets its own options (`esd-x.steps` is ESD's
+    budget inside `hirm-r+esd-x` too, and never HiRM's), then one patch holds every part's edit; a label's own
+    options (`hirm-r/robust.robust_rounds`) go to the parts that have them. HiRM-S targets the world's
+    super-category unless told otherwise, as in the paper."""
+    import dataclasses
+
+    import hirm
+    from hirm.erase import METHODS
+    from hirm.patch import Patch
+
+    fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
+    own = options.get(label, {}) if "/" in label else {}
+    unknown = sorted(set(own) - set().union(*fields.values()))
+    if unknown:
+        raise HirmError(f"--option {label}.{unknown[0]}: {label.partition('/')[0]} has no such option")
+    patches = []
+    for part in parts:
+        kw = {**options.get(part, {}), **{k: v for k, v in own.items() if k in fields[part]}}
+        if part == "hirm-s" and "target" not in kw:
+            kw["target"] = world.supercategory(concept)
+        patches.append(hirm.erase(pipe, concept, method=part, progress=False, **kw))
+    return patches[0] if len(patches) == 1 else Patch.merge(patches)
+
+
 def grid_prompts(concept: str) -> list[str]:
     """The concept in four settings, then four prompts without it (the same for every method)."""
     from hirm.eval.minicanvas import concept_domain
@@ -119,7 +144,6 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     mini-Flux (`flux_ua` / `flux_ira` / `flux_cra`; None for patches that edit a part Flux does not have);
     with `attacks`, each erased model is attacked (`asr_<attack>`; the base row holds the base model's rate).
     `options` holds method options and, keyed by attack name, attack options."""
-    import hirm
     from hirm.encoders import load_pipeline
     from hirm.erase import method_parts
     from hirm.eval.minicanvas import concept_domain
@@ -165,15 +189,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
                                       progress=False)
             row, patch = _append(out, _row("base", concept, result, 0.0, 0.0, 0), seeds, options), None
         else:
-            overrides = {k: v for part in parts[method] for k, v in method_options.get(part, {}).items()}
-            if "/" in method:
-                overrides.update(method_options.get(method, {}))
-            if "hirm-s" in parts[method] and "target" not in overrides:
-                overrides["target"] = world.supercategory(concept)  # the world's super-category, as in the paper
             gc.collect()
             start = time.perf_counter()
             with peak_memory() as mem:
-                patch = hirm.erase(pipe, concept, method=method.partition("/")[0], progress=False, **overrides)
+                patch = _erase(pipe, concept, method, parts[method], method_options)
             seconds = time.perf_counter() - start
             size = _saved_size(patch, out, _patch_name(method, concept))
             result = evaluate_erasure(model, concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
