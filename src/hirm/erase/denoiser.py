@@ -9,7 +9,8 @@ the same loss on velocities instead of noise predictions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -129,11 +130,22 @@ class Denoiser:
 
     pipe: Any
     name: str
-    _image_ids: torch.Tensor | None = field(default=None, repr=False)  # Flux: the latent's positions
 
     @property
     def module(self) -> torch.nn.Module:
         return getattr(self.pipe, self.name)
+
+    @property
+    def _latent_side(self) -> int:
+        """Flux: packed latent tokens per side, for the pipeline's own image size (as hirm.generate samples
+        transformer pipelines: the VAE's sample size)."""
+        return int(self.pipe.vae.config.sample_size) // self.pipe.vae_scale_factor // 2
+
+    @cached_property
+    def _image_ids(self) -> torch.Tensor:
+        """Flux: the positions of the latent's tokens (what FluxPipeline.prepare_latents returns with them)."""
+        side = self._latent_side
+        return self.pipe._prepare_latent_image_ids(1, side, side, self.module.device, torch.float32)
 
     def parameter_names(self, group: str) -> list[str]:
         if self.name == "unet":
@@ -175,10 +187,9 @@ class Denoiser:
         return z, scheduler.timesteps[stop][None]
 
     def _initial_latents(self, generator: torch.Generator) -> torch.Tensor:
-        size = int(self.pipe.vae.config.sample_size)  # pixels, as hirm.generate samples transformer pipelines
+        pixels = 2 * self._latent_side * self.pipe.vae_scale_factor
         channels = self.module.config.in_channels // 4
-        z, self._image_ids = self.pipe.prepare_latents(1, channels, size, size, torch.float32, self.module.device,
-                                                       generator)
+        z, _ = self.pipe.prepare_latents(1, channels, pixels, pixels, torch.float32, self.module.device, generator)
         return z
 
     def _flow_scheduler(self, steps: int):
@@ -187,9 +198,8 @@ class Denoiser:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        size = int(self.pipe.vae.config.sample_size) // self.pipe.vae_scale_factor // 2
         c = scheduler.config
-        mu = calculate_shift(size * size, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+        mu = calculate_shift(self._latent_side**2, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
                              c.get("base_shift", 0.5), c.get("max_shift", 1.15))
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
         return scheduler
