@@ -76,7 +76,7 @@ def test_random_target_has_paper_scale():
 
 @pytest.mark.parametrize(("layers", "expected"), [
     ("0", {0}), ("0,1", {0, 1}), ("first-attn", {0}), ("mlp-only", {0}), ("final-attn", {3}),
-    ("attn-only", {0, 1, 2, 3}), ("mix-attn", {0, 3}), ("-1", {3}),
+    ("attn-only", {0, 1, 2, 3}), ("mix-attn", {0, 3}), ("-1", {3}), ("mlp-final-attn", {0, 1, 2, 3}),
 ])
 def test_layer_presets(layers, expected):
     enc = dummies.text_encoder()
@@ -84,6 +84,9 @@ def test_layer_presets(layers, expected):
     assert {int(n.split(".")[2]) for n in names} == expected
     if layers == "mlp-only":
         assert all(".mlp." in n for n in names)
+    if layers == "mlp-final-attn":  # every MLP, attention only in the last layer
+        assert {n.split(".")[2] for n in names if ".self_attn." in n} == {"3"}
+        assert {n.split(".")[2] for n in names if ".mlp." in n} == {"0", "1", "2", "3"}
 
 
 def test_prompt_set_from_templates_and_variants():

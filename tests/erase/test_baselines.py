@@ -166,3 +166,35 @@ def test_hirm_plus_esd_on_flux_edits_the_clip_encoder_and_the_transformer(flux):
     assert patch.components == ["text_encoder", "transformer"]
     with pytest.raises(HirmError, match="UNet of a Stable-Diffusion"):
         hirm.erase(flux, "star", method="uce", progress=False)
+
+
+def test_fewshot_learns_from_an_image_folder_and_trains_only_its_text_encoder_set(pipe, tmp_path):
+    from PIL import Image
+
+    from hirm.erase.textenc import trainable_parameter_names
+
+    rng = torch.Generator().manual_seed(0)
+    for i in range(3):
+        pixels = (torch.rand(20, 24, 3, generator=rng) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"star-{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    unet_flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+    kw = dict(method="fewshot", images=str(tmp_path), epochs=2, lr=1e-3, progress=False)
+    a, b = hirm.erase(pipe, "star", **kw), hirm.erase(pipe, "star", **kw)
+    (enc,) = hirm.find_text_encoders(pipe)
+    allowed = {f"text_encoder::{n}" for n in trainable_parameter_names(enc, "mlp-final-attn")}
+    assert a.id == b.id and a.components == ["text_encoder"] and set(a.tensors) <= allowed
+    assert a.info["text_encoder"]["images"] == 3 and a.config["concept_type"] == "auto"
+    assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == unet_flags
+    with a.applied(pipe):
+        changed = cross_attention_output(pipe, "a photo of a star")
+    assert not torch.allclose(changed, cross_attention_output(pipe, "a photo of a star"))
+    style = hirm.erase(pipe, "star", kind="style", **kw)
+    assert style.config["concept_type"] == "style" and style.id != a.id
+
+
+def test_fewshot_without_images_is_a_clear_error(pipe, tmp_path):
+    with pytest.raises(HirmError, match="images=DIR"):
+        hirm.erase(pipe, "star", method="fewshot", progress=False)
+    with pytest.raises(HirmError, match=r"no \.png/\.jpg/\.jpeg images"):
+        hirm.erase(pipe, "star", method="fewshot", images=str(tmp_path), progress=False)

@@ -109,16 +109,23 @@ def test_compare_bad_input():
 def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
     from hirm.eval.compare import _append, _finished_rows
 
+    parts = {"uce": ["uce"], "hirm-r+esd-x": ["hirm-r", "esd-x"]}
+    opts = {"esd-x": {"steps": 2}}
     row = {"method": "uce", "concept": "star", "ua": 1.0}
-    _append(tmp_path, row, (0,), {"esd-x": {"steps": 2}})
+    combo = {"method": "hirm-r+esd-x", "concept": "star", "ua": 0.5}
+    _append(tmp_path, row, (0,), opts)
+    _append(tmp_path, combo, (0,), opts)
     with open(tmp_path / "rows.jsonl", "a") as f:
         f.write('{"seeds": [0], "options": {}, "row": {"method": "esd-x", "conc')  # a line cut by a kill
-    assert _finished_rows(tmp_path, (0,), {"esd-x": {"steps": 2}}) == {("uce", "star"): row}
-    assert _finished_rows(tmp_path, (0, 1), {"esd-x": {"steps": 2}}) == {}
-    assert _finished_rows(tmp_path, (0,), {}) == {}
+    assert _finished_rows(tmp_path, (0,), opts, parts) == {("uce", "star"): row, ("hirm-r+esd-x", "star"): combo}
+    assert _finished_rows(tmp_path, (0, 1), opts, parts) == {}
+    # another method's options leave a row valid; its own (or its parts', or an attack's) do not
+    assert _finished_rows(tmp_path, (0,), {}, parts) == {("uce", "star"): row}
+    assert _finished_rows(tmp_path, (0,), {**opts, "uce": {"lamb": 1.0}}, parts) == {("hirm-r+esd-x", "star"): combo}
+    assert _finished_rows(tmp_path, (0,), {**opts, "embedding": {"n": 2}}, parts) == {}
     richer = {**row, "asr_embedding": 0.5}  # the same row again once its attack columns are in: the later wins
-    _append(tmp_path, richer, (0,), {"esd-x": {"steps": 2}})
-    assert _finished_rows(tmp_path, (0,), {"esd-x": {"steps": 2}}) == {("uce", "star"): richer}
+    _append(tmp_path, richer, (0,), opts)
+    assert _finished_rows(tmp_path, (0,), opts, parts)[("uce", "star")] == richer
 
 
 def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):

@@ -16,6 +16,7 @@ from typing import Any
 from hirm.encoders import TextEncoder, find_text_encoders, load_text_encoders
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
 from hirm.erase.esd import ESDConfig, erase_esd
+from hirm.erase.fewshot import FewShotConfig, erase_fewshot
 from hirm.erase.hirm import KIND_DEFAULTS, HiRMConfig, erase_hirm
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
 from hirm.erase.uce import UCEConfig, erase_uce
@@ -52,6 +53,9 @@ METHODS: dict[str, Method] = {
     "advunlearn": Method("advunlearn", AdvUnlearnConfig, erase_advunlearn, {},
                          "AdvUnlearn: text encoder trained against adversarial prefix tokens, with a retain term",
                          "pipeline"),
+    "fewshot": Method("fewshot", FewShotConfig, erase_fewshot, {},
+                      "Few-shot erasing: text encoder trained to raise the denoising loss on a few concept images",
+                      "pipeline"),
 }
 # method-specific defaults that are not the dataclass's (RECE shares UCE's config)
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
@@ -80,6 +84,8 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
             raise HirmError(f"--kind {kind!r}: use one of {', '.join(KIND_DEFAULTS)}")
         if spec.config_cls is HiRMConfig:
             values.update(KIND_DEFAULTS[kind])
+        elif spec.config_cls is FewShotConfig and kind in ("object", "style"):
+            values["concept_type"] = kind  # its prompt templates
     if not paper_defaults and family is not None:
         values.update(HIRM_DEFAULTS.get(family, {}).get(method, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -186,5 +192,5 @@ def known_synonyms(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]
     return ()
 
 
-__all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "HiRMConfig", "Method", "QuickFixConfig", "TextEncoder",
-           "UCEConfig", "erase", "make_config", "method_parts"]
+__all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "FewShotConfig", "HiRMConfig", "Method", "QuickFixConfig",
+           "TextEncoder", "UCEConfig", "erase", "make_config", "method_parts"]

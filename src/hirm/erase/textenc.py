@@ -30,6 +30,7 @@ PRESETS: dict[str, Callable[[int], list[tuple[int, tuple[str, ...]]]]] = {
     "attn-only": lambda n: [(i, ATTN) for i in range(n)],
     "final-attn": lambda n: [(n - 1, ATTN)],
     "mix-attn": lambda n: [(0, ATTN + MLP), (n - 1, ATTN)],
+    "mlp-final-attn": lambda n: [*((i, MLP) for i in range(n - 1)), (n - 1, ATTN + MLP)],  # few-shot erasing's
     "all": lambda n: [(i, ATTN + MLP) for i in range(n)],
 }
 

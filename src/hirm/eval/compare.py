@@ -178,7 +178,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     rows: list[dict[str, Any]] = []
     grids: dict[str, list] = {}
     # each finished row is appended to out/rows.jsonl at once, so an interrupted run resumes where it stopped
-    done = _finished_rows(out, seeds, options)
+    done = _finished_rows(out, seeds, options, parts)
     attack_cache: dict = {}  # probes that do not depend on the erased model, found once per concept
     jobs = [(c, m) for c in concepts for m in ("base", *methods)]
     for concept, method in tqdm(jobs, desc="compare", disable=not progress):
@@ -253,19 +253,30 @@ def _saved_patch(out: Path | None, method: str, concept: str):
     return Patch.load(path) if path is not None and path.exists() else None
 
 
-def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict) -> dict[tuple[str, str], dict]:
-    """Rows of an earlier run into the same folder with the same seeds and options."""
+def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
+                   parts: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
+    """Rows of an earlier run into the same folder with the same seeds and the same options for that row's
+    method (its own, its parts', and the attacks'), so adding a method with options keeps the other rows."""
     path = None if out is None else Path(out) / "rows.jsonl"
     if path is None or not path.exists():
         return {}
+    from hirm.erase import METHODS
+
+    options = json.loads(json.dumps(options))  # as stored (tuples become lists)
+
+    def reaching(opts: dict, method: str) -> dict:  # this method's options and every attack's
+        mine = {method, *parts.get(method, [])}
+        return {k: v for k, v in opts.items() if k in mine or not ("/" in k or k in METHODS)}
+
     found = {}
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill: redo that job
             continue
-        if rec.get("seeds") == list(seeds) and rec.get("options") == json.loads(json.dumps(options)):
-            found[rec["row"]["method"], rec["row"]["concept"]] = rec["row"]
+        method = rec["row"]["method"]
+        if rec.get("seeds") == list(seeds) and reaching(rec.get("options", {}), method) == reaching(options, method):
+            found[method, rec["row"]["concept"]] = rec["row"]
     return found
 
 
