@@ -93,7 +93,8 @@ def erase(
                                          "through the erased encoder), then erase again with them; typos and "
                                          "known synonyms too")] = False,
     option: Annotated[list[str] | None, typer.Option("--set", help="any config field of the method, KEY=VALUE "
-                                                     "(JSON values), e.g. --set preserve='[\"circle\"]'")] = None,
+                                                     "(JSON values), e.g. --set preserve='[\"circle\"]'; "
+                                                     "for one part of a+b: --set esd-x.steps=200")] = None,
 ) -> None:
     """Erase a concept; write its safety patch."""
     _quiet_libraries()

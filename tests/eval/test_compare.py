@@ -131,26 +131,40 @@ def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
 def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     """`esd-x.steps` is ESD's budget inside `hirm-r+esd-x` too and never reaches HiRM; a label's own options go
     to the parts that have them; an option no part has is refused before any erase."""
+    import dataclasses
+
     import torch
 
+    import dummies
     import hirm
+    from hirm.erase import METHODS
     from hirm.eval.compare import _erase
     from hirm.patch import Patch
 
-    calls = []
+    configs = {}
 
-    def fake_erase(pipe, concept, method, progress=True, **kw):
-        calls.append((method, kw))
-        return Patch(tensors={f"{method}::w": torch.zeros(1)}, concepts=[concept], method=method,
-                     config={}, fingerprints={method: "f"})
+    def recorder(name):
+        def run(model, concept, config, progress=True):
+            configs[name] = config
+            return Patch(tensors={f"{name}::w": torch.zeros(1)}, concepts=[concept], method=name, config={},
+                         fingerprints={name: "f"})
+        return run
 
-    monkeypatch.setattr(hirm, "erase", fake_erase)
+    for name in ("hirm-r", "hirm-s", "esd-x"):
+        monkeypatch.setitem(METHODS, name, dataclasses.replace(METHODS[name], run=recorder(name)))
+    pipe = dummies.sd_pipeline()
     options = {"esd-x": {"steps": 200, "lr": 1e-4}, "hirm-r+esd-x/long": {"retain_weight": 10.0}}
-    patch = _erase(None, "striped", "hirm-r+esd-x/long", ["hirm-r", "esd-x"], options)
-    assert calls == [("hirm-r", {"retain_weight": 10.0}), ("esd-x", {"steps": 200, "lr": 1e-4})]
+    patch = _erase(pipe, "striped", "hirm-r+esd-x/long", ["hirm-r", "esd-x"], options)
     assert set(patch.components) == {"hirm-r", "esd-x"}
-    calls.clear()
-    _erase(None, "striped", "hirm-s", ["hirm-s"], {})
-    assert calls == [("hirm-s", {"target": "a pattern"})]
-    with pytest.raises(HirmError, match="has no such option"):
-        _erase(None, "striped", "uce/x", ["uce"], {"uce/x": {"robust_rounds": 2}})
+    assert (configs["esd-x"].steps, configs["esd-x"].lr) == (200, 1e-4)
+    assert (configs["hirm-r"].steps, configs["hirm-r"].lr, configs["hirm-r"].retain_weight) == (50, 5e-5, 10.0)
+    _erase(pipe, "striped", "hirm-s", ["hirm-s"], {})
+    assert configs["hirm-s"].target == "a pattern"
+    with pytest.raises(HirmError, match="--option uce/x: uce has no option 'robust_rounds'"):
+        _erase(pipe, "striped", "uce/x", ["uce"], {"uce/x": {"robust_rounds": 2}})
+    # the same scoping in the library's entry point (and the CLI's --set esd-x.steps=...)
+    hirm.erase(pipe, "striped", method="hirm-r+esd-x", lr=1e-3, **{"esd-x.steps": 7})
+    assert (configs["esd-x"].steps, configs["esd-x"].lr, configs["hirm-r"].steps, configs["hirm-r"].lr) == (
+        7, 1e-3, 50, 1e-3)
+    with pytest.raises(HirmError, match=r"'uce' is not part of hirm-r\+esd-x"):
+        hirm.erase(pipe, "striped", method="hirm-r+esd-x", **{"uce.lamb": 1.0})

@@ -105,8 +105,9 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm-r", encoder:
     `encoder` picks text encoders: None / "clip" (every CLIP encoder), "all" (T5 too) or component names;
     `kind` ("object", "style", "nudity") applies the paper's per-kind steps and lr; other keyword arguments
     override config fields.
-    `method` may join methods with "+": each runs on the base model and one patch holds both edits (then
-    each override goes to the methods that have that option).
+    `method` may join methods with "+": each runs on the base model and one patch holds both edits. An
+    override then goes to every part that has that option; one keyed "PART.OPTION" (e.g. `**{"esd-x.steps":
+    200}`, the CLI's `--set esd-x.steps=200`) goes to that part only.
     """
     concepts = [concept] if isinstance(concept, str) else list(concept)
     if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
@@ -116,15 +117,23 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm-r", encoder:
     parts = method_parts(method)
     if len(concepts) > 1 and any(METHODS[p].config_cls is not HiRMConfig for p in parts):
         raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use hirm-r or hirm-s")
+    scoped: dict[str, dict[str, Any]] = {}
+    for key in [k for k in overrides if "." in k]:
+        part, _, field = key.rpartition(".")
+        if part not in parts:
+            raise HirmError(f"option {key!r}: {part!r} is not part of {method}")
+        scoped.setdefault(part, {})[field] = overrides.pop(key)
     if len(parts) > 1:
         fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
         unused = sorted(k for k, v in overrides.items() if v is not None and not any(k in f for f in fields.values()))
         if unused:
             raise HirmError(f"{method} has no option {unused[0]!r}")
         patches = [erase(model, concept, p, encoder=encoder, kind=kind, paper_defaults=paper_defaults,
-                         progress=progress, **{k: v for k, v in overrides.items() if k in fields[p]})
+                         progress=progress, **{k: v for k, v in overrides.items() if k in fields[p]},
+                         **scoped.get(p, {}))
                    for p in parts]
         return Patch.merge(patches)
+    overrides.update(scoped.get(method, {}))
     spec = METHODS[method]
     if spec.takes == "pipeline":
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):

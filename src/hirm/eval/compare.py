@@ -100,27 +100,19 @@ def parse_options(options: list[str], what: str = "METHOD") -> dict[str, dict[st
 
 def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, dict[str, Any]]):
     """The patch of `label`'s method. Each part of a combination gets its own options (`esd-x.steps` is ESD's
-    budget inside `hirm-r+esd-x` too, and never HiRM's), then one patch holds every part's edit; a label's own
-    options (`hirm-r/robust.robust_rounds`) go to the parts that have them. HiRM-S targets the world's
-    super-category unless told otherwise, as in the paper."""
-    import dataclasses
-
+    budget inside `hirm-r+esd-x` too, and never HiRM's); a label's own options (`hirm-r/robust.robust_rounds`)
+    go to the parts that have them. HiRM-S targets the world's super-category unless told otherwise, as in the
+    paper."""
     import hirm
-    from hirm.erase import METHODS
-    from hirm.patch import Patch
 
-    fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
-    own = options.get(label, {}) if "/" in label else {}
-    unknown = sorted(set(own) - set().union(*fields.values()))
-    if unknown:
-        raise HirmError(f"--option {label}.{unknown[0]}: {label.partition('/')[0]} has no such option")
-    patches = []
-    for part in parts:
-        kw = {**options.get(part, {}), **{k: v for k, v in own.items() if k in fields[part]}}
-        if part == "hirm-s" and "target" not in kw:
-            kw["target"] = world.supercategory(concept)
-        patches.append(hirm.erase(pipe, concept, method=part, progress=False, **kw))
-    return patches[0] if len(patches) == 1 else Patch.merge(patches)
+    kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
+    kw.update(options.get(label, {}) if "/" in label else {})
+    if "hirm-s" in parts and "target" not in kw and "hirm-s.target" not in kw:
+        kw["hirm-s.target"] = world.supercategory(concept)
+    try:
+        return hirm.erase(pipe, concept, method="+".join(parts), progress=False, **kw)
+    except HirmError as e:
+        raise HirmError(f"--option {label}: {e}") from None
 
 
 def grid_prompts(concept: str) -> list[str]:
