@@ -10,8 +10,7 @@ freely; prompts then use it, with the learned embedding in place while they gene
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import require_unet_pipeline
+from hirm.erase.loop import frozen
 from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_prefix_slots
 from hirm.errors import HirmError
 from hirm.patch import all_applied
@@ -46,20 +46,6 @@ class CCEConfig:
     images: int = 16
     batch: int = 4
     seed: int = 0
-
-
-@contextmanager
-def frozen(*modules: torch.nn.Module) -> Iterator[None]:
-    """No parameter gradients inside (only the attack's embeddings learn), restored after."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
 
 
 def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:

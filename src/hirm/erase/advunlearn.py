@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hirm.encoders import TextEncoder, find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
-from hirm.erase.loop import OptimConfig, optimise
+from hirm.erase.loop import OptimConfig, frozen, optimise
 from hirm.erase.textenc import embeddings_at, positions, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -64,9 +64,6 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
     with torch.no_grad():
         cond0, uncond0 = enc.model(input_ids=concept_ids)[0], enc.model(input_ids=uncond_ids)[0]
         retain0 = enc.model(input_ids=enc.tokenize(retain, truncate=True))[0]
-    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
-    for p in unet.parameters():  # gradients flow through the UNet to the encoder, never into it
-        p.requires_grad_(False)
 
     def attack(z: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         delta = table[torch.randint(0, table.shape[0], (k,), generator=gen)].detach().clone()
@@ -98,12 +95,9 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
         return loss
 
     torch.manual_seed(config.seed)
-    try:
+    with frozen(unet):  # gradients flow through the UNet to the encoder, never into it
         result = optimise(enc.model, names, loss_fn, OptimConfig(config.steps, config.lr, (0.9, 0.999), 1e-8, 0.0),
                           desc=f"advunlearn {enc.name}", progress=progress)
-    finally:
-        for n, p in unet.named_parameters():
-            p.requires_grad_(flags[n])
     return Patch(tensors={f"{enc.name}{SEP}{n}": t.contiguous() for n, t in result.tensors.items()},
                  concepts=[concept], method="advunlearn", config={**asdict(config), "retain_prompts": retain},
                  fingerprints={enc.name: fingerprint(enc.model)},

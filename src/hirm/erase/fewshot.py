@@ -20,7 +20,7 @@ import torch
 
 from hirm.encoders import find_text_encoders
 from hirm.erase.denoiser import require_unet_pipeline
-from hirm.erase.loop import OptimConfig, optimise
+from hirm.erase.loop import OptimConfig, frozen, optimise
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -73,7 +73,7 @@ class FewShotConfig:
 def erase_fewshot(pipe, concept: str, config: FewShotConfig, progress: bool = True) -> Patch:
     config.validate()
     require_unet_pipeline(pipe, "fewshot")
-    from hirm.attacks.inversion import denoising_loss, frozen
+    from hirm.attacks.inversion import denoising_loss
 
     (enc,) = find_text_encoders(pipe, which="text_encoder")
     names = trainable_parameter_names(enc, config.layers)

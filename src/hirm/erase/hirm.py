@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hirm.encoders import TextEncoder
-from hirm.erase.loop import LoopResult, OptimConfig, optimise, temporarily
+from hirm.erase.loop import LoopResult, OptimConfig, frozen, optimise, temporarily
 from hirm.erase.textenc import (
     concept_span,
     embeddings_at,
@@ -291,7 +291,6 @@ def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sour
     vocabulary tokens prepended to a concept prompt, searched in embedding space (straight-through projection
     to the nearest token, as UnlearnDiffAtk) so that the erased encoder's final hidden states of the prompt's
     tokens match the base encoder's."""
-    from hirm.attacks.inversion import frozen
     from hirm.attacks.ringabell import vocabulary
 
     k = config.robust_tokens
