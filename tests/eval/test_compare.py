@@ -123,6 +123,7 @@ def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
     assert _finished_rows(tmp_path, (0,), {}, parts) == {("uce", "star"): row}
     assert _finished_rows(tmp_path, (0,), {**opts, "uce": {"lamb": 1.0}}, parts) == {("hirm-r+esd-x", "star"): combo}
     assert _finished_rows(tmp_path, (0,), {**opts, "embedding": {"n": 2}}, parts) == {}
+    assert _finished_rows(tmp_path, (0,), {**opts, "hirm-r+esd-x": {"lr": 1.0}}, parts) == {("uce", "star"): row}
     richer = {**row, "asr_embedding": 0.5}  # the same row again once its attack columns are in: the later wins
     _append(tmp_path, richer, (0,), opts)
     assert _finished_rows(tmp_path, (0,), opts, parts)[("uce", "star")] == richer
@@ -158,6 +159,8 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     assert set(patch.components) == {"hirm-r", "esd-x"}
     assert (configs["esd-x"].steps, configs["esd-x"].lr) == (200, 1e-4)
     assert (configs["hirm-r"].steps, configs["hirm-r"].lr, configs["hirm-r"].retain_weight) == (50, 5e-5, 10.0)
+    _erase(pipe, "striped", "hirm-r+esd-x", ["hirm-r", "esd-x"], {"hirm-r+esd-x": {"lr": 1e-3}})
+    assert configs["hirm-r"].lr == configs["esd-x"].lr == 1e-3  # the combination's own options reach both
     _erase(pipe, "striped", "hirm-s", ["hirm-s"], {})
     assert configs["hirm-s"].target == "a pattern"
     with pytest.raises(HirmError, match="--option uce/x: uce has no option 'robust_rounds'"):

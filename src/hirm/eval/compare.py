@@ -100,13 +100,13 @@ def parse_options(options: list[str], what: str = "METHOD") -> dict[str, dict[st
 
 def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, dict[str, Any]]):
     """The patch of `label`'s method. Each part of a combination gets its own options (`esd-x.steps` is ESD's
-    budget inside `hirm-r+esd-x` too, and never HiRM's); a label's own options (`hirm-r/robust.robust_rounds`)
-    go to the parts that have them. HiRM-S targets the world's super-category unless told otherwise, as in the
-    paper."""
+    budget inside `hirm-r+esd-x` too, and never HiRM's); a label's own options (`hirm-r/robust.robust_rounds`,
+    `hirm-r+esd-x.lr`) go to the parts that have them. HiRM-S targets the world's super-category unless told
+    otherwise, as in the paper."""
     import hirm
 
     kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
-    kw.update(options.get(label, {}) if "/" in label else {})
+    kw.update(options.get(label, {}) if label not in parts else {})  # "hirm-r/robust", "hirm-r+esd-x"
     if "hirm-s" in parts and "target" not in kw and "hirm-s.target" not in kw:
         kw["hirm-s.target"] = world.supercategory(concept)
     try:
@@ -252,13 +252,13 @@ def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
     path = None if out is None else Path(out) / "rows.jsonl"
     if path is None or not path.exists():
         return {}
-    from hirm.erase import METHODS
+    from hirm.attacks import ATTACKS
 
     options = json.loads(json.dumps(options))  # as stored (tuples become lists)
 
     def reaching(opts: dict, method: str) -> dict:  # this method's options and every attack's
         mine = {method, *parts.get(method, [])}
-        return {k: v for k, v in opts.items() if k in mine or not ("/" in k or k in METHODS)}
+        return {k: v for k, v in opts.items() if k in mine or k in ATTACKS}
 
     found = {}
     for line in path.read_text().splitlines():
