@@ -119,14 +119,16 @@ def test_rows_are_appended_and_resumed_only_for_the_same_settings(tmp_path):
         f.write('{"seeds": [0], "options": {}, "row": {"method": "esd-x", "conc')  # a line cut by a kill
     assert _finished_rows(tmp_path, (0,), opts, parts) == {("uce", "star"): row, ("hirm-r+esd-x", "star"): combo}
     assert _finished_rows(tmp_path, (0, 1), opts, parts) == {}
-    # another method's options leave a row valid; its own (or its parts', or an attack's) do not
+    # another method's options leave a row valid; its own (or its parts') do not
     assert _finished_rows(tmp_path, (0,), {}, parts) == {("uce", "star"): row}
     assert _finished_rows(tmp_path, (0,), {**opts, "uce": {"lamb": 1.0}}, parts) == {("hirm-r+esd-x", "star"): combo}
-    assert _finished_rows(tmp_path, (0,), {**opts, "embedding": {"n": 2}}, parts) == {}
     assert _finished_rows(tmp_path, (0,), {**opts, "hirm-r+esd-x": {"lr": 1.0}}, parts) == {("uce", "star"): row}
-    richer = {**row, "asr_embedding": 0.5}  # the same row again once its attack columns are in: the later wins
+    richer = {**row, "asr_embedding": 0.5, "asr_cce": 0.25}  # the row again with its ASR columns: the later wins
     _append(tmp_path, richer, (0,), opts)
     assert _finished_rows(tmp_path, (0,), opts, parts)[("uce", "star")] == richer
+    # changed attack options drop only that attack's column: the erasure is kept, the attack runs again
+    new_budget = {**opts, "embedding": {"prompts": 2}}
+    assert _finished_rows(tmp_path, (0,), new_budget, parts)[("uce", "star")] == {**row, "asr_cce": 0.25}
 
 
 def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
@@ -171,3 +173,35 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
         7, 1e-3, 50, 1e-3)
     with pytest.raises(HirmError, match=r"'uce' is not part of hirm-r\+esd-x"):
         hirm.erase(pipe, "striped", method="hirm-r+esd-x", **{"uce.lamb": 1.0})
+
+
+def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, monkeypatch):
+    """A second run into the same folder with `--attacks` keeps the rows and patches and only attacks; a row whose
+    patch file is gone is erased again (attacking the base model under that method's name would be wrong)."""
+    from PIL import Image
+
+    import hirm.eval.compare as cmp
+    import hirm.eval.report as report
+    from hirm import generate
+
+    erased, attacked = [], []
+    real_erase = cmp._erase
+    monkeypatch.setattr(cmp, "_erase", lambda pipe, concept, label, *a: erased.append(label) or real_erase(
+        pipe, concept, label, *a))
+    monkeypatch.setattr(report, "evaluate_erasure", lambda model, concept, patches, **kw: {
+        "domain": "object", "ua": float(bool(patches)), "ira": 0.9, "cra": 0.9, "n_images": 1})
+    monkeypatch.setattr(cmp, "_attack_rate", lambda pipe, model, concept, name, patch, *a: attacked.append(
+        (name, None if patch is None else patch.method)) or 0.5)
+    monkeypatch.setattr(generate, "sample", lambda pipe, prompts, **kw: [Image.new("RGB", (8, 8))] * len(prompts))
+    run = dict(concepts=["circle"], methods=["quickfix", "uce"], out=tmp_path, progress=False)
+    cmp.compare("minicanvas", **run)
+    assert erased == ["quickfix", "uce"] and attacked == []
+    erased.clear()
+    (tmp_path / "patches" / cmp._patch_name("uce", "circle")).unlink()
+    table = cmp.compare("minicanvas", **run, attacks=["embedding"], options={"embedding": {"prompts": 1}})
+    assert erased == ["uce"]
+    assert attacked == [("embedding", None), ("embedding", "quickfix"), ("embedding", "uce")]
+    assert {r["method"]: r["asr_embedding"] for r in table["rows"]} == {"base": 0.5, "quickfix": 0.5, "uce": 0.5}
+    attacked.clear()  # the same budget again: nothing left to do
+    cmp.compare("minicanvas", **run, attacks=["embedding"], options={"embedding": {"prompts": 1}})
+    assert attacked == [] and erased == ["uce"]

@@ -174,8 +174,9 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     attack_cache: dict = {}  # probes that do not depend on the erased model, found once per concept
     jobs = [(c, m) for c in concepts for m in ("base", *methods)]
     for concept, method in tqdm(jobs, desc="compare", disable=not progress):
-        if (method, concept) in done:
-            row, patch = done[method, concept], _saved_patch(out, method, concept)
+        patch = _saved_patch(out, method, concept) if (method, concept) in done else None
+        if (method, concept) in done and (patch is not None or method == "base"):  # no patch file: erase again
+            row = done[method, concept]
         elif method == "base":
             result = evaluate_erasure(model, concept, [], seeds=seeds, pipe=pipe, classifier=classifier,
                                       progress=False)
@@ -248,7 +249,9 @@ def _saved_patch(out: Path | None, method: str, concept: str):
 def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
                    parts: dict[str, list[str]]) -> dict[tuple[str, str], dict]:
     """Rows of an earlier run into the same folder with the same seeds and the same options for that row's
-    method (its own, its parts', and the attacks'), so adding a method with options keeps the other rows."""
+    method (its own and its parts'), so adding a method with options keeps the other rows. An attack whose
+    options changed loses only its `asr_` column, so attacks can be added to a finished comparison without
+    erasing again."""
     path = None if out is None else Path(out) / "rows.jsonl"
     if path is None or not path.exists():
         return {}
@@ -256,9 +259,9 @@ def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
 
     options = json.loads(json.dumps(options))  # as stored (tuples become lists)
 
-    def reaching(opts: dict, method: str) -> dict:  # this method's options and every attack's
+    def own(opts: dict, method: str) -> dict:
         mine = {method, *parts.get(method, [])}
-        return {k: v for k, v in opts.items() if k in mine or k in ATTACKS}
+        return {k: v for k, v in opts.items() if k in mine}
 
     found = {}
     for line in path.read_text().splitlines():
@@ -266,9 +269,10 @@ def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill: redo that job
             continue
-        method = rec["row"]["method"]
-        if rec.get("seeds") == list(seeds) and reaching(rec.get("options", {}), method) == reaching(options, method):
-            found[method, rec["row"]["concept"]] = rec["row"]
+        row, stored = rec["row"], rec.get("options", {})
+        if rec.get("seeds") == list(seeds) and own(stored, row["method"]) == own(options, row["method"]):
+            stale = {f"asr_{a}" for a in ATTACKS if stored.get(a, {}) != options.get(a, {})}
+            found[row["method"], row["concept"]] = {k: v for k, v in row.items() if k not in stale}
     return found
 
 
