@@ -2,6 +2,10 @@
 one run, so that wall-time ratios to HiRM-R are measured on the same machine at the same time.
 
     python benchmarks/compare_minicanvas.py [--seeds 0] [--threads 2] [--out runs/compare]
+    python benchmarks/compare_minicanvas.py --attacks all --methods ... --out runs/compare   # ASR columns
+
+With `--attacks`, every erased model is attacked at the budgets in ATTACK_BUDGET; run into the folder of a finished
+comparison, the erasures are reused (only the attacks run).
 
 Denoiser fine-tuning methods run at a reduced budget on this CPU (stated in BUDGET and in the output): ESD's
 paper setting is 1000 iterations at lr 1e-5 for SD's 860M-parameter UNet.
@@ -24,6 +28,15 @@ BUDGET = {
     "advunlearn": {"steps": 100, "lr": 1e-4, "ddim_steps": 25, "attack_steps": 10},
     # few-shot erasing at its authors' budget (8 steps at lr 1e-5) erases nothing here; x5: 5x the epochs, 10x lr
     "fewshot/x5": {"epochs": 20, "lr": 1e-4},
+    "hirm-r/robust": {"robust_rounds": 2},
+}
+ATTACKS = ["paraphrase", "embedding", "ringabell", "unlearndiff", "cce"]
+# a few probes each, sampled once per seed: an ASR moves in steps of 1/8 (paraphrase) or 1/4 (the others)
+ATTACK_BUDGET = {
+    "paraphrase": {"per_kind": 2},
+    "ringabell": {"generations": 20, "population": 32},
+    "unlearndiff": {"steps": 20},
+    "cce": {"steps": 50},
 }
 
 
@@ -34,10 +47,15 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--attacks", default="", help="comma-separated attacks, or all")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    table = compare("minicanvas", a.concepts.split(","), a.methods.split(","),
-                    seeds=tuple(int(s) for s in a.seeds.split(",")), options=BUDGET, out=Path(a.out))
+    methods = a.methods.split(",")
+    attacks = ATTACKS if a.attacks == "all" else [x for x in a.attacks.split(",") if x]
+    options = {k: v for k, v in {**BUDGET, **ATTACK_BUDGET}.items() if k in methods or k in attacks
+               or any(k in m.split("+") for m in methods)}
+    table = compare("minicanvas", a.concepts.split(","), methods, seeds=tuple(int(s) for s in a.seeds.split(",")),
+                    options=options, out=Path(a.out), attacks=attacks)
     print(markdown(table))
     print(json.dumps(table["summary"]))
 

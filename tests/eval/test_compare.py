@@ -58,7 +58,7 @@ def test_compare_attacks_add_asr_columns():
     assert rows["quickfix/weak"]["ua"] < rows["quickfix"]["ua"]
     # the base encoder's embeddings bypass a text-encoder edit completely
     assert rows["quickfix"]["asr_embedding"] == rows["base"]["asr_embedding"]
-    assert "asr_embedding" in data["summary"][0]
+    assert "asr_embedding" in data["summary"][0] and data["summary"][0]["attack_s_embedding"] > 0
     r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "uce", "--attacks", "embedding",
                             "--option", "ringabell.generations=2"])
     assert r.exit_code == 2 and "not among --methods or --attacks" in r.output
@@ -191,7 +191,7 @@ def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, mon
     monkeypatch.setattr(report, "evaluate_erasure", lambda model, concept, patches, **kw: {
         "domain": "object", "ua": float(bool(patches)), "ira": 0.9, "cra": 0.9, "n_images": 1})
     monkeypatch.setattr(cmp, "_attack_rate", lambda pipe, model, concept, name, patch, *a: attacked.append(
-        (name, None if patch is None else patch.method)) or 0.5)
+        (name, None if patch is None else patch.method)) or (0.5, 2.0))
     monkeypatch.setattr(generate, "sample", lambda pipe, prompts, **kw: [Image.new("RGB", (8, 8))] * len(prompts))
     run = dict(concepts=["circle"], methods=["quickfix", "uce"], out=tmp_path, progress=False)
     cmp.compare("minicanvas", **run)
@@ -202,6 +202,8 @@ def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, mon
     assert erased == ["uce"]
     assert attacked == [("embedding", None), ("embedding", "quickfix"), ("embedding", "uce")]
     assert {r["method"]: r["asr_embedding"] for r in table["rows"]} == {"base": 0.5, "quickfix": 0.5, "uce": 0.5}
+    assert all(s["attack_s_embedding"] == 2.0 for s in table["summary"])
+    assert "| quickfix | circle | 1.000 | 0.900 | 0.900 |" in (tmp_path / "compare.md").read_text()
     attacked.clear()  # the same budget again: nothing left to do
     cmp.compare("minicanvas", **run, attacks=["embedding"], options={"embedding": {"prompts": 1}})
     assert attacked == [] and erased == ["uce"]

@@ -196,8 +196,8 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             row.update(_transfer_scores(flux, concept, patch, seeds, classifier))
         for name in attacks:
             if f"asr_{name}" not in row:
-                row[f"asr_{name}"] = _attack_rate(pipe, model, concept, name, patch, seeds, classifier,
-                                                  options.get(name, {}), attack_cache)
+                row[f"asr_{name}"], row[f"attack_s_{name}"] = _attack_rate(
+                    pipe, model, concept, name, patch, seeds, classifier, options.get(name, {}), attack_cache)
         if len(row) > columns:  # the row again, now with its transfer / ASR columns (the later line wins)
             _append(out, row, seeds, options)
         rows.append(row)
@@ -224,15 +224,15 @@ def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifi
 
 
 def _attack_rate(pipe, model: str, concept: str, name: str, patch, seeds: tuple[int, ...], classifier,
-                 options: dict[str, Any], cache: dict) -> float:
-    """ASR of one attack on the model with `patch` (None: the base model)."""
+                 options: dict[str, Any], cache: dict) -> tuple[float, float]:
+    """ASR of one attack on the model with `patch` (None: the base model), and its wall time in seconds."""
     from hirm.attacks import attack
     from hirm.minicanvas import registry
 
     s = registry.SAMPLING[model]
     r = attack(pipe, concept, name, [patch] if patch is not None else [], classifier, seeds=seeds,
                denoise_steps=s["steps"], guidance=s["guidance"], progress=False, cache=cache, **options)
-    return round(r.asr, 4)
+    return round(r.asr, 4), round(r.seconds, 2)
 
 
 def _patch_name(method: str, concept: str) -> str:
@@ -271,7 +271,8 @@ def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
             continue
         row, stored = rec["row"], rec.get("options", {})
         if rec.get("seeds") == list(seeds) and own(stored, row["method"]) == own(options, row["method"]):
-            stale = {f"asr_{a}" for a in ATTACKS if stored.get(a, {}) != options.get(a, {})}
+            changed = [a for a in ATTACKS if stored.get(a, {}) != options.get(a, {})]
+            stale = {f"{column}_{a}" for a in changed for column in ("asr", "attack_s")}
             found[row["method"], row["concept"]] = {k: v for k, v in row.items() if k not in stale}
     return found
 
@@ -317,7 +318,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s[k] = round(statistics.fmean(vals), 4)
             if k in METRICS:
                 s[f"{k}_std"] = round(statistics.pstdev(vals), 4)
-        for k in sorted({k for r in rs for k in r if k.startswith("asr_")}):
+        for k in sorted({k for r in rs for k in r if k.startswith(("asr_", "attack_s_"))}):
             s[k] = round(statistics.fmean(r[k] for r in rs if k in r), 4)
         for k in (f"flux_{m}" for m in METRICS):
             vals = [r[k] for r in rs if r.get(k) is not None]
@@ -341,9 +342,17 @@ def markdown(table: dict[str, Any]) -> str:
         lines.append(f"| {s['method']} | {s['n']} | " + " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" for m in METRICS)
                      + f" | {s['seconds']:.2f} | {ratio} | {s['peak_mem_mb']:.0f} | {s['patch_bytes'] / 1e6:.2f} |"
                      + (cells if flux else "") + "".join(f" {s[k]:.3f} |" for k in asr))
-    lines += ["", "## Per concept", "", "| method | concept | UA | IRA | CRA | erase s |", "|---|---|---|---|---|---|"]
+    timed = sorted({k for s in table["summary"] for k in s if k.startswith("attack_s_")})
+    if timed:
+        lines += ["", "Attack wall time, mean seconds per row (finding the probes and generating them on the erased "
+                  "and the base model; probes that do not need the erased model are found once per concept, on its "
+                  "first row): " + ", ".join(f"{k[9:]} {statistics.fmean(s[k] for s in table['summary'] if k in s):.1f}"
+                                             for k in timed)]
+    lines += ["", "## Per concept", "", "| method | concept | UA | IRA | CRA | erase s |" + "".join(
+        f" ASR {k[4:]} |" for k in asr), "|---|---|---|---|---|---|" + "---|" * len(asr)]
     lines += [f"| {r['method']} | {r['concept']} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS)
-              + f" | {r['seconds']:.2f} |" for r in table["rows"]]
+              + f" | {r['seconds']:.2f} |" + "".join(f" {r[k]:.3f} |" if k in r else " - |" for k in asr)
+              for r in table["rows"]]
     return "\n".join(lines) + "\n"
 
 
