@@ -137,6 +137,16 @@ def test_robust_rounds_train_on_the_prompts_that_undo_the_erasure():
     gain = [_cos_to(enc, robust, p, target) - _cos_to(enc, plain, p, target) for p in found]
     assert sum(gain) > 0  # the prompts found against round 0 are misdirected by the final patch
 
+    # in place of the concept's words: prompts without its name that the final patch misdirects too
+    replaced = hirm.erase([enc], "a red star", robust_rounds=1, robust_slots="replace", **kw)
+    found = replaced.info["text_encoder"]["adversarial_prompts"]
+    assert len(found) == 3 and not any("star" in p for p in found)
+    assert sum(_cos_to(enc, replaced, p, target) - _cos_to(enc, plain, p, target) for p in found) > 0
+    both = hirm.erase([enc], "a red star", robust_rounds=1, robust_slots="both", **kw)
+    assert len(both.info["text_encoder"]["adversarial_prompts"]) == 6
+    with pytest.raises(HirmError, match="--positions all"):
+        hirm.erase([enc], "a red star", robust_rounds=1, robust_slots="replace", positions="concept", **kw)
+
 
 def test_kind_presets_follow_paper():
     assert hirm.make_config("hirm-r", kind="object").steps == 15

@@ -26,7 +26,6 @@ from hirm.erase.textenc import (
     representation,
     straight_through,
     trainable_parameter_names,
-    with_prefix_slots,
 )
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -88,8 +87,10 @@ class HiRMConfig:
     # Several concepts in one optimisation: how many concepts' prompts each step takes (0: all of them).
     concepts_per_step: int = 0
     # Robust HiRM (beyond the paper): `robust_rounds` rounds of attack then erase again with the prompts found
-    # (`robust_prompts` per concept, `robust_tokens` vocabulary tokens prepended to a concept prompt, searched
-    # for `robust_steps` Adam steps at `robust_lr`), and `robust_typos` misspellings of the concept trained on.
+    # (`robust_prompts` per concept, `robust_tokens` vocabulary tokens searched for `robust_steps` Adam steps at
+    # `robust_lr`), and `robust_typos` misspellings of the concept trained on. `robust_slots`: where the searched
+    # tokens go: "prefix" (prepended to a concept prompt), "replace" (in place of the concept's words: a prompt
+    # without its name that still encodes to it, what Ring-A-Bell and textual inversion look for) or "both".
     robust_rounds: int = 0
     robust_prompts: int = 4
     robust_tokens: int = 5
@@ -97,6 +98,7 @@ class HiRMConfig:
     robust_lr: float = 0.05
     robust_typos: int = 2
     robust_vocabulary: str = "all"  # "all" tokens of the tokenizer, or "world" (MiniCanvas caption tokens)
+    robust_slots: str = "prefix"
 
     def validate(self) -> None:
         if self.variant not in ("r", "s"):
@@ -117,6 +119,11 @@ class HiRMConfig:
             raise HirmError("robust_* counts and concepts_per_step must be >= 0 (robust prompts, tokens, steps >= 1)")
         if self.robust_vocabulary not in ("all", "world"):
             raise HirmError(f"robust_vocabulary {self.robust_vocabulary!r}: use all or world")
+        if self.robust_slots not in ("prefix", "replace", "both"):
+            raise HirmError(f"robust_slots {self.robust_slots!r}: use prefix, replace or both")
+        if self.robust_rounds and self.robust_slots != "prefix" and self.positions not in ("all", "no-bos"):
+            raise HirmError(f"robust_slots {self.robust_slots} finds prompts without the concept's words, which "
+                            f"--positions {self.positions} cannot supervise: use --positions all")
         if self.retain_weight > 0 and not self.retain_prompts:
             raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
 
@@ -163,8 +170,8 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
             if r < rounds:
                 start = time.perf_counter()
                 for i, group in enumerate(prompts):
-                    found[i] += adversarial_prompts(enc, result.tensors, group, config, seed=config.seed + 1000 * r + i,
-                                                    progress=progress)
+                    found[i] += adversarial_prompts(enc, result.tensors, group, names[i], config,
+                                                    seed=config.seed + 1000 * r + i, progress=progress)
                 spent += time.perf_counter() - start
         with torch.no_grad(), temporarily(enc.model, result.tensors):
             after = representation(enc, batch.ids, config.supervise_layer, config.supervise_module)
@@ -285,41 +292,59 @@ def _typos(concept: str, config: HiRMConfig) -> list[str]:
     return out
 
 
-def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sources: list[str], config: HiRMConfig,
-                        seed: int, progress: bool = True) -> list[str]:
+def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sources: list[str], names: list[str],
+                        config: HiRMConfig, seed: int, progress: bool = True) -> list[str]:
     """Prompts that bring the concept back through the erased encoder (`tensors` applied): `robust_tokens`
-    vocabulary tokens prepended to a concept prompt, searched in embedding space (straight-through projection
-    to the nearest token, as UnlearnDiffAtk) so that the erased encoder's final hidden states of the prompt's
-    tokens match the base encoder's."""
+    vocabulary tokens, prepended to a concept prompt or in place of the concept's words (`robust_slots`),
+    searched in embedding space (straight-through projection to the nearest token, as UnlearnDiffAtk) so that the
+    erased encoder's final hidden states of the prompt's tokens after the slots match the base encoder's."""
     from hirm.attacks.ringabell import vocabulary
 
     k = config.robust_tokens
-    vocab = vocabulary(enc.tokenizer, config.robust_vocabulary)
     table = enc.model.get_input_embeddings().weight.detach()
-    candidates = table[vocab]
+    everything = vocabulary(enc.tokenizer, config.robust_vocabulary)
+    own = torch.tensor([t for n in names for t in enc.tokenizer(n, add_special_tokens=False)["input_ids"]])
     g = torch.Generator().manual_seed(seed)
+    modes = ["prefix", "replace"] if config.robust_slots == "both" else [config.robust_slots]
+    jobs = [(mode, sources[i % len(sources)]) for mode in modes for i in range(config.robust_prompts)]
     found = []
-    for i in tqdm(range(config.robust_prompts), desc="robust: attack", disable=not progress, leave=False):
-        source = sources[i % len(sources)]
+    for mode, source in tqdm(jobs, desc="robust: attack", disable=not progress, leave=False):
+        # in place of the concept's words, its own tokens are not candidates: prefix mode has the prompts with them
+        vocab = everything if mode == "prefix" else everything[~torch.isin(everything, own)]
+        candidates = table[vocab]
         ids = enc.tokenize([source], truncate=True)
-        content = int((ids[0] == enc.tokenizer.eos_token_id).nonzero()[0])  # tokens before <eos>, with <bos>
-        full = with_prefix_slots(ids, k, vocab)
-        keep = min(content, full.shape[1] - k - 1)  # source tokens + <eos> that survive the shift
+        full, at, wanted, got = _with_slots(enc, ids, k, vocab, names if mode == "replace" else None)
         with torch.no_grad():
-            wanted = enc.model(input_ids=ids).last_hidden_state[:, 1 : keep + 1]
+            wanted_h = enc.model(input_ids=ids).last_hidden_state[:, wanted]
         soft = table[vocab[torch.randint(len(vocab), (k,), generator=g)]].clone().requires_grad_(True)
         opt = torch.optim.Adam([soft], lr=config.robust_lr)
         with temporarily(enc.model, tensors), frozen(enc.model):
             for _ in range(config.robust_steps):
-                with embeddings_at(enc.model, positions(1, k), straight_through(soft, candidates)):
-                    h = enc.model(input_ids=full).last_hidden_state[:, 1 + k : keep + 1 + k]
-                loss = F.mse_loss(h, wanted)
+                with embeddings_at(enc.model, positions(at, k), straight_through(soft, candidates)):
+                    h = enc.model(input_ids=full).last_hidden_state[:, got]
+                loss = F.mse_loss(h, wanted_h)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        tokens = vocab[nearest_tokens(soft, candidates)].tolist()
-        found.append(f"{enc.tokenizer.decode(tokens).strip()} {source}")
+        full[0, at : at + k] = vocab[nearest_tokens(soft, candidates)]
+        content = full[0, 1:][~torch.isin(full[0, 1:], torch.tensor(enc.tokenizer.all_special_ids))]
+        found.append(enc.tokenizer.decode(content.tolist()).strip())
     return found
+
+
+def _with_slots(enc: TextEncoder, ids: torch.Tensor, k: int, vocab: torch.Tensor,
+                names: list[str] | None) -> tuple[torch.Tensor, int, slice, slice]:
+    """`ids` ([1, T]) with k slots after <bos> (`names` None) or in place of the concept's words, at the same
+    length; the slots' start; and the positions of the base prompt (`wanted`) and of the slotted one (`got`)
+    that hold the same tokens after the slots, up to <eos>."""
+    eos = int((ids[0] == enc.tokenizer.eos_token_id).nonzero()[0])
+    first, last = (1, 0) if names is None else concept_span(enc, ids[0].tolist(), names) or (None, None)
+    if first is None:
+        raise HirmError("robust_slots replace: a prompt does not contain the concept's words")
+    tail = ids[:, last + 1 :]
+    full = torch.cat([ids[:, :first], vocab[:k][None], tail, tail[:, -1:].expand(1, k)], dim=1)[:, : ids.shape[1]]
+    n = min(eos - last, ids.shape[1] - first - k)  # tokens after the concept (or <bos>) up to <eos> that still fit
+    return full, first, slice(last + 1, last + 1 + n), slice(first + k, first + k + n)
 
 
 def safe_direction_target(enc: TextEncoder, concept_rep: torch.Tensor, config: HiRMConfig) -> torch.Tensor:
