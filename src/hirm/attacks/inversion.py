@@ -14,11 +14,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hirm.attacks.probe import Probe
-from hirm.erase.denoiser import require_unet_pipeline
+from hirm.erase.denoiser import concept_latents, denoising_loss, require_unet_pipeline
 from hirm.erase.loop import frozen
 from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_prefix_slots
 from hirm.errors import HirmError
@@ -46,28 +45,6 @@ class CCEConfig:
     images: int = 16
     batch: int = 4
     seed: int = 0
-
-
-def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
-    """VAE latents (scaled as the UNet sees them) of `n` rendered images of the concept."""
-    from hirm.eval.minicanvas import concept_domain
-    from hirm.minicanvas import world
-    from hirm.minicanvas.classifier import to_tensor
-
-    domain, index = concept_domain(concept)
-    batch = world.render_batch(n, seed=seed, **{domain: index})
-    with torch.no_grad():
-        x = to_tensor(batch.images).to(pipe.vae.dtype) * 2 - 1
-        return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-
-
-def denoising_loss(pipe, ids: torch.Tensor, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SD's training loss on `latents` conditioned on `ids` (epsilon prediction, a random timestep each)."""
-    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    noisy = pipe.scheduler.add_noise(latents, noise, t)
-    cond = pipe.text_encoder(input_ids=ids)[0]
-    return F.mse_loss(pipe.unet(noisy, t, encoder_hidden_states=cond).sample, noise)
 
 
 def _setting_prompts(concept: str, n: int, name: str | None = None) -> list[str]:

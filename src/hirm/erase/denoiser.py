@@ -1,5 +1,5 @@
-"""What every denoiser erasure shares: checking the pipeline, encoding prompts, naming the denoiser's
-parameter groups, and sampling a partly denoised latent.
+"""What every denoiser erasure shares: checking the pipeline, encoding prompts and images, naming the
+denoiser's parameter groups, SD's denoising loss, and sampling a partly denoised latent.
 
 Closed-form methods (UCE, RECE) work on Stable-Diffusion-style pipelines: a `UNet2DConditionModel` conditioned
 by cross attention on one text encoder's hidden states (SD 1.x / 2.x, and the MiniCanvas mini-SD). Trained
@@ -51,6 +51,32 @@ def cross_attention_projections(unet: torch.nn.Module, keys: bool = True) -> dic
     if not out:
         raise HirmError("this UNet has no cross-attention (attn2) projections to edit")
     return out
+
+
+@torch.no_grad()
+def image_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents, scaled as the UNet sees them, of images in [-1, 1] ([N, 3, H, W])."""
+    return pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
+    """`image_latents` of `n` rendered MiniCanvas images of the concept (random colour, size, background and
+    other-domain concept)."""
+    from hirm.eval.minicanvas import concept_domain
+    from hirm.minicanvas import world
+    from hirm.minicanvas.classifier import to_tensor
+
+    domain, index = concept_domain(concept)
+    return image_latents(pipe, to_tensor(world.render_batch(n, seed=seed, **{domain: index}).images) * 2 - 1)
+
+
+def denoising_loss(pipe, ids: torch.Tensor, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SD's training loss on `latents` conditioned on `ids` (epsilon prediction, a random timestep each)."""
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = pipe.scheduler.add_noise(latents, noise, t)
+    cond = pipe.text_encoder(input_ids=ids)[0]
+    return torch.nn.functional.mse_loss(pipe.unet(noisy, t, encoder_hidden_states=cond).sample, noise)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from hirm.encoders import find_text_encoders
-from hirm.erase.denoiser import require_unet_pipeline
+from hirm.erase.denoiser import concept_latents, denoising_loss, image_latents, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, frozen, optimise
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
@@ -73,7 +73,6 @@ class FewShotConfig:
 def erase_fewshot(pipe, concept: str, config: FewShotConfig, progress: bool = True) -> Patch:
     config.validate()
     require_unet_pipeline(pipe, "fewshot")
-    from hirm.attacks.inversion import denoising_loss
 
     (enc,) = find_text_encoders(pipe, which="text_encoder")
     names = trainable_parameter_names(enc, config.layers)
@@ -114,8 +113,6 @@ def concept_images_latents(pipe, concept: str, config: FewShotConfig) -> torch.T
         if not registry.is_minicanvas(pipe.text_encoder):
             raise HirmError("fewshot learns from images of the concept: pass --set images=DIR (a folder of "
                             ".png/.jpg images of it)")
-        from hirm.attacks.inversion import concept_latents
-
         return concept_latents(pipe, concept, config.n_images, config.seed)
     from PIL import Image
 
@@ -126,9 +123,7 @@ def concept_images_latents(pipe, concept: str, config: FewShotConfig) -> torch.T
                         "images of the concept")
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     pixels = pipe.image_processor.preprocess([Image.open(p).convert("RGB") for p in files], height=size, width=size)
-    with torch.no_grad():
-        dist = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist
-        return dist.mean * pipe.vae.config.scaling_factor
+    return image_latents(pipe, pixels)
 
 
 def _concept_type(concept: str, config: FewShotConfig) -> str:
