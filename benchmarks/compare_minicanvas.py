@@ -29,6 +29,7 @@ BUDGET = {
     # few-shot erasing at its authors' budget (8 steps at lr 1e-5) erases nothing here; x5: 5x the epochs, 10x lr
     "fewshot/x5": {"epochs": 20, "lr": 1e-4},
     "hirm-r/robust": {"robust_rounds": 2},
+    "hirm-r/robust-both": {"robust_rounds": 2, "robust_slots": "both"},
 }
 ATTACKS = ["paraphrase", "embedding", "ringabell", "unlearndiff", "cce"]
 # a few probes each, sampled once per seed: an ASR moves in steps of 1/8 (paraphrase) or 1/4 (the others)
