@@ -98,3 +98,18 @@ def test_training_records_ship_with_weights():
     records = json.loads((registry.FOLDERS["minicanvas"] / "training.json").read_text())
     assert records["unet"]["step"] > 0 and records["unet"]["seconds"] > 0
     assert records["text_encoder"]["eval_pooled_top4_pair"] > 0.9
+
+
+def test_shipped_text_encoders_are_recognised_wherever_they_were_saved(pipe, tmp_path):
+    """A pipeline assembled from MiniCanvas parts under runs/ gets MiniCanvas defaults too; other weights do not."""
+    from transformers import CLIPTextModel
+
+    import dummies
+
+    pipe.text_encoder.save_pretrained(tmp_path)
+    copy = CLIPTextModel.from_pretrained(tmp_path)
+    assert registry.is_minicanvas(copy)
+    with torch.no_grad():
+        copy.get_input_embeddings().weight[0] += 1e-2
+    assert not registry.is_minicanvas(copy)
+    assert not registry.is_minicanvas(dummies.text_encoder().model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -42,9 +43,40 @@ def load_classifier():
 
 
 def is_minicanvas(model: torch.nn.Module) -> bool:
-    """Was this model loaded from the shipped MiniCanvas weights?"""
+    """Is this one of the shipped MiniCanvas text encoders: loaded from the shipped weights, or the same weights
+    saved elsewhere (a pipeline assembled from MiniCanvas parts under runs/)?"""
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     try:
-        return Path(source).resolve().is_relative_to(WEIGHTS.resolve())
+        if Path(source).resolve().is_relative_to(WEIGHTS.resolve()):
+            return True
     except (OSError, ValueError):
+        pass
+    shipped = _shipped_encoders()
+    shape = _shape(model)
+    if not any(shape == s for s, _ in shipped):  # cheap: only a same-shaped model is hashed
         return False
+    from hirm.patch import fingerprint
+
+    return fingerprint(model) in {f for _, f in shipped}
+
+
+def _shape(model: torch.nn.Module) -> tuple:
+    return tuple((n, tuple(t.shape)) for n, t in sorted(model.state_dict().items()))
+
+
+@functools.cache
+def _shipped_encoders() -> tuple[tuple[tuple, str], ...]:
+    """(parameter shapes, fingerprint) of every shipped text encoder."""
+    import transformers
+
+    from hirm.patch import fingerprint
+
+    out = {}
+    for folder in FOLDERS.values():
+        for sub in ("text_encoder", "text_encoder_2"):
+            where = (folder / sub).resolve()
+            if (where / "config.json").exists() and where not in out:
+                config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
+                model = getattr(transformers, config.architectures[0]).from_pretrained(where, local_files_only=True)
+                out[where] = (_shape(model), fingerprint(model))
+    return tuple(out.values())
