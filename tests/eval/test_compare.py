@@ -73,9 +73,13 @@ def test_parse_options():
 
 def test_summary_ratio_to_hirm_r():
     rows = [{"method": m, "concept": c, "ua": 1.0, "ira": 0.9, "cra": 0.8, "seconds": s, "peak_mem_mb": 1.0,
-             "patch_bytes": 10} for m, c, s in [("hirm-r", "a", 1.0), ("hirm-r", "b", 3.0), ("esd-x", "a", 20.0)]]
+             "patch_bytes": 10} for m, c, s in [("hirm-r", "a", 1.0), ("hirm-r", "b", 3.0), ("hirm-r", "c", 2.0),
+                                                  ("esd-x", "a", 2.0), ("esd-x", "b", 6.0), ("esd-x", "c", 40.0),
+                                                  ("uce", "a", 0.5)]]
     by = {s["method"]: s for s in summarise(rows)}
-    assert by["esd-x"]["time_vs_hirm_r"] == 10.0 and by["hirm-r"]["ua_std"] == 0.0
+    # per concept 2x, 2x and 20x (a slowed row): the median; a method run on one concept is compared on that one
+    assert by["esd-x"]["time_vs_hirm_r"] == 2.0 and by["uce"]["time_vs_hirm_r"] == 0.5
+    assert by["hirm-r"]["time_vs_hirm_r"] == 1.0 and by["hirm-r"]["ua_std"] == 0.0
 
 
 @pytest.mark.parametrize("kernel_peak", [True, False], ids=["vmhwm", "sampled"])
