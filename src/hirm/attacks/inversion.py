@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import concept_latents, denoising_loss, require_unet_pipeline
 from hirm.erase.loop import frozen
-from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_prefix_slots
+from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_slots
 from hirm.errors import HirmError
 from hirm.patch import all_applied
 
@@ -75,7 +75,7 @@ def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffCon
         for prompt in tqdm(_setting_prompts(concept, config.prompts), desc=f"unlearndiff {concept}",
                            disable=not progress):
             ids = _ids(pipe, [prompt])  # "<bos> prefix prompt <eos> <pad>...": the prefix ids are placeholders
-            full = with_prefix_slots(ids, config.prefix, vocab)
+            full = with_slots(ids, config.prefix, vocab)
             start = vocab[torch.randint(len(vocab), (config.prefix,), generator=g)]
             soft = table[start].clone().requires_grad_(True)
             opt = torch.optim.Adam([soft], lr=config.lr)

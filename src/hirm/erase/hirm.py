@@ -26,6 +26,7 @@ from hirm.erase.textenc import (
     representation,
     straight_through,
     trainable_parameter_names,
+    with_slots,
 )
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -305,6 +306,7 @@ def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sour
     everything = vocabulary(enc.tokenizer, config.robust_vocabulary)
     own = torch.tensor([t for n in names for t in enc.tokenizer(n, add_special_tokens=False)["input_ids"]])
     g = torch.Generator().manual_seed(seed)
+    special = torch.tensor(enc.tokenizer.all_special_ids)
     modes = ["prefix", "replace"] if config.robust_slots == "both" else [config.robust_slots]
     jobs = [(mode, sources[i % len(sources)]) for mode in modes for i in range(config.robust_prompts)]
     found = []
@@ -327,7 +329,7 @@ def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sour
                 loss.backward()
                 opt.step()
         full[0, at : at + k] = vocab[nearest_tokens(soft, candidates)]
-        content = full[0, 1:][~torch.isin(full[0, 1:], torch.tensor(enc.tokenizer.all_special_ids))]
+        content = full[0, 1:][~torch.isin(full[0, 1:], special)]
         found.append(enc.tokenizer.decode(content.tolist()).strip())
     return found
 
@@ -341,8 +343,7 @@ def _with_slots(enc: TextEncoder, ids: torch.Tensor, k: int, vocab: torch.Tensor
     first, last = (1, 0) if names is None else concept_span(enc, ids[0].tolist(), names) or (None, None)
     if first is None:
         raise HirmError("robust_slots replace: a prompt does not contain the concept's words")
-    tail = ids[:, last + 1 :]
-    full = torch.cat([ids[:, :first], vocab[:k][None], tail, tail[:, -1:].expand(1, k)], dim=1)[:, : ids.shape[1]]
+    full = with_slots(ids, k, vocab, first, last)
     n = min(eos - last, ids.shape[1] - first - k)  # tokens after the concept (or <bos>) up to <eos> that still fit
     return full, first, slice(last + 1, last + 1 + n), slice(first + k, first + k + n)
 

@@ -143,10 +143,13 @@ def positions(start: int, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return where
 
 
-def with_prefix_slots(ids: torch.Tensor, k: int, filler: torch.Tensor) -> torch.Tensor:
-    """"<bos> prompt ..." ids -> "<bos> [k slots] prompt ..." at the same length (the last k ids drop off); the
-    slots hold `filler` ids, whose embeddings `embeddings_at(..., positions(1, k), ...)` replaces."""
-    return torch.cat([ids[:, :1], filler[:k][None].expand(len(ids), -1), ids[:, 1:-k]], dim=1)
+def with_slots(ids: torch.Tensor, k: int, filler: torch.Tensor, first: int = 1, last: int = 0) -> torch.Tensor:
+    """`ids` ([B, T]) with k slots in place of tokens `first`..`last` (none by default: "<bos> [k slots] prompt
+    ..."), at the same length: the ids after them shift, the last ones drop off (or the final id repeats to fill).
+    The slots hold `filler` ids, whose embeddings `embeddings_at(..., positions(first, k), ...)` replaces."""
+    tail = ids[:, last + 1 :]
+    slots = filler[:k][None].expand(len(ids), -1)
+    return torch.cat([ids[:, :first], slots, tail, tail[:, -1:].expand(-1, k)], dim=1)[:, : ids.shape[1]]
 
 
 def nearest_tokens(soft: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
