@@ -4,7 +4,8 @@ For each concept: the HiRM-R patch made on mini-SD's CLIP encoder, scored on min
 mini-Flux (same encoder, which Flux reads only through its pooled vector), also with the T5 pathway blanked
 (the limit of a Flux that leans only on the pooled vector); then the same recipe with `--encoder all`, which
 also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Flux: classifier accuracy with the
-prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only.
+prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only. For reference, each model's
+UA with the concept's word left out of its prompts (`unnamed_ua`): the most a text-side erasure can reach there.
 
     python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0] [--out DIR]
 
@@ -22,7 +23,7 @@ import torch
 
 import hirm
 from hirm.encoders import load_pipeline
-from hirm.eval.minicanvas import evaluate, score
+from hirm.eval.minicanvas import evaluate, score, unnamed_ua
 from hirm.eval.pathways import ablate, pathway_split
 from hirm.images import write_text_atomic
 from hirm.minicanvas import registry, world
@@ -53,10 +54,12 @@ def main() -> None:
     base_sd = evaluate(sd, None, classifier, **sd_grid)[1]
     sd_patches = {c: hirm.erase(sd, c, method="hirm-r", progress=False) for c in concepts}
     sd_rows = [{"concept": c, "base_acc": _base_acc(base_sd, c), "base": _metrics(score(base_sd, c)),
+                "unnamed_ua": _unnamed(sd, classifier, c, sd_grid),
                 "sd_patch": _metrics(evaluate(sd, c, classifier, [sd_patches[c]], **sd_grid)[0])} for c in concepts]
     report["models"]["minicanvas"] = {"rows": sd_rows}
     for key in ("base", "sd_patch"):
         _print("minicanvas", key, [r[key] for r in sd_rows])
+    _print_unnamed("minicanvas", sd_rows)
     for name, flux in fluxes.items():
         start = time.perf_counter()
         split = pathway_split(flux, classifier, **flux_grid)
@@ -72,12 +75,14 @@ def main() -> None:
             both = hirm.erase(flux, c, method="hirm-r", encoder="all", progress=False)
             with_t5 = _metrics(evaluate(flux, c, classifier, [both], **flux_grid)[0])
             rows.append({"concept": c, "base_acc": _base_acc(base, c), "base": _metrics(score(base, c)),
+                         "unnamed_ua": _unnamed(flux, classifier, c, flux_grid),
                          "sd_patch": transfer, "clip_and_t5": with_t5,
                          "pooled_only_base": _metrics(score(base_pooled, c)), "pooled_only_sd_patch": pooled_only})
             print(json.dumps({"model": name, **rows[-1]}), flush=True)
         report["models"][name] = {"pathways": split, "rows": rows}
         for key in ("base", "sd_patch", "clip_and_t5", "pooled_only_base", "pooled_only_sd_patch"):
             _print(name, key, [r[key] for r in rows])
+        _print_unnamed(name, rows)
     write_text_atomic(json.dumps(report, indent=1), out / "transfer.json")
     print(f"wrote {out / 'transfer.json'}")
 
@@ -91,6 +96,10 @@ def _metrics(result: dict) -> dict:
     return {k: round(result[k], 4) for k in METRICS}
 
 
+def _unnamed(pipe, classifier, concept: str, grid: dict) -> float:
+    return round(unnamed_ua(pipe, classifier, concept, **{k: v for k, v in grid.items() if k != "progress"}), 4)
+
+
 def _base_acc(grid, concept: str) -> float:
     s = score(grid, None)
     return s["per_object"].get(concept, s["per_style"].get(concept))
@@ -99,6 +108,11 @@ def _base_acc(grid, concept: str) -> float:
 def _print(model: str, what: str, rows: list[dict]) -> None:
     means = {k: statistics.mean(r[k] for r in rows) for k in METRICS}
     print(f"{model} / {what}: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in means.items()), flush=True)
+
+
+def _print_unnamed(model: str, rows: list[dict]) -> None:
+    print(f"{model} / concept's word left out: UA {statistics.mean(r['unnamed_ua'] for r in rows):.3f} ("
+          + ", ".join(f"{r['concept']} {r['unnamed_ua']:.2f}" for r in rows) + ")", flush=True)
 
 
 if __name__ == "__main__":

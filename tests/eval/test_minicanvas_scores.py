@@ -77,3 +77,44 @@ def test_several_erased_concepts_scored_apart_from_what_was_left_alone():
     assert r["ua_per_concept"] == {"star": 1.0, "striped": 1.0} and r["ua"] == 1.0
     assert "star" not in r["kept_per_concept"] and "striped" not in r["kept_per_concept"]
     assert r["kept_acc"] == 1.0 and len(r["kept_per_concept"]) == N_OBJ + N_STY - 2
+
+
+class _FakeClassifier:
+    """Calls everything "circle" / "striped"."""
+
+    def predict(self, batch):
+        import torch
+
+        n = batch.shape[0]
+        return {"object": torch.zeros(n, dtype=torch.long), "style": torch.zeros(n, dtype=torch.long)}
+
+
+def test_unnamed_ua_draws_the_concept_cells_without_its_word(monkeypatch):
+    from PIL import Image
+
+    from hirm.eval import minicanvas as mc
+
+    calls = []
+
+    def fake_sample(pipe, prompts, seeds, **kw):
+        calls.append((list(prompts), list(seeds)))
+        return [Image.new("RGB", (8, 8))] * len(prompts)
+
+    monkeypatch.setattr(mc, "sample", fake_sample)
+    grid = mc.generate_grid(None, _FakeClassifier(), seeds=(0, 1))
+    assert len(set(calls[0][1])) == len(grid.prompts) == N_OBJ * N_STY * 2
+
+    ua = mc.unnamed_ua(None, _FakeClassifier(), "heart", seeds=(0, 1))
+    prompts, seeds = calls[1]
+    assert len(prompts) == N_STY * 2 and not any("heart" in p for p in prompts)
+    assert prompts[0] == "a image in striped style"
+    # the same image seeds as the heart cells of the full grid
+    heart = [s for p, s in zip(grid.prompts, calls[0][1], strict=True) if p.startswith("a heart image")]
+    assert seeds == heart
+    assert ua == 1.0  # every unnamed image called "circle": none is a heart
+
+    assert mc.unnamed_ua(None, _FakeClassifier(), "circle", seeds=(0,)) == 0.0
+    prompts, _ = calls[2]
+    assert prompts[0] == "a image in striped style" and len(prompts) == N_STY
+    mc.unnamed_ua(None, _FakeClassifier(), "watercolor", seeds=(0,))
+    assert calls[3][0][0] == "a circle image in style" and len(calls[3][0]) == N_OBJ

@@ -8,6 +8,7 @@ objects' images; CRA = style accuracy on the other objects' images. For a style 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,28 +46,49 @@ def concept_domain(concept: str) -> tuple[str, int]:
                     f"styles: {', '.join(world.STYLES)}")
 
 
+def _cells(templates: tuple[str, ...], seeds: tuple[int, ...]) -> Iterator[tuple[int, int, str, int]]:
+    """(object index, style index, template, image seed) of every grid cell; image seed = seed * 1000 + cell
+    index, so a cell's image does not depend on which other cells are drawn (same across models)."""
+    cell = 0
+    for o in range(len(world.OBJECTS)):
+        for s in range(len(world.STYLES)):
+            for template in templates:
+                for seed in seeds:
+                    yield o, s, template, seed * 1000 + cell
+                cell += 1
+
+
+def _prompt(template: str, obj: str, style: str) -> str:
+    return " ".join(template.format(object=obj, style=style).split())
+
+
 def generate_grid(pipe, classifier: MiniCanvasClassifier, seeds: tuple[int, ...] = (0, 1),
                   templates: tuple[str, ...] = world.EVAL_TEMPLATES, steps: int | None = None,
                   guidance: float | None = None, progress: bool = True) -> Grid:
-    """Every object x style x template x seed; image seed = seed * 1000 + cell index (same across models)."""
-    prompts, objs, stys, img_seeds = [], [], [], []
-    cell = 0
-    for o, obj in enumerate(world.OBJECTS):
-        for s, sty in enumerate(world.STYLES):
-            for template in templates:
-                for seed in seeds:
-                    prompts.append(" ".join(template.format(object=obj, style=sty).split()))
-                    objs.append(o)
-                    stys.append(s)
-                    img_seeds.append(seed * 1000 + cell)
-                cell += 1
+    """Every object x style x template x seed."""
+    cells = list(_cells(templates, seeds))
+    prompts = [_prompt(t, world.OBJECTS[o], world.STYLES[s]) for o, s, t, _ in cells]
     start = time.perf_counter()
-    images = sample(pipe, prompts, seeds=img_seeds, steps=steps, guidance=guidance, progress=progress)
+    images = sample(pipe, prompts, seeds=[c[3] for c in cells], steps=steps, guidance=guidance, progress=progress)
     seconds = time.perf_counter() - start
-    batch = to_tensor(np.stack([np.asarray(im.convert("RGB")) for im in images]))
-    pred = classifier.predict(batch)
-    return Grid(images, np.asarray(objs), np.asarray(stys), pred["object"].numpy(), pred["style"].numpy(),
-                prompts, seconds)
+    pred = classify_images(classifier, images)
+    return Grid(images, np.asarray([c[0] for c in cells]), np.asarray([c[1] for c in cells]), pred["object"],
+                pred["style"], prompts, seconds)
+
+
+def unnamed_ua(pipe, classifier: MiniCanvasClassifier, concept: str, seeds: tuple[int, ...] = (0, 1),
+               templates: tuple[str, ...] = world.EVAL_TEMPLATES, steps: int | None = None,
+               guidance: float | None = None) -> float:
+    """UA of the concept's grid cells drawn with its word left out of the prompt ("a  image in watercolor style"
+    for circle): what an erasure that removed the word's meaning entirely would score. It is below 1 where the
+    model's default drawing is classified as the concept, so it bounds what a text-side erasure can reach."""
+    domain, idx = concept_domain(concept)
+    cells = [c for c in _cells(templates, seeds) if c[0 if domain == "object" else 1] == idx]
+    prompts = [_prompt(t, "" if domain == "object" else world.OBJECTS[o],
+                       "" if domain == "style" else world.STYLES[s]) for o, s, t, _ in cells]
+    images = sample(pipe, prompts, seeds=[c[3] for c in cells], steps=steps, guidance=guidance)
+    pred = classify_images(classifier, images)[domain]
+    return float((pred != idx).mean())
 
 
 def score(grid: Grid, concept: str | None) -> dict[str, Any]:
