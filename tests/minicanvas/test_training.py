@@ -93,3 +93,22 @@ def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, 
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == state.step
     if expected.start > 150:
         assert lrs[-1] < 0.1 * max(lrs)  # the schedule ran to its end within the budget
+
+
+def test_unet_run_encodes_its_set_once(tmp_path, monkeypatch):
+    import diffusers
+
+    from hirm.minicanvas import registry
+
+    run = tmp_path / "unet"
+    shipped = registry.path("minicanvas")
+    training.train_unet(run, steps=1, batch_size=2, n_images=4, save_every=1, components=shipped, init_from=None)
+    assert (run / "data.safetensors").exists()
+
+    def no_vae(*a, **k):
+        raise AssertionError("the rendered set is already encoded: the VAE is not needed")
+
+    monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", no_vae)
+    _, state = training.train_unet(run, steps=2, batch_size=2, n_images=4, save_every=1, components=shipped,
+                                   init_from=None)
+    assert state.step == 2

@@ -590,12 +590,13 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
 
     seed_everything(seed)
     components = components or run_dir.parent / "components"
-    # fp32 whatever the files hold: shipped components are fp16, and fp16 matmuls on CPU are many times slower
-    vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval().to(device)
-    encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval().to(device)
     data_path = run_dir / "data.safetensors"
-    prepare_generator_data(data_path, vae, encoder, load_tokenizer(), n_images, seed, workers)
-    del vae, encoder
+    if not data_path.exists():  # the VAE and text encoder only encode the rendered set, once
+        # fp32 whatever the files hold: shipped components are fp16, and fp16 matmuls on CPU are much slower
+        vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval().to(device)
+        encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32)
+        prepare_generator_data(data_path, vae, encoder.eval().to(device), load_tokenizer(), n_images, seed, workers)
+        del vae, encoder
     data = load_file(str(data_path), device=device)
     with safe_open(str(data_path), "pt") as f:
         scaling = float(f.metadata()["scaling_factor"])
