@@ -7,10 +7,13 @@ also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Fl
 prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only. For reference, each model's
 UA with the concept's word left out of its prompts (`unnamed_ua`): the most a text-side erasure can reach there.
 
-    python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0] [--out DIR]
+    python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0]
+        [--erase-seeds 42,0,1] [--out DIR]
 
 `--flux` takes one or more mini-Flux pipeline folders (default: the shipped one), e.g. variants trained with
-more or less sequence dropout, to see how the pathway split changes transfer.
+more or less sequence dropout, to see how the pathway split changes transfer. `--erase-seeds`: HiRM-R's random
+target decides what the model draws instead of the concept, so one target can land on another concept (or on
+the concept itself); several seeds give the mean (the pooled-only column uses the first).
 """
 
 import argparse
@@ -23,6 +26,7 @@ import torch
 
 import hirm
 from hirm.encoders import load_pipeline
+from hirm.erase import HiRMConfig
 from hirm.eval.minicanvas import evaluate, score, unnamed_ua
 from hirm.eval.pathways import ablate, pathway_split
 from hirm.images import write_text_atomic
@@ -36,13 +40,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--concepts", default=CONCEPTS, help="comma-separated, or 'all'")
     p.add_argument("--flux", nargs="*", default=[], help="mini-Flux pipeline folders (default: the shipped one)")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default="0", help="image seeds of the evaluation grid")
+    p.add_argument("--erase-seeds", default=str(HiRMConfig.seed),
+                   help="HiRM seeds (its random target); with several, each patch is scored and the mean reported")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/flux-transfer")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     concepts = [*world.OBJECTS, *world.STYLES] if a.concepts == "all" else a.concepts.split(",")
     seeds = tuple(int(s) for s in a.seeds.split(","))
+    erase_seeds = [int(s) for s in a.erase_seeds.split(",")]
     out = Path(a.out)
     classifier = registry.load_classifier()
     sd = load_pipeline("minicanvas")
@@ -50,12 +57,14 @@ def main() -> None:
     flux_grid = {"seeds": seeds, **_sampling("minicanvas-flux"), "progress": False}
     fluxes = {Path(f).name: load_pipeline(f) for f in a.flux} or {"minicanvas-flux": load_pipeline("minicanvas-flux")}
 
-    report: dict = {"seeds": list(seeds), "models": {}}
+    report: dict = {"seeds": list(seeds), "erase_seeds": erase_seeds, "models": {}}
     base_sd = evaluate(sd, None, classifier, **sd_grid)[1]
-    sd_patches = {c: hirm.erase(sd, c, method="hirm-r", progress=False) for c in concepts}
+    sd_patches = {c: [hirm.erase(sd, c, method="hirm-r", seed=e, progress=False) for e in erase_seeds]
+                  for c in concepts}
     sd_rows = [{"concept": c, "base_acc": _base_acc(base_sd, c), "base": _metrics(score(base_sd, c)),
                 "unnamed_ua": _unnamed(sd, classifier, c, sd_grid),
-                "sd_patch": _metrics(evaluate(sd, c, classifier, [sd_patches[c]], **sd_grid)[0])} for c in concepts]
+                **_per_seed("sd_patch", [evaluate(sd, c, classifier, [p], **sd_grid)[0] for p in sd_patches[c]])}
+               for c in concepts]
     report["models"]["minicanvas"] = {"rows": sd_rows}
     for key in ("base", "sd_patch"):
         _print("minicanvas", key, [r[key] for r in sd_rows])
@@ -69,14 +78,15 @@ def main() -> None:
             base_pooled = evaluate(flux, None, classifier, **flux_grid)[1]
         rows = []
         for c in concepts:
-            transfer = _metrics(evaluate(flux, c, classifier, [sd_patches[c]], **flux_grid)[0])
+            transfer = [evaluate(flux, c, classifier, [p], **flux_grid)[0] for p in sd_patches[c]]
             with ablate(flux, "pooled"):  # the extreme split: a mini-Flux that reads the prompt only from CLIP
-                pooled_only = _metrics(evaluate(flux, c, classifier, [sd_patches[c]], **flux_grid)[0])
-            both = hirm.erase(flux, c, method="hirm-r", encoder="all", progress=False)
-            with_t5 = _metrics(evaluate(flux, c, classifier, [both], **flux_grid)[0])
+                pooled_only = _metrics(evaluate(flux, c, classifier, sd_patches[c][:1], **flux_grid)[0])
+            with_t5 = [evaluate(flux, c, classifier, [hirm.erase(flux, c, method="hirm-r", encoder="all", seed=e,
+                                                                 progress=False)], **flux_grid)[0]
+                       for e in erase_seeds]
             rows.append({"concept": c, "base_acc": _base_acc(base, c), "base": _metrics(score(base, c)),
                          "unnamed_ua": _unnamed(flux, classifier, c, flux_grid),
-                         "sd_patch": transfer, "clip_and_t5": with_t5,
+                         **_per_seed("sd_patch", transfer), **_per_seed("clip_and_t5", with_t5),
                          "pooled_only_base": _metrics(score(base_pooled, c)), "pooled_only_sd_patch": pooled_only})
             print(json.dumps({"model": name, **rows[-1]}), flush=True)
         report["models"][name] = {"pathways": split, "rows": rows}
@@ -94,6 +104,12 @@ def _sampling(model: str) -> dict:
 
 def _metrics(result: dict) -> dict:
     return {k: round(result[k], 4) for k in METRICS}
+
+
+def _per_seed(key: str, results: list[dict]) -> dict:
+    """{key: mean over erase seeds, key_per_seed: each seed's} of UA / IRA / CRA."""
+    each = [_metrics(r) for r in results]
+    return {key: {k: round(statistics.mean(e[k] for e in each), 4) for k in METRICS}, f"{key}_per_seed": each}
 
 
 def _unnamed(pipe, classifier, concept: str, grid: dict) -> float:
