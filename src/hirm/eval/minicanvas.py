@@ -79,9 +79,10 @@ def generate_grid(pipe, classifier: MiniCanvasClassifier, seeds: tuple[int, ...]
 def unnamed_ua(pipe, classifier: MiniCanvasClassifier, concept: str, seeds: tuple[int, ...] = (0, 1),
                templates: tuple[str, ...] = world.EVAL_TEMPLATES, steps: int | None = None,
                guidance: float | None = None) -> float:
-    """UA of the concept's grid cells drawn with its word left out of the prompt ("a  image in watercolor style"
-    for circle): what an erasure that removed the word's meaning entirely would score. It is below 1 where the
-    model's default drawing is classified as the concept, so it bounds what a text-side erasure can reach."""
+    """UA of the concept's grid cells drawn with its word left out of the prompt ("a image in watercolor style"
+    for circle): what an erasure that removed the word's meaning outright would score, a reference for a text-side
+    erasure. It is below 1 where the model's default drawing is judged to be the concept; a misdirected prompt
+    can land further from the concept than that default (a higher UA) or nearer to it."""
     domain, idx = concept_domain(concept)
     cells = [c for c in _cells(templates, seeds) if c[0 if domain == "object" else 1] == idx]
     prompts = [_prompt(t, "" if domain == "object" else world.OBJECTS[o],
