@@ -4,7 +4,7 @@ For each concept: the HiRM-R patch made on mini-SD's CLIP encoder, scored on min
 mini-Flux (same encoder, which Flux reads only through its pooled vector), also with the T5 pathway blanked
 (the limit of a Flux that leans only on the pooled vector); then the same recipe with `--encoder all`, which
 also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Flux: classifier accuracy with the
-prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only. For reference, each model's
+prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only. Also each model's
 UA with the concept's word left out of its prompts (`unnamed_ua`), a reference for a text-side erasure.
 
     python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0]
