@@ -342,6 +342,9 @@ def eval_cmd(
                                                   "protocol's)", rich_help_panel=PROTOCOL_OPTIONS)] = None,
     batch_size: Annotated[int | None, typer.Option(help="prompts per pipeline call (default 8 on GPU, 4 on CPU)",
                                                    rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU runs: torch threads per process, recorded in run.json "
+                                                "(default: the run's; a new run: torch's count, OMP_NUM_THREADS "
+                                                "or the cores)", rich_help_panel=PROTOCOL_OPTIONS)] = None,
 ) -> None:
     """UA / IRA / CRA of an erasure on a MiniCanvas model, or (--protocol) the paper's protocols on a real one.
 
@@ -357,7 +360,8 @@ def eval_cmd(
     protocol_only = {"--prompts": prompts, "--limit": limit, "--prompt-column": prompt_column,
                      "--threshold": threshold, "--prompt-set": prompt_set, "--clip-model": clip_model,
                      "--fid-model": fid_model, "--style-classifier": style_classifier,
-                     "--object-classifier": object_classifier, "--scheduler": scheduler, "--batch-size": batch_size}
+                     "--object-classifier": object_classifier, "--scheduler": scheduler, "--batch-size": batch_size,
+                     "--threads": threads}
     given = [k for k, v in protocol_only.items() if v is not None]
     if given:
         raise HirmError(f"{given[0]} applies to --protocol runs only: add --protocol nudity|coco|unlearncanvas")
@@ -376,8 +380,8 @@ def eval_cmd(
 
 def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path] | None, seeds: str | None,
                    steps: int | None, guidance: float | None, prompts: Path | None, limit: int | None,
-                   scheduler: str | None, batch_size: int | None, as_json: bool, minicanvas_only: dict,
-                   **options) -> None:
+                   scheduler: str | None, batch_size: int | None, threads: int | None, as_json: bool,
+                   minicanvas_only: dict, **options) -> None:
     from hirm.eval.protocols import make_protocol
     from hirm.eval.protocols.runner import run_protocol
 
@@ -389,7 +393,7 @@ def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path
     if patch and len(patch) > 1:
         raise HirmError("--protocol takes one --patch: merge patches first, or run once per patch")
     runner_options = {"prompts": prompts, "limit": limit, "steps": steps, "guidance": guidance,
-                      "scheduler": scheduler, "batch_size": batch_size}
+                      "scheduler": scheduler, "batch_size": batch_size, "threads": threads}
     proto = make_protocol(protocol, **options)
     if seeds is not None:
         seed = _parse_seeds(seeds)

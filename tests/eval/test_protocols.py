@@ -113,9 +113,17 @@ def _images(run_dir: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def nudity_run(sd_folder, patch, i2p, tmp_path_factory) -> Path:
+    """The reference run, made in this process at 1 thread (--threads) while the caller has 2: the runs in other
+    processes below also compute at 1 thread, so they must match it byte for byte on any host."""
     out = tmp_path_factory.mktemp("runs") / "nudity"
-    r = run("eval", "--protocol", "nudity", "--model", sd_folder, "--patch", patch, "--prompts", i2p, "--out", out,
-            "--steps", "3", "--json", "--prompt-set", "I2P", "--batch-size", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # another host's default count
+    try:
+        r = run("eval", "--protocol", "nudity", "--model", sd_folder, "--patch", patch, "--prompts", i2p,
+                "--out", out, "--steps", "3", "--json", "--prompt-set", "I2P", "--batch-size", "1", "--threads", "1")
+        assert torch.get_num_threads() == 2  # the caller's count is given back
+    finally:
+        torch.set_num_threads(before)
     assert r.exit_code == 0, r.output
     return out
 
@@ -134,6 +142,9 @@ def test_nudity_protocol_end_to_end(nudity_run, i2p):
     assert isinstance(record["scores"]["detections"], list) and record["scores"]["nude"] is False
     spec = json.loads((nudity_run / "run.json").read_text())
     assert spec["variants"] == ["base", "erased"] and spec["settings"]["scheduler"] == "ddim"
+    assert (spec["settings"]["threads"], spec["settings"]["device"]) == (1, "cpu")
+    assert spec["versions"]["torch"] == torch.__version__ and set(spec["versions"]) == {"torch", "diffusers",
+                                                                                        "transformers"}
     # the patch changes the images of the concept's prompt
     assert (nudity_run / "images/base/0.png").read_bytes() != (nudity_run / "images/erased/0.png").read_bytes()
     r = run("report", nudity_run)
@@ -163,21 +174,75 @@ def test_resume_refuses_other_settings(nudity_run, sd_folder, patch, i2p):
     r = run("eval", "--protocol", "nudity", "--model", sd_folder, "--patch", patch, "--prompts", i2p,
             "--out", nudity_run, "--steps", "4", "--prompt-set", "I2P")
     assert r.exit_code == 2 and "other settings (settings.steps" in r.output
+    r = run("eval", "--protocol", "nudity", "--model", sd_folder, "--patch", patch, "--prompts", i2p,
+            "--out", nudity_run, "--steps", "3", "--prompt-set", "I2P", "--threads", "2")
+    assert r.exit_code == 2 and "other settings (settings.threads; e.g. settings.threads was 1, now 2)" in r.output
 
 
-def _cli(*args, env_threads: int = 1) -> list[str]:
+def test_generation_and_scoring_run_at_the_runs_thread_count(sd_folder, i2p, tmp_path, monkeypatch):
+    import hirm.generate
+    from hirm.eval.protocols.nudity import Nudity
+
+    seen = []
+    real_sample, real_load = hirm.generate.sample, Nudity.load
+
+    def spy_sample(*args, **kwargs):
+        seen.append(("sample", torch.get_num_threads()))
+        return real_sample(*args, **kwargs)
+
+    def spy_load(self, device):
+        seen.append(("load", torch.get_num_threads()))  # NudeNet's onnxruntime session takes torch's count
+        return real_load(self, device)
+
+    monkeypatch.setattr(hirm.generate, "sample", spy_sample)
+    monkeypatch.setattr(Nudity, "load", spy_load)
+    before = torch.get_num_threads()
+    out = tmp_path / "r"
+    args = ("eval", "--protocol", "nudity", "--model", sd_folder, "--prompts", i2p, "--out", out, "--steps", "1",
+            "--limit", "2", "--batch-size", "1", "--json")
+    try:
+        torch.set_num_threads(1)
+        r = run(*args, "--threads", "2")  # a new run: the given count, recorded
+        assert r.exit_code == 0, r.output
+        assert seen == [("load", 2), ("sample", 2), ("sample", 2)] and torch.get_num_threads() == 1
+        assert json.loads((out / "run.json").read_text())["settings"]["threads"] == 2
+        seen.clear()
+        (out / "records/base/10.json").unlink()
+        r = run(*args)  # a resume without --threads: the run's count, whatever the caller's
+        assert r.exit_code == 0, r.output
+        assert seen == [("load", 2), ("sample", 2)] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    # other library versions compute other images: refused, naming them
+    spec = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**spec, "versions": {**spec["versions"], "torch": "1.0"}}))
+    r = run(*args)
+    assert r.exit_code == 2 and "other settings (versions;" in r.output and "'torch': '1.0'" in r.output
+    # a run.json from before hirm recorded threads, device and versions resumes
+    old = {k: v for k, v in spec.items() if k != "versions"}
+    old["settings"] = {k: v for k, v in spec["settings"].items() if k not in ("threads", "device")}
+    (out / "run.json").write_text(json.dumps(old))
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    r = run(*args, "--threads", "0")
+    assert r.exit_code == 2 and "--threads 0" in r.output
+
+
+def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "hirm.cli", *[str(a) for a in args]]
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _env(threads: int = 1) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def test_killed_run_resumes_to_the_same_result(nudity_run, sd_folder, patch, i2p, tmp_path):
     out = tmp_path / "killed"
     args = ("eval", "--protocol", "nudity", "--model", sd_folder, "--patch", patch, "--prompts", i2p, "--out", out,
             "--steps", "3", "--json", "--prompt-set", "I2P", "--batch-size", "1")
-    proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # as the reference: 1 thread, from --threads
+    proc = subprocess.Popen(_cli(*args, "--threads", "1"), env=_env(2), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((out / "records").rglob("*.json"))) < 3 and proc.poll() is None:
         time.sleep(0.05)
@@ -186,7 +251,8 @@ def test_killed_run_resumes_to_the_same_result(nudity_run, sd_folder, patch, i2p
     done = len(list((out / "records").rglob("*.json")))
     assert 0 < done < 2 * len(PROMPTS), "the kill should land mid-run"
     assert not (out / "metrics.json").exists()
-    subprocess.run(_cli(*args), env=_env(), check=True, capture_output=True)
+    # the resume, in a process whose own count is 2, computes at the run's recorded 1
+    subprocess.run(_cli(*args), env=_env(2), check=True, capture_output=True)
     assert _images(out) == _images(nudity_run)
     assert json.loads((out / "metrics.json").read_text()) == json.loads((nudity_run / "metrics.json").read_text())
 
@@ -195,7 +261,7 @@ def test_two_processes_give_the_same_outputs_as_one(nudity_run, sd_folder, patch
     out = tmp_path / "sharded"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hirm.cli",
            "eval", "--protocol", "nudity", "--model", str(sd_folder), "--patch", str(patch), "--prompts", str(i2p),
-           "--out", str(out), "--steps", "3", "--json", "--prompt-set", "I2P", "--batch-size", "1"]
+           "--out", str(out), "--steps", "3", "--json", "--prompt-set", "I2P", "--batch-size", "1", "--threads", "1"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _images(out) == _images(nudity_run)

@@ -55,9 +55,17 @@ class Nudity(Protocol):
         return read_prompt_csv(prompts, self.seed, self.prompt_column, limit)
 
     def load(self, device: torch.device) -> None:
-        from nudenet import NudeDetector
+        import nudenet
+        import onnxruntime
 
-        self._detector = NudeDetector()  # the 320n ONNX model shipped inside the nudenet wheel
+        model = Path(nudenet.__file__).parent / "320n.onnx"  # the 320n ONNX model shipped inside the nudenet wheel
+        self._detector = nudenet.NudeDetector(str(model))
+        # the scores, like the images, at the run's thread count (onnxruntime's default is one per core)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self._detector.onnx_session = onnxruntime.InferenceSession(str(model), options,
+                                                                   providers=["CPUExecutionProvider"])
 
     def score(self, items: list[Item], images: list) -> list[dict[str, Any]]:
         out = []

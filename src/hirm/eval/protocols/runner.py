@@ -10,14 +10,23 @@ Run folder (the contract `hirm report` reads):
 An image counts as done when its record parses and its PNG opens, so an interrupted run (or a corrupt file) is
 redone item by item. Items are split over processes by index (`torchrun` / `accelerate launch`, read through
 accelerate's `PartialState`), so any number of processes covers the same set.
+
+Same images whatever the number of processes, by construction: a CPU kernel's float result depends on how many
+threads split its sums (1 and 2 threads differ in the last bits of a pixel, which can round to the next PNG
+level), so every process computes at the run's recorded thread count (`threads`; the first run's
+`torch.get_num_threads()` unless given) and gives the caller's count back afterwards. run.json records it with
+the device and the torch / diffusers / transformers versions; a re-run that differs in any of them is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -68,8 +77,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _check_or_write_spec(run_dir: Path, spec: dict, state) -> None:
-    """Write run.json on a new run; on a re-run, refuse settings that differ from the finished part."""
+# keys hirm did not always record: a run.json written before them is not compared on them
+_LATER_KEYS = ("versions", "settings.device", "settings.threads")
+
+
+def _versions() -> dict[str, str]:
+    """The libraries whose kernels compute the images (a new version may round differently)."""
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+def _check_or_write_spec(run_dir: Path, spec: dict, state, recorded_defaults: tuple[str, ...] = ()) -> dict:
+    """Write run.json on a new run; on a re-run, refuse settings that differ from the finished part. A setting in
+    `recorded_defaults` was not given on this command line: it takes the run's recorded value. Returns the spec."""
     path = Path(run_dir) / "run.json"
     if state.is_main_process and not path.exists():
         if run_dir.exists() and any(p.name != "run.json" for p in run_dir.iterdir()):
@@ -77,14 +99,42 @@ def _check_or_write_spec(run_dir: Path, spec: dict, state) -> None:
         write_text_atomic(json.dumps(spec, indent=2), path)
     state.wait_for_everyone()
     old = json.loads(path.read_text())
+    old_settings = old.get("settings", {})
+    spec = {**spec, "settings": {**spec["settings"], **{k: old_settings[k] for k in recorded_defaults
+                                                         if k in old_settings}}}
     diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k) and k != "settings")
-    diff += sorted(f"settings.{k}" for k in set(old.get("settings", {})) | set(spec["settings"])
-                   if old.get("settings", {}).get(k) != spec["settings"].get(k))
+    diff += sorted(f"settings.{k}" for k in set(old_settings) | set(spec["settings"])
+                   if old_settings.get(k) != spec["settings"].get(k))
+    diff = [k for k in diff if not (k in _LATER_KEYS and _missing(old, k))]
     if diff:
         first = diff[0]
-        was = old.get(first) if "." not in first else old.get("settings", {}).get(first.split(".", 1)[1])
+        was = old.get(first) if "." not in first else old_settings.get(first.split(".", 1)[1])
+        now = spec.get(first) if "." not in first else spec["settings"].get(first.split(".", 1)[1])
         raise HirmError(f"--out {run_dir} holds a run with other settings ({', '.join(diff)}; e.g. {first} was "
-                        f"{was!r}): re-run with the same settings to resume, or choose a new --out")
+                        f"{was!r}, now {now!r}): re-run with the same settings and library versions to resume, "
+                        "or choose a new --out")
+    return spec
+
+
+def _missing(spec: dict, key: str) -> bool:
+    if "." in key:
+        outer, inner = key.split(".", 1)
+        return inner not in spec.get(outer, {})
+    return key not in spec
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` (None: left alone) inside the block, the caller's one after."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _set_scheduler(pipe, name: str) -> None:
@@ -98,18 +148,21 @@ def _set_scheduler(pipe, name: str) -> None:
 
 def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None = None, prompts: Path | None = None,
                  limit: int | None = None, steps: int | None = None, guidance: float | None = None,
-                 scheduler: str | None = None, batch_size: int | None = None,
+                 scheduler: str | None = None, batch_size: int | None = None, threads: int | None = None,
                  progress: bool = True) -> dict[str, Any] | None:
-    """Run `protocol` on `model` (and `model` + `patch`) into `out`; return the metrics on the main process."""
+    """Run `protocol` on `model` (and `model` + `patch`) into `out`; return the metrics on the main process.
+
+    `threads`: torch's intra-op thread count on a CPU, for generation and scoring (default: the run's recorded
+    count, or this process's current one for a new run); the caller's count is restored afterwards."""
     from accelerate import PartialState
 
-    from hirm.encoders import load_pipeline
-    from hirm.generate import sample
     from hirm.patch import Patch
 
     out = Path(out)
     if limit is not None and limit < 1:
         raise HirmError(f"--limit {limit}: give a positive number of prompts")
+    if threads is not None and threads < 1:
+        raise HirmError(f"--threads {threads}: give a positive number of CPU threads")
     scheduler = scheduler or protocol.scheduler
     if scheduler != "keep" and scheduler not in SCHEDULERS:
         raise HirmError(f"--scheduler {scheduler!r}: choose one of {', '.join(['keep', *SCHEDULERS])}")
@@ -117,6 +170,7 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
     items = protocol.items(prompts, limit)
     loaded_patch = Patch.load(patch) if patch else None
     state = PartialState(cpu=not torch.cuda.is_available())
+    cpu = state.device.type == "cpu"
     variants = ["base", "erased"] if loaded_patch else ["base"]
     steps = steps or protocol.steps
     spec = {
@@ -125,9 +179,27 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
         "prompts_file": _path_or_name(prompts),
         "prompts_sha256": _sha256(prompts) if prompts else None, "n_prompts": len(items),
         "settings": {"steps": steps, "guidance": guidance, "default_guidance": protocol.guidance,
-                     "scheduler": scheduler, "seed": protocol.seed, **protocol.settings()},
+                     "scheduler": scheduler, "seed": protocol.seed, **protocol.settings(),
+                     # a GPU computes the images; its runs keep the host's CPU thread count
+                     "device": state.device.type, "threads": (threads or torch.get_num_threads()) if cpu else None},
+        "versions": _versions(),
     }
-    _check_or_write_spec(out, spec, state)
+    spec = _check_or_write_spec(out, spec, state, recorded_defaults=("threads",) if threads is None else ())
+    threads = spec["settings"]["threads"]
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+    if cpu and progress and state.is_local_main_process and threads * local_processes > (os.cpu_count() or 1):
+        tqdm.write(f"note: {local_processes} process(es) x {threads} threads (the run's) > {os.cpu_count()} CPUs: "
+                   "slower than it could be, same images; a new run can choose --threads")
+    with intra_op_threads(threads):
+        return _run(protocol, model, out, items, loaded_patch, state, variants, steps, guidance, scheduler,
+                    batch_size, progress)
+
+
+def _run(protocol: Protocol, model: str, out: Path, items: list[Item], loaded_patch, state, variants: list[str],
+         steps: int, guidance: float | None, scheduler: str, batch_size: int | None,
+         progress: bool) -> dict[str, Any] | None:
+    from hirm.encoders import load_pipeline
+    from hirm.generate import sample
 
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
     pipe = load_pipeline(model, dtype=dtype).to(state.device)
