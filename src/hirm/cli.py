@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from hirm.errors import HirmError
+from hirm.io import check_output_dir, check_output_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Erase concepts from text-to-image diffusion models (HiRM) as small safety patches.")
@@ -20,23 +21,59 @@ Model = Annotated[str, typer.Option("--model", "-m", help="diffusers pipeline fo
                                     "cached hub id, or 'minicanvas'")]
 
 
+_DEBUG = {"on": False}
+# commands whose outputs are kept and resumed when interrupted (the others write one file at the very end)
+_RESUMABLE = {"eval_cmd", "compare", "attack", "demo", "report", "minicanvas_train"}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="on a failure, also print the traceback")]
+             = False) -> None:
+    _DEBUG["on"] = debug or os.environ.get("HIRM_DEBUG", "") not in ("", "0")
+
+
+def one_line(message: str) -> str:
+    """`message` on one line with control characters escaped: messages quote file contents, which must not
+    move the cursor or recolour the terminal."""
+    return "".join(c if c.isprintable() else " " if c in "\r\n\t" else f"\\x{ord(c):02x}" for c in message)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    if _DEBUG["on"]:
+        import traceback
+
+        traceback.print_exc()
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
 def handles_errors(fn):
-    """One-line message and a non-zero exit for bad input and Ctrl-C (outputs are written atomically, so an
-    interrupted command leaves nothing half-written)."""
+    """One-line message and exit 2 for every documented failure (HirmError, and the OSErrors of reading input),
+    130 on Ctrl-C and 143 on SIGTERM at any moment; `--debug` adds the traceback. Outputs are written atomically,
+    so an interrupted command leaves no half-written file."""
+    from hirm._signals import EXIT_INTERRUPTED, EXIT_TERMINATED, during_command
+    from hirm.errors import Terminated
+
+    kept = ("; finished files are kept and none is half-written: re-run the same command to resume"
+            if fn.__name__ in _RESUMABLE else "; nothing was written")
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with during_command():
+                return fn(*args, **kwargs)
         except HirmError as e:
             _fail(str(e))
         except KeyboardInterrupt:
-            _fail("interrupted; nothing was written", code=130)
+            _fail("interrupted" + kept, code=EXIT_INTERRUPTED)
+        except Terminated:
+            _fail("terminated" + kept, code=EXIT_TERMINATED)
+        except OSError as e:
+            from hirm.io import write_error
+
+            if e.errno in (28, 122):  # ENOSPC, EDQUOT
+                _fail(str(write_error(e.filename or "a file", e)))
+            _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
 
     return wrapper
 
@@ -109,6 +146,7 @@ def erase(
         pairs = tuple(tuple(x.strip() for x in p.split("|")) for p in safe_pair)
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
+    check_output_file(out)  # before minutes of training, not after
     concepts = list(concept or []) + (_read_concepts(concepts_file) if concepts_file else [])
     if not concepts:
         raise HirmError("no concept given: pass --concept 'Van Gogh' (repeatable) or --concepts-file FILE")
@@ -160,6 +198,7 @@ def apply(
     from hirm.patch import Patch
     from hirm.saving import save_pretrained_atomic
 
+    check_output_dir(out, empty=True)
     patches = [Patch.load(p) for p in patch]
     pipe = load_pipeline(model)
     for p in patches:
@@ -191,6 +230,10 @@ def generate(
 
     if n < 1:
         raise HirmError(f"-n {n}: need at least one image")
+    from hirm.images import image_format
+
+    image_format(out)
+    check_output_file(out)
     patches = [Patch.load(p) for p in patch or []]
     pipe = load_pipeline(model)
     defaults = registry.SAMPLING.get(model, {})  # MiniCanvas: its own settings, not SD's 50 steps / CFG 7.5
@@ -221,20 +264,23 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(s, indent=1))
         return
-    typer.echo(f"patch      {patch} (id {s['id']})")
-    typer.echo(f"concepts   {', '.join(s['concepts'])}")
-    typer.echo(f"method     {s['method']}")
+    say = lambda text: typer.echo(one_line(text))  # noqa: E731 (the file's strings, control characters escaped)
+    say(f"patch      {patch} (id {s['id']})")
+    say(f"concepts   {', '.join(s['concepts'])}")
+    say(f"method     {s['method']}")
     for c, v in s["components"].items():
-        typer.echo(f"component  {c}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
-    typer.echo(f"size       {s['bytes'] / 1e6:.2f} MB ({', '.join(s['dtype'])})")
+        say(f"component  {c}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
+    say(f"size       {s['bytes'] / 1e6:.2f} MB ({', '.join(s['dtype'])})")
     configs = s["config"] if "+" in s["method"] else {s["method"]: s["config"]}
     for name, cfg in configs.items():  # scalar options only; --json has everything
-        shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if v is None or isinstance(v, (int, float, str, bool)))
-        typer.echo(f"config     {name}: {shown}")
+        if isinstance(cfg, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if v is None or isinstance(v, int | float | str))
+            say(f"config     {name}: {shown}")
+    keys = ("loss_first", "loss_last", "cos_to_target_before", "cos_to_target_after")
     for c, i in s["info"].items():
-        if isinstance(i, dict) and "cos_to_target_after" in i:
-            typer.echo(f"trained    {c}: loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, cosine to target "
-                       f"{i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}")
+        if isinstance(i, dict) and all(isinstance(i.get(k), int | float) for k in keys):
+            say(f"trained    {c}: loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, cosine to target "
+                f"{i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}")
 
 
 @app.command()
@@ -353,6 +399,8 @@ def eval_cmd(
     `accelerate launch --num_processes N $(which hirm) eval ...` (GPUs).
     """
     _quiet_libraries()
+    if out is not None:
+        check_output_dir(out)
     if protocol is not None:
         _eval_protocol(**{k: v for k, v in locals().items() if k not in ("templates", "base", "probe")},
                        minicanvas_only={"--templates": templates, "--base": base, "--probe": probe})
@@ -400,8 +448,14 @@ def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path
         if len(seed) != 1:
             raise HirmError(f"--seeds {seeds!r}: a protocol run takes one seed")
         proto.seed = seed[0]
-    metrics = run_protocol(proto, model, out, patch=patch[0] if patch else None, progress=not as_json,
-                           **runner_options)
+    from contextlib import nullcontext
+
+    from hirm.io import run_folder_lock
+
+    # one run writes a run folder at a time; the processes of one sharded run (RANK > 0) share the main one's lock
+    with run_folder_lock(out) if os.environ.get("RANK", "0") == "0" else nullcontext():
+        metrics = run_protocol(proto, model, out, patch=patch[0] if patch else None, progress=not as_json,
+                               **runner_options)
     if metrics is None:  # not the main process of a sharded run
         return
     if as_json:
@@ -422,8 +476,12 @@ def report(
 ) -> None:
     """Write RUN_DIR/report.html (one self-contained page) and report.md: metrics, the paper's numbers, images."""
     from hirm.eval.protocols.report import write_report
+    from hirm.io import run_folder_lock
 
-    html, md = write_report(run_dir, blur=blur, sample=sample)
+    if not run_dir.is_dir():
+        raise HirmError(f"{run_dir} is not a folder: pass the --out folder of a `hirm eval --protocol` run")
+    with run_folder_lock(run_dir, create=False):  # not while a run (or another report) writes it
+        html, md = write_report(run_dir, blur=blur, sample=sample)
     typer.echo(f"wrote {html} and {md}")
 
 
@@ -436,6 +494,7 @@ def demo(
 ) -> None:
     """Erase one concept from MiniCanvas with HiRM-R; before/after metrics, image grid and report."""
     _quiet_libraries()
+    check_output_dir(out)
     from hirm.eval.report import run_demo
 
     run_demo(out, concept, _parse_seeds(seeds))
@@ -514,9 +573,11 @@ def minicanvas_preview(
     """Render every object x style of the world (rows: objects, columns: styles)."""
     from PIL import Image
 
-    from hirm.images import save_atomic
+    from hirm.images import image_format, save_atomic
     from hirm.minicanvas import world
 
+    image_format(out)
+    check_output_file(out)
     g = world.render_grid(seed)
     save_atomic(Image.fromarray(g).resize((g.shape[1] * 4, g.shape[0] * 4), Image.Resampling.NEAREST), out)
     typer.echo(f"wrote {out}")
@@ -543,6 +604,8 @@ def compare(
 ) -> None:
     """Run several erasure methods on several concepts; one table of UA / IRA / CRA, time, memory, size."""
     _quiet_libraries()
+    if out is not None:
+        check_output_dir(out)
     from hirm.eval.compare import compare as run_compare
     from hirm.eval.compare import markdown, parse_options
 
@@ -574,6 +637,8 @@ def attack(
 ) -> None:
     """Try to bring an erased concept back; attack success rate (ASR) per attack, and the base model's."""
     _quiet_libraries()
+    if out is not None:
+        check_output_dir(out)
     from hirm.attacks.report import print_table, run_attacks
     from hirm.eval.compare import parse_options
 
@@ -602,6 +667,9 @@ def methods() -> None:
 
 
 def main() -> None:  # pragma: no cover
+    from hirm._signals import install_startup
+
+    install_startup()
     app(prog_name="hirm")
 
 

@@ -9,6 +9,7 @@ downloads: a hub id must already be in the local cache.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +162,27 @@ def resolve_model_path(model: str) -> Path:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
         raise HirmError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise HirmError(f"{path} is not a JSON object: the model folder is damaged")
+    return data
+
+
+@contextmanager
+def _loading(root: Path):
+    """Any failure of the libraries' loaders as one line: a model folder is input (docs/security.md); a pickle
+    weights file that torch's safe loader refuses, a truncated safetensors file or a broken config all end here."""
+    try:
+        yield
+    except HirmError:
+        raise
+    except Exception as e:  # the loaders raise OSError, ValueError, UnpicklingError, RuntimeError, ...
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        hint = (": hirm loads pickle weights only through torch's safe loader; convert them to safetensors"
+                if "pickl" in f"{type(e).__name__} {e}".lower() or "weights_only" in str(e) else "")
+        raise HirmError(f"cannot load the model in {root} ({type(e).__name__}: {first}){hint}") from e
 
 
 def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
@@ -178,17 +197,19 @@ def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
     if index.exists():
         spec = _read_json(index)
         classes = {name: spec[name][1] for name in TOKENIZER_OF
-                   if isinstance(spec.get(name), list) and len(spec[name]) == 2 and spec[name][1] in ENCODER_CLASSES}
+                   if isinstance(spec.get(name), list) and len(spec[name]) == 2
+                   and isinstance(spec[name][1], str) and spec[name][1] in ENCODER_CLASSES}
         if which in (None, "clip"):
             wanted = [n for n, c in classes.items() if c in CLIP_CLASS_NAMES]
         else:
             wanted = list(classes) if which == "all" else [which] if isinstance(which, str) else list(which)
         found = []
         for name in (n for n in wanted if n in classes):  # only what is asked for: a T5-XXL is ~9 GB
-            enc = ENCODER_CLASSES[classes[name]].from_pretrained(root, subfolder=name, torch_dtype=dtype,
-                                                                 local_files_only=True)
-            tok_cls = CLIPTokenizer if classes[name] in CLIP_CLASS_NAMES else T5TokenizerFast
-            tok = tok_cls.from_pretrained(root, subfolder=TOKENIZER_OF[name], local_files_only=True)
+            with _loading(root):
+                enc = ENCODER_CLASSES[classes[name]].from_pretrained(root, subfolder=name, torch_dtype=dtype,
+                                                                     local_files_only=True)
+                tok_cls = CLIPTokenizer if classes[name] in CLIP_CLASS_NAMES else T5TokenizerFast
+                tok = tok_cls.from_pretrained(root, subfolder=TOKENIZER_OF[name], local_files_only=True)
             found.append(TextEncoder(name, enc.eval(), tok))
         missing = [n for n in wanted if n not in classes]
         if missing:
@@ -197,16 +218,20 @@ def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
         return _select(found, which, source=str(root))
     config = root / "config.json"
     if config.exists():
-        arch = (_read_json(config).get("architectures") or [""])[0]
+        archs = _read_json(config).get("architectures")
+        arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
         if arch not in CLIP_CLASS_NAMES:
             raise HirmError(f"{root} holds a {arch or 'non-CLIP'} model, not a CLIP text encoder")
-        enc = ENCODER_CLASSES[arch].from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+        with _loading(root):
+            enc = ENCODER_CLASSES[arch].from_pretrained(root, torch_dtype=dtype, local_files_only=True)
         tok_dir = next((d for d in (root, root / "tokenizer", root.parent / "tokenizer")
                         if (d / "tokenizer_config.json").exists()), None)
         if tok_dir is None:
             raise HirmError(f"no tokenizer found beside the text encoder in {root} "
                             "(looked in ., tokenizer/, ../tokenizer/)")
-        return _select([TextEncoder(BARE, enc.eval(), CLIPTokenizer.from_pretrained(tok_dir))], which, str(root))
+        with _loading(root):
+            tok = CLIPTokenizer.from_pretrained(tok_dir)
+        return _select([TextEncoder(BARE, enc.eval(), tok)], which, str(root))
     raise HirmError(f"{root} is neither a diffusers pipeline (model_index.json) nor a text encoder (config.json)")
 
 
@@ -221,4 +246,5 @@ def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
     root = resolve_model_path(str(model))
     if not (root / "model_index.json").exists():
         raise HirmError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
-    return DiffusionPipeline.from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+    with _loading(root):
+        return DiffusionPipeline.from_pretrained(root, torch_dtype=dtype, local_files_only=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from hirm.errors import HirmError
+from hirm.io import atomic_file, write_text
 
 
 def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, scale: int = 1,
@@ -34,31 +36,27 @@ def to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.asarray(array, dtype=np.uint8))
 
 
+def image_format(path: str | os.PathLike, what: str = "--out") -> str:
+    """The PIL format that writes `path`, from its suffix (.png, .jpg, .webp, ...); a HirmError for a name PIL
+    cannot write (checked before sampling, not after)."""
+    Image.init()
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise HirmError(f"{what} {path}: {suffix or 'no suffix'} is not an image format hirm can write; use a "
+                        "name ending in .png (or .jpg, .webp)")
+    return fmt
+
+
 def save_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     """Save via a temp file in the same folder and rename, so a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format=(path.suffix[1:] or "png").upper().replace("JPG", "JPEG"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fmt = image_format(path, what="image")
+    with atomic_file(path) as tmp:
+        image.save(tmp, format=fmt)
     return path
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Write UTF-8 text via a temp file in the same folder and rename; the temp file never outlives a failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(text, path)

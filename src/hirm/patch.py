@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from collections.abc import Iterable
 from contextlib import ExitStack, contextmanager
@@ -25,10 +24,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from hirm.errors import HirmError
+from hirm.io import atomic_file, check_format_version
 
 FORMAT = "hirm-patch"
 FORMAT_VERSION = "1"
 SEP = "::"
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def fingerprint(module: torch.nn.Module) -> str:
@@ -45,6 +46,29 @@ def fingerprint(module: torch.nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's bytes in any dtype (numpy has no bfloat16)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _check_fields(concepts: Any, method: Any, config: Any, fingerprints: Any, info: Any, source: str) -> None:
+    """The metadata types every reader of a patch relies on (`hirm inspect`, evaluations, merges)."""
+    def bad(field: str, want: str) -> HirmError:
+        return HirmError(f"{source} has damaged hirm metadata ({field} is not {want}): re-make the patch")
+
+    if not isinstance(concepts, list) or not concepts or not all(isinstance(c, str) for c in concepts):
+        raise bad("concepts", "a non-empty list of strings")
+    if not isinstance(method, str) or not method:
+        raise bad("method", "a non-empty string")
+    if not isinstance(config, dict):
+        raise bad("config", "an object")
+    if not isinstance(fingerprints, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in fingerprints.items()):
+        raise bad("fingerprints", "an object of strings")
+    if not isinstance(info, dict):
+        raise bad("info", "an object")
 
 
 def components_of(target: Any) -> dict[str, torch.nn.Module]:
@@ -98,7 +122,7 @@ class Patch:
         h = hashlib.sha256()
         for k in sorted(self.tensors):
             h.update(k.encode())
-            h.update(self.tensors[k].contiguous().numpy().tobytes())
+            h.update(_raw_bytes(self.tensors[k]))
         return h.hexdigest()[:16]
 
     @property
@@ -153,8 +177,32 @@ class Patch:
 
     # ------------------------------------------------------------------ apply / remove
 
+    def validate(self, source: str = "patch") -> None:
+        """Refuse contents no erasure makes: no tensors, names that are not `component::parameter`, tensors that
+        are not floating point, NaN or infinite values (a NaN patch draws black images, which an evaluation would
+        score as a perfect erasure), and metadata of the wrong types."""
+        if not isinstance(self.tensors, dict) or not self.tensors:
+            raise HirmError(f"{source} holds no tensors: it changes nothing; re-make it")
+        for k, t in self.tensors.items():
+            component, sep, name = k.partition(SEP) if isinstance(k, str) else ("", "", "")
+            if not sep or not component or not name:
+                raise HirmError(f"{source}: tensor name {k!r:.80} is not 'component{SEP}parameter'; re-make the patch")
+            if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
+                kind = str(t.dtype).replace("torch.", "") if isinstance(t, torch.Tensor) else type(t).__name__
+                raise HirmError(f"{source}: tensor {k} is {kind}; a patch holds floating-point weights "
+                                "(float16, bfloat16, float32 or float64)")
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise HirmError(f"{source}: tensor {k} holds NaN or infinite values, which would break the model; "
+                                "re-make the patch")
+        _check_fields(self.concepts, self.method, self.config, self.fingerprints, self.info, source)
+
     def apply(self, target: Any, check: bool = True) -> AppliedPatch:
-        """Write the patched tensors into `target`'s modules in place. Refuses weights it was not made from."""
+        """Write the patched tensors into `target`'s modules in place. Refuses weights it was not made from.
+
+        All or nothing: every tensor is checked first (its component exists and has the base fingerprint, the
+        parameter exists, shapes match, the value fits the model's dtype), then the model is changed; a failure
+        while changing it restores what was already copied."""
+        self.validate()
         comps = components_of(target)
         missing = [c for c in self.components if c not in comps]
         if missing:
@@ -169,21 +217,40 @@ class Patch:
                         f"patch was made for {c} with fingerprint {self.fingerprints.get(c, '?')[:12]}, but this "
                         f"model's {c} has {got[:12]}: apply it to the model it was made from"
                     )
+        plan: list[tuple[str, str, torch.nn.Parameter, torch.Tensor]] = []
         for c in self.components:
-            module = comps[c]
-            params = dict(module.named_parameters())
-            new = self.component_tensors(c)
-            unknown = [n for n in new if n not in params]
-            if unknown:
-                raise HirmError(f"patch tensor {c}{SEP}{unknown[0]} does not exist in this model's {c}")
-            originals = {n: params[n].detach().clone() for n in new}
+            params = dict(comps[c].named_parameters())
+            for n, t in self.component_tensors(c).items():
+                p = params.get(n)
+                if p is None:
+                    raise HirmError(f"patch tensor {c}{SEP}{n} does not exist in this model's {c}")
+                if p.shape != t.shape:
+                    raise HirmError(f"patch tensor {c}{SEP}{n} has shape {tuple(t.shape)}, model has "
+                                    f"{tuple(p.shape)}")
+                if not torch.is_floating_point(p):
+                    raise HirmError(f"this model's {c}{SEP}{n} is {str(p.dtype).replace('torch.', '')}; a patch "
+                                    "replaces floating-point weights only")
+                value = t.detach().to(device=p.device, dtype=p.dtype)
+                if value.numel() and not bool(torch.isfinite(value).all()):
+                    raise HirmError(f"patch tensor {c}{SEP}{n} does not fit this model's "
+                                    f"{str(p.dtype).replace('torch.', '')} weights (it overflows to infinity)")
+                plan.append((c, n, p, value))
+        originals: dict[str, dict[str, torch.Tensor]] = {c: {} for c in self.components}
+        try:
             with torch.no_grad():
-                for n, t in new.items():
-                    if params[n].shape != t.shape:
-                        raise HirmError(f"patch tensor {c}{SEP}{n} has shape {tuple(t.shape)}, model has "
-                                        f"{tuple(params[n].shape)}")
-                    params[n].copy_(t.to(params[n].dtype))
-            _ORIGINALS.setdefault(module, []).append((self.id, originals))
+                for c, n, p, value in plan:
+                    originals[c][n] = p.detach().clone()
+                    p.copy_(value)
+        except BaseException:
+            params_of = {c: dict(comps[c].named_parameters()) for c in originals}
+            with torch.no_grad():
+                for c, saved in originals.items():
+                    for n, t in saved.items():
+                        params_of[c][n].copy_(t)
+            raise
+        pid = self.id
+        for c in self.components:
+            _ORIGINALS.setdefault(comps[c], []).append((pid, originals[c]))
         return AppliedPatch(self, comps)
 
     def remove(self, target: Any) -> None:
@@ -222,21 +289,21 @@ class Patch:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: a temp file in the same folder, then rename (never a half-written patch)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        self.validate()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
         try:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
-            save_file(tensors, tmp, metadata=self.metadata())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            with atomic_file(path) as tmp:
+                save_file(tensors, str(tmp), metadata=self.metadata())
+        except SafetensorError as e:
+            raise HirmError(f"cannot write {path}: {e}") from e
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Patch:
+        """Read and check a patch file; every problem is one HirmError naming the file (see docs/security.md)."""
         path = Path(path)
+        if path.is_dir():
+            raise HirmError(f"{path} is a folder, not a patch file: pass the .safetensors file itself")
         if not path.is_file():
             raise HirmError(f"patch file {path} does not exist")
         try:
@@ -246,22 +313,27 @@ class Patch:
                     raise HirmError(f"{path} is a safetensors file but not a hirm patch (no '{FORMAT}' metadata)")
                 try:
                     meta = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise HirmError(f"{path} has damaged hirm metadata ({e}): re-make the patch") from e
-                if meta.get("format_version") != FORMAT_VERSION:
-                    raise HirmError(f"{path} is hirm patch format v{meta.get('format_version')}; this hirm "
-                                    f"reads v{FORMAT_VERSION}: upgrade hirm or re-make the patch")
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise HirmError(f"{path} has damaged hirm metadata ({type(e).__name__}): re-make the patch") from e
+                if not isinstance(meta, dict):
+                    raise HirmError(f"{path} has damaged hirm metadata (not a JSON object): re-make the patch")
+                check_format_version(meta.get("format_version"), FORMAT_VERSION, f"{path} is hirm patch format")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         except SafetensorError as e:
             raise HirmError(f"{path} is not a readable safetensors file ({e}): it is corrupt or truncated, "
                             "re-make or re-copy it") from e
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, TypeError) as e:
             raise HirmError(f"cannot read patch {path}: {e}") from e
-        try:
-            return cls(tensors=tensors, concepts=meta["concepts"], method=meta["method"], config=meta["config"],
-                       fingerprints=meta["fingerprints"], info=meta.get("info", {}))
-        except KeyError as e:
-            raise HirmError(f"{path} has damaged hirm metadata ({e}): re-make the patch") from e
+        missing = [k for k in ("concepts", "method", "config", "fingerprints") if k not in meta]
+        if missing:
+            raise HirmError(f"{path} has damaged hirm metadata (no {missing[0]!r}): re-make the patch")
+        patch = cls(tensors=tensors, concepts=meta["concepts"], method=meta["method"], config=meta["config"],
+                    fingerprints=meta["fingerprints"], info=meta.get("info", {}))
+        patch.validate(source=str(path))
+        absent = [c for c in patch.components if c not in patch.fingerprints]
+        if absent:
+            raise HirmError(f"{path} has no base fingerprint for {absent[0]}: re-make the patch")
+        return patch
 
     def summary(self) -> dict[str, Any]:
         """What `hirm inspect` prints."""

@@ -7,6 +7,7 @@ files on the user's disk (their columns are documented in docs/protocols.md).
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +46,17 @@ def read_prompt_csv(path: Path, seed: int, prompt_column: str | None = None, lim
     path = Path(path)
     if not path.is_file():
         raise HirmError(f"--prompts {path}: no such file; pass a prompt CSV (see docs/protocols.md for the columns)")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            rows = [{(k or "").strip(): v if isinstance(v, str) else "" for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as e:
+        raise HirmError(f"--prompts {path} is not UTF-8 text (byte {e.start}): pass a prompt CSV") from None
+    except csv.Error as e:
+        raise HirmError(f"--prompts {path} is not a readable CSV ({e}): pass a prompt CSV") from None
+    except OSError as e:
+        raise HirmError(f"--prompts {path}: cannot read it ({e.strerror or e})") from None
     if not columns:
         raise HirmError(f"--prompts {path} is empty: a CSV with a header row and one prompt per row is needed")
     column = prompt_column or next((c for c in PROMPT_COLUMNS if c in columns), None)
@@ -76,7 +84,10 @@ def read_prompt_csv(path: Path, seed: int, prompt_column: str | None = None, lim
 
 def _number(row: dict, column: str, kind: type, path: Path, line: int):
     try:
-        return kind(float(row[column])) if kind is int and float(row[column]).is_integer() else kind(row[column])
-    except ValueError:
-        raise HirmError(f"--prompts {path} line {line}: {column} {row[column]!r} is not "
-                        f"{'an integer' if kind is int else 'a number'}") from None
+        value = kind(float(row[column])) if kind is int and float(row[column]).is_integer() else kind(row[column])
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or (kind is int and not 0 <= value < 2**63) or (kind is float and not math.isfinite(value)):
+        raise HirmError(f"--prompts {path} line {line}: {column} {row[column]!r:.40} is not "
+                        f"{'an integer from 0 to 2**63-1' if kind is int else 'a finite number'}")
+    return value

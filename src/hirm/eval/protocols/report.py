@@ -3,18 +3,27 @@
 The HTML embeds every image as a base64 data URI and styles itself with inline CSS, so the single file can be
 mailed or archived and opens offline. The Markdown references thumbnails written under RUN_DIR/report/, so it
 renders on GitHub next to the run folder. Nudity images are blurred inside NudeNet's exposed boxes by default.
+
+A run folder is input like any other file (docs/security.md): names read from it (variants, record keys) must be
+plain file names, no path leads outside the folder (symlinks included), every string is escaped in both pages,
+values of the wrong type show as missing, and anything else wrong is one HirmError. Only thumbnails this command
+wrote (listed in report/thumbnails.json) are ever deleted.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -22,6 +31,11 @@ from hirm.errors import HirmError
 from hirm.eval.protocols import PROTOCOLS
 from hirm.eval.protocols.runner import image_path, record_path
 from hirm.images import save_atomic, write_text_atomic
+from hirm.io import check_format_version, inside, safe_name
+
+RUN_FORMAT_VERSION = "1"  # run.json's format_version (absent: 1)
+MAX_JSON_BYTES = 64 << 20  # a run folder's JSON files are small; a bigger one was not written by hirm
+THUMBNAILS = "thumbnails.json"  # report/THUMBNAILS: the names of the thumbnails the last report wrote
 
 THUMB = 256  # longest side of a report image, in pixels
 NONE = "–"  # a number the run did not produce
@@ -74,6 +88,15 @@ def write_report(run_dir: Path, blur: bool = True, sample: int = 8) -> tuple[Pat
     run_dir = Path(run_dir)
     if sample < 0:
         raise HirmError(f"--sample {sample}: pass the number of prompts to show (0 or more)")
+    try:
+        return _write_report(run_dir, blur, sample)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        # a last line of defence: every field is checked, but a run folder can be edited in ways nobody foresaw
+        raise HirmError(f"{run_dir} holds data hirm did not write ({type(e).__name__}: {str(e)[:120]}): re-run "
+                        "the same `hirm eval` command to rewrite the run folder") from e
+
+
+def _write_report(run_dir: Path, blur: bool, sample: int) -> tuple[Path, Path]:
     run, metrics = _load_run(run_dir)
     base = _load_records(run_dir, run["variants"][0])
     domain = _canvas_domain(run) if run["protocol"] == "unlearncanvas" else None
@@ -86,53 +109,102 @@ def write_report(run_dir: Path, blur: bool = True, sample: int = 8) -> tuple[Pat
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Any:
+def _read_json(run_dir: Path, path: Path) -> Any:
+    """A JSON file of the run folder (never one a symlink leads to elsewhere)."""
+    inside(run_dir, path)
+    redo = "re-run the same `hirm eval` command to rewrite it"
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise HirmError(f"{path} is larger than any file hirm writes there: {redo}")
+        return json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise HirmError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}): re-run the same `hirm eval` "
-                        "command to rewrite it") from None
+        raise HirmError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}): {redo}") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise HirmError(f"{path} is not valid JSON ({type(e).__name__}): {redo}") from None
+    except OSError as e:
+        raise HirmError(f"cannot read {path} ({e.strerror or e}): {redo}") from None
+
+
+def _dict(value: Any) -> dict:
+    """`value` where a JSON object is expected, else an empty one (a field of the wrong type shows as missing)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _load_run(run_dir: Path) -> tuple[dict, dict]:
     if not (run_dir / "run.json").is_file():
         raise HirmError(f"{run_dir} has no run.json: pass the --out folder of a `hirm eval --protocol` run")
-    run = _read_json(run_dir / "run.json")
-    if not isinstance(run, dict) or run.get("protocol") not in PROTOCOLS or not run.get("variants"):
+    run = _read_json(run_dir, run_dir / "run.json")
+    if isinstance(run, dict) and "format_version" in run:  # a newer hirm's run folder: refused, not misread
+        check_format_version(run["format_version"], RUN_FORMAT_VERSION, f"{run_dir}/run.json is run folder format")
+    variants = run.get("variants") if isinstance(run, dict) else None
+    if not isinstance(run, dict) or not isinstance(run.get("protocol"), str) or run["protocol"] not in PROTOCOLS \
+            or not variants or not isinstance(variants, list):
         run = run if isinstance(run, dict) else {}
-        raise HirmError(f"{run_dir}/run.json names protocol {run.get('protocol')!r} with variants "
-                        f"{run.get('variants')!r}; `hirm report` reads runs of {', '.join(PROTOCOLS)}: pass the "
+        raise HirmError(f"{run_dir}/run.json names protocol {run.get('protocol')!r:.60} with variants "
+                        f"{run.get('variants')!r:.80}; `hirm report` reads runs of {', '.join(PROTOCOLS)}: pass the "
                         "--out folder of a `hirm eval --protocol` run")
+    for v in variants:  # variant names become folder and file names
+        safe_name(v, f"{run_dir}/run.json: variant")
+    if len(set(variants)) != len(variants) or len(variants) > 16:
+        raise HirmError(f"{run_dir}/run.json: variants {variants!r:.80} repeat a name or are too many")
+    for k in ("model", "patch", "patch_id", "prompts_file"):
+        if run.get(k) is not None and not isinstance(run[k], str):
+            raise HirmError(f"{run_dir}/run.json: {k} is a {type(run[k]).__name__}, not a string: re-run the same "
+                            "`hirm eval` command into a new folder")
+    run["settings"] = _dict(run.get("settings"))
     if not (run_dir / "metrics.json").is_file():
         raise HirmError(f"{run_dir} has no metrics.json: the run did not finish; re-run the same `hirm eval` "
                         "command to resume it")
-    return run, _read_json(run_dir / "metrics.json")
+    metrics = _read_json(run_dir, run_dir / "metrics.json")
+    if not isinstance(metrics, dict):
+        raise HirmError(f"{run_dir}/metrics.json is not a JSON object: re-run the same `hirm eval` command to "
+                        "rewrite it")
+    metrics["variants"] = {v: _dict(m) for v, m in _dict(metrics.get("variants")).items()}
+    return run, metrics
 
 
 def _load_records(run_dir: Path, variant: str) -> dict[str, dict]:
     pattern = record_path(run_dir, variant, "*")  # the runner's layout, every key
-    return {p.stem: _read_json(p) for p in sorted(pattern.parent.glob(pattern.name))}
+    if not pattern.parent.is_dir():
+        return {}
+    inside(run_dir, pattern.parent)
+    records = {}
+    for p in sorted(pattern.parent.glob(pattern.name)):
+        key = safe_name(p.stem, f"{run_dir}: record")
+        record = _read_json(run_dir, p)
+        if not isinstance(record, dict):
+            raise HirmError(f"{p} is not a JSON object: re-run the same `hirm eval` command to rewrite it")
+        records[key] = record
+    return records
 
 
 def _canvas_domain(run: dict) -> str | None:
     """Whether the erased UnlearnCanvas concept is a style or an object (None: no concept)."""
     from hirm.eval.protocols.unlearncanvas import find_concept
 
-    concept = (run.get("settings") or {}).get("concept")
-    return None if concept is None else find_concept(concept)[0]
+    concept = run["settings"].get("concept")
+    return None if concept is None else find_concept(str(concept))[0]
 
 
 # --- tables ----------------------------------------------------------------------------------------------------
 
+def _real(v: Any) -> float | None:
+    """A number read from a file, or None (missing, or not a number: shown as missing)."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def _pct(v: Any) -> str:
-    return NONE if v is None else f"{100 * float(v):.2f}%"
+    v = _real(v)
+    return NONE if v is None else f"{100 * v:.2f}%"
 
 
 def _num(v: Any, digits: int) -> str:
-    return NONE if v is None else f"{float(v):.{digits}f}"
+    v = _real(v)
+    return NONE if v is None else f"{v:.{digits}f}"
 
 
 def _int(v: Any) -> str:
+    v = _real(v)
     return NONE if v is None else str(int(v))
 
 
@@ -154,9 +226,9 @@ def _metric_tables(run: dict, metrics: dict) -> list[_Table]:
     if protocol == "nudity":
         rows = [[v, _pct(per[v].get("nudity_rate")), _int(per[v].get("n_nude")), _int(per[v].get("n_images"))]
                 for v in variants]
-        classes = sorted({c for v in variants for c in per[v].get("per_class") or {}})
-        counts = [[c, *(_int((per[v].get("per_class") or {}).get(c, 0)) for v in variants)] for c in classes]
-        threshold = (run.get("settings") or {}).get("threshold")
+        classes = sorted({str(c) for v in variants for c in _dict(per[v].get("per_class"))})
+        counts = [[c, *(_int(_dict(per[v].get("per_class")).get(c, 0)) for v in variants)] for c in classes]
+        threshold = _real(run["settings"].get("threshold"))
         return [_Table("Nudity rate (lower is better)", ["variant", "nudity rate", "nude images", "images"], rows,
                        "An image is nude when NudeNet finds an exposed class above the detector threshold"
                        + (f" ({threshold})." if threshold is not None else ".")),
@@ -230,12 +302,16 @@ def _paper_tables(run: dict, metrics: dict, domain: str | None) -> list[_Table]:
 
 def _blur_exposed(image: Image.Image, scores: dict) -> Image.Image:
     """A copy with a strong Gaussian blur and a black outline over each box of an exposed class."""
-    exposed = set(scores.get("exposed") or {})
+    exposed = {c for c in _dict(scores.get("exposed")) if isinstance(c, str)}
     boxes = []
-    for det in scores.get("detections") or []:
-        if det.get("class") not in exposed:
+    detections = scores.get("detections")
+    for det in detections if isinstance(detections, list) else []:
+        if not isinstance(det, dict) or det.get("class") not in exposed:
             continue
-        x, y, w, h = det["box"]  # NudeNet: left, top, width, height in pixels
+        box = det.get("box")
+        if not isinstance(box, list) or len(box) != 4 or any(_real(b) is None for b in box):
+            continue  # not a box: nothing to blur there
+        x, y, w, h = (_real(b) for b in box)  # NudeNet: left, top, width, height in pixels
         x0, y0 = max(0, int(x)), max(0, int(y))
         x1, y1 = min(image.width, round(x + w)), min(image.height, round(y + h))
         if x1 > x0 and y1 > y0:
@@ -262,12 +338,12 @@ def _thumb(image: Image.Image) -> Image.Image:
 
 
 def _score_text(protocol: str, record: dict) -> str:
-    scores = record.get("scores") or {}
+    scores = _dict(record.get("scores"))
     if protocol == "nudity":
-        exposed = scores.get("exposed") or {}
+        exposed = {str(c): _real(s) or 0.0 for c, s in _dict(scores.get("exposed")).items()}
         if not scores.get("nude") or not exposed:
             return "nude" if scores.get("nude") else "not nude"
-        return "nude: " + ", ".join(f"{c} {float(s):.2f}" for c, s in sorted(exposed.items(), key=lambda t: -t[1]))
+        return "nude: " + ", ".join(f"{c} {s:.2f}" for c, s in sorted(exposed.items(), key=lambda t: -t[1]))
     if protocol == "coco":
         return f"CLIP {_num(scores.get('clip_score'), 4)}"
     return (f"style {record.get('style')} → judged {scores.get('pred_style')}; "
@@ -277,19 +353,19 @@ def _score_text(protocol: str, record: dict) -> str:
 def _sample(run_dir: Path, run: dict, base: dict[str, dict], sample: int, blur: bool) -> list[_Item]:
     keys = sorted(base)
     if run["protocol"] == "nudity":  # nude base images first: they show what the erasure changed
-        keys.sort(key=lambda k: not base[k].get("scores", {}).get("nude"))
+        keys.sort(key=lambda k: not _dict(base[k].get("scores")).get("nude"))
     items = []
     for key in keys[:sample]:
         cells = []
         for v in run["variants"]:
             rec_path, img_path = record_path(run_dir, v, key), image_path(run_dir, v, key)
-            record = base[key] if v == run["variants"][0] else (_read_json(rec_path) if rec_path.is_file() else {})
-            scores = record.get("scores") or {}
+            record = base[key] if v == run["variants"][0] else (
+                _dict(_read_json(run_dir, rec_path)) if rec_path.is_file() else {})
+            scores = _dict(record.get("scores"))
             if not img_path.is_file():
                 cells.append((None, "image missing"))
                 continue
-            with Image.open(img_path) as im:
-                image = im.convert("RGB")
+            image = _open_image(run_dir, img_path)
             if blur and run["protocol"] == "nudity":
                 image = _blur_exposed(image, scores)
             cells.append((_thumb(image), _score_text(run["protocol"], record) if record else "no record"))
@@ -297,6 +373,20 @@ def _sample(run_dir: Path, run: dict, base: dict[str, dict], sample: int, blur: 
         detail = f"{key} · seed {rec.get('seed')}" + (f" · guidance {rec['guidance']}" if "guidance" in rec else "")
         items.append(_Item(key, str(rec.get("prompt", "")), detail, cells))
     return items
+
+
+def _open_image(run_dir: Path, path: Path) -> Image.Image:
+    """An image of the run folder, decoded whole: a truncated or corrupt file, a decompression bomb or a link
+    out of the folder is one HirmError."""
+    inside(run_dir, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise HirmError(f"{path} is not a readable image ({str(e)[:100]}): re-run the same `hirm eval` command to "
+                        "redo it") from None
 
 
 def _sample_note(run: dict, items: list[_Item], blur: bool) -> str:
@@ -388,10 +478,51 @@ def _md_table(t: _Table) -> str:
     return "\n".join(lines) + (f"\n\n{_md_cell(t.note)}" if t.note else "") + "\n"
 
 
+def _old_thumbnails(run_dir: Path, folder: Path) -> list[Path]:
+    """The thumbnails an earlier report wrote (maybe with another --sample): the names it recorded, and only
+    plain PNG files inside the folder. Files hirm did not write there are never touched."""
+    listing = folder / THUMBNAILS
+    if not listing.is_file():
+        return []
+    try:
+        names = _read_json(run_dir, listing)
+    except HirmError:
+        return []
+    old = []
+    for name in names if isinstance(names, list) else []:
+        try:
+            safe_name(name, "thumbnail")
+        except HirmError:
+            continue
+        path = folder / name
+        if name.endswith(".png") and path.is_file() and not path.is_symlink():
+            old.append(path)
+    return old
+
+
 def _markdown(run_dir: Path, run: dict, tables: list[_Table], items: list[_Item], blur: bool) -> str:
     folder = run_dir / "report"
-    for old in folder.glob("*.png"):  # thumbnails of an earlier report, maybe with another --sample
-        old.unlink()
+    if folder.exists() or folder.is_symlink():
+        inside(run_dir, folder)  # a report/ link out of the run folder: refused, nothing written or deleted there
+    old = _old_thumbnails(run_dir, folder)
+    written: list[str] = []
+    try:
+        page = _markdown_page(run, tables, items, blur, folder, written)
+    except BaseException:
+        if written:  # keep every name hirm wrote listed, so the next report can remove them
+            with contextlib.suppress(HirmError):
+                write_text_atomic(json.dumps(sorted({p.name for p in old} | set(written))), folder / THUMBNAILS)
+        raise
+    if written or old:
+        write_text_atomic(json.dumps(written), folder / THUMBNAILS)
+    for path in old:
+        if path.name not in written:
+            path.unlink(missing_ok=True)
+    return page
+
+
+def _markdown_page(run: dict, tables: list[_Table], items: list[_Item], blur: bool, folder: Path,
+                   written: list[str]) -> str:
     parts = [f"# {_md_cell(_title(run))}", "", *(_md_table(t) for t in tables), "## Samples", ""]
     if not items:
         return "\n".join([*parts, "No images to show.", ""])
@@ -404,7 +535,9 @@ def _markdown(run_dir: Path, run: dict, tables: list[_Table], items: list[_Item]
             if image is None:
                 cells.append(_md_cell(caption))
                 continue
-            save_atomic(image, folder / f"{it.key}-{v}.png")
-            cells.append(f"![{_md_cell(v)} {_md_cell(it.key)}](report/{it.key}-{v}.png)<br>{_md_cell(caption)}")
+            name = f"{it.key}-{v}.png"  # key and variant are plain names (checked on loading)
+            save_atomic(image, folder / name)
+            written.append(name)
+            cells.append(f"![{_md_cell(v)} {_md_cell(it.key)}](report/{quote(name)})<br>{_md_cell(caption)}")
         parts.append("| " + " | ".join(cells) + " |")
     return "\n".join([*parts, ""])
