@@ -39,6 +39,34 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give a written folder's files and sub-folders the modes `open` / `mkdir` would (0666 / 0777 less the umask):
+    some writers (safetensors) create their files 0600 whatever the umask."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -66,6 +94,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         raise write_error(path, e) from e
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # writers that recreate the file (safetensors) may use other modes
         _fsync(tmp)
         os.replace(tmp, path)
     except OSError as e:
@@ -94,6 +123,7 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
         raise write_error(path, e) from e
     try:
         yield tmp
+        _umask_modes(tmp)
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.exists() and not any(path.iterdir()):
