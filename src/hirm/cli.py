@@ -448,14 +448,8 @@ def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path
         if len(seed) != 1:
             raise HirmError(f"--seeds {seeds!r}: a protocol run takes one seed")
         proto.seed = seed[0]
-    from contextlib import nullcontext
-
-    from hirm.io import run_folder_lock
-
-    # one run writes a run folder at a time; the processes of one sharded run (RANK > 0) share the main one's lock
-    with run_folder_lock(out) if os.environ.get("RANK", "0") == "0" else nullcontext():
-        metrics = run_protocol(proto, model, out, patch=patch[0] if patch else None, progress=not as_json,
-                               **runner_options)
+    metrics = run_protocol(proto, model, out, patch=patch[0] if patch else None, progress=not as_json,
+                           **runner_options)  # holds the run folder's lock while it writes
     if metrics is None:  # not the main process of a sharded run
         return
     if as_json:

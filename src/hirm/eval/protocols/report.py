@@ -29,11 +29,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from hirm.errors import HirmError
 from hirm.eval.protocols import PROTOCOLS
-from hirm.eval.protocols.runner import image_path, record_path
+from hirm.eval.protocols.runner import RUN_FORMAT_VERSION, image_path, record_path
 from hirm.images import save_atomic, write_text_atomic
 from hirm.io import check_format_version, inside, safe_name
 
-RUN_FORMAT_VERSION = "1"  # run.json's format_version (absent: 1)
 MAX_JSON_BYTES = 64 << 20  # a run folder's JSON files are small; a bigger one was not written by hirm
 THUMBNAILS = "thumbnails.json"  # report/THUMBNAILS: the names of the thumbnails the last report wrote
 

@@ -39,17 +39,22 @@ from hirm.errors import HirmError
 from hirm.eval.protocols.base import Protocol
 from hirm.eval.protocols.prompts import Item
 from hirm.images import save_atomic, write_text_atomic
+from hirm.io import check_format_version, run_folder_lock, safe_name
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
               "euler": "EulerDiscreteScheduler"}
 
 
+RUN_FORMAT_VERSION = "1"  # run.json's format_version: a newer major one (a newer hirm's run folder) is refused
+
+
 def image_path(run_dir: Path, variant: str, key: str) -> Path:
-    return Path(run_dir) / "images" / variant / f"{key}.png"
+    """Where an image lives; `variant` and `key` must be plain file names (they may come from files)."""
+    return Path(run_dir) / "images" / safe_name(variant, "variant") / f"{safe_name(key, 'key')}.png"
 
 
 def record_path(run_dir: Path, variant: str, key: str) -> Path:
-    return Path(run_dir) / "records" / variant / f"{key}.json"
+    return Path(run_dir) / "records" / safe_name(variant, "variant") / f"{safe_name(key, 'key')}.json"
 
 
 def read_record(run_dir: Path, variant: str, item: Item) -> dict | None:
@@ -58,7 +63,7 @@ def read_record(run_dir: Path, variant: str, item: Item) -> dict | None:
         record = json.loads(record_path(run_dir, variant, item.key).read_text())
         with Image.open(image_path(run_dir, variant, item.key)) as im:
             im.verify()
-    except (OSError, ValueError, SyntaxError):  # missing, truncated or corrupt
+    except (OSError, ValueError, SyntaxError, RecursionError):  # missing, truncated or corrupt
         return None
     if not isinstance(record, dict) or "scores" not in record or record.get("prompt") != item.prompt \
             or record.get("seed") != item.seed:
@@ -98,11 +103,12 @@ def _check_or_write_spec(run_dir: Path, spec: dict, state, recorded_defaults: tu
             raise HirmError(f"--out {run_dir} is not empty and has no run.json: choose a new folder")
         write_text_atomic(json.dumps(spec, indent=2), path)
     state.wait_for_everyone()
-    old = json.loads(path.read_text())
+    old = _read_spec(run_dir, path)
     old_settings = old.get("settings", {})
     spec = {**spec, "settings": {**spec["settings"], **{k: old_settings[k] for k in recorded_defaults
                                                          if k in old_settings}}}
-    diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k) and k != "settings")
+    diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k) and k not in ("settings",
+                                                                                               "format_version"))
     diff += sorted(f"settings.{k}" for k in set(old_settings) | set(spec["settings"])
                    if old_settings.get(k) != spec["settings"].get(k))
     diff = [k for k in diff if not (k in _LATER_KEYS and _missing(old, k))]
@@ -114,6 +120,21 @@ def _check_or_write_spec(run_dir: Path, spec: dict, state, recorded_defaults: tu
                         f"{was!r}, now {now!r}): re-run with the same settings and library versions to resume, "
                         "or choose a new --out")
     return spec
+
+
+def _read_spec(run_dir: Path, path: Path) -> dict:
+    """run.json of an existing run, checked: a JSON object of this hirm's format (a newer major version, written
+    by a newer hirm, is refused in one line rather than misread)."""
+    redo = "choose a new --out (or restore the file)"
+    try:
+        old = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:
+        raise HirmError(f"--out {run_dir}: run.json is not valid JSON ({type(e).__name__}): {redo}") from None
+    if not isinstance(old, dict) or not isinstance(old.get("settings", {}), dict):
+        raise HirmError(f"--out {run_dir}: run.json is not a run's settings: {redo}")
+    check_format_version(old.get("format_version", RUN_FORMAT_VERSION), RUN_FORMAT_VERSION,
+                         f"--out {run_dir}: run.json is run folder format")
+    return old
 
 
 def _missing(spec: dict, key: str) -> bool:
@@ -146,6 +167,21 @@ def _set_scheduler(pipe, name: str) -> None:
         pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
 
 
+def _one_writer(fn):
+    """Hold the run folder's lock while `fn` writes it (`hirm.io.run_folder_lock`): a second run into the same
+    folder stops in one line. The processes of one sharded run (RANK > 0) work under their main process's lock."""
+
+    @functools.wraps(fn)
+    def locked(protocol: Protocol, model: str, out: Path, *args, **kwargs):
+        if os.environ.get("RANK", "0") != "0":
+            return fn(protocol, model, out, *args, **kwargs)
+        with run_folder_lock(out):
+            return fn(protocol, model, out, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None = None, prompts: Path | None = None,
                  limit: int | None = None, steps: int | None = None, guidance: float | None = None,
                  scheduler: str | None = None, batch_size: int | None = None, threads: int | None = None,
@@ -174,6 +210,7 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
     variants = ["base", "erased"] if loaded_patch else ["base"]
     steps = steps or protocol.steps
     spec = {
+        "format_version": RUN_FORMAT_VERSION,
         "protocol": protocol.name, "model": _path_or_name(model), "patch": _path_or_name(patch),
         "patch_id": loaded_patch.id if loaded_patch else None, "variants": variants,
         "prompts_file": _path_or_name(prompts),
