@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from hirm.io import atomic_dir
 from hirm.minicanvas import registry
 from hirm.minicanvas.tokenizer import load_tokenizer
 
@@ -38,12 +39,9 @@ def assemble_sd(components: Path, unet_checkpoint: Path, scaling_factor: float, 
         tokenizer=load_tokenizer(), unet=UNet2DConditionModel.from_pretrained(unet_checkpoint),
         scheduler=inference_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out, replace=True) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
     return out
 
 
@@ -72,13 +70,10 @@ def assemble_flux(flux_checkpoint: Path, out: Path | None = None, records: dict 
     pipe = FluxPipeline(scheduler=flux_scheduler(), vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder,
                         tokenizer=sd_pipe.tokenizer, text_encoder_2=trainer.t5.eval(), tokenizer_2=t5_tokenizer,
                         transformer=trainer.transformer.eval())
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    for shared in ("text_encoder", "tokenizer", "vae"):
-        shutil.rmtree(tmp / shared)
-        (tmp / shared).symlink_to(os.path.relpath(sd / shared, out))  # relative: the repo moves as a whole
-    (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out, replace=True) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        for shared in ("text_encoder", "tokenizer", "vae"):
+            shutil.rmtree(tmp / shared)
+            (tmp / shared).symlink_to(os.path.relpath(sd / shared, out))  # relative: the repo moves as a whole
+        (tmp / "training.json").write_text(json.dumps(records or {}, indent=1))
     return out

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import world
 from hirm.minicanvas.classifier import HEADS, MiniCanvasClassifier, to_tensor
 
@@ -534,10 +535,8 @@ def prepare_generator_data(path: Path, vae, encoder, tokenizer, n: int, seed: in
         "objects": torch.cat(objects),
         "styles": torch.cat(styles),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"scaling_factor": str(float(1.0 / latents.float().std()))})
-    tmp.rename(path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"scaling_factor": str(float(1.0 / latents.float().std()))})
 
 
 def _data_chunks(n: int, seed: int) -> list[tuple[int, int]]:
@@ -554,12 +553,9 @@ def export_unet_resume_state(run_dir: Path, out: Path = RESUME_DIR) -> Path:
     from diffusers import UNet2DConditionModel
 
     ckpt = run_dir / "checkpoint"
-    tmp = out.with_name(out.name + ".tmp")
-    _rmtree(tmp)
-    UNet2DConditionModel.from_pretrained(ckpt / "unet").half().save_pretrained(tmp / "unet")
-    (tmp / "state.json").write_text((ckpt / "state.json").read_text())
-    _rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out, replace=True) as tmp:
+        UNet2DConditionModel.from_pretrained(ckpt / "unet").half().save_pretrained(tmp / "unet")
+        (tmp / "state.json").write_text((ckpt / "state.json").read_text())
     return out
 
 
@@ -680,10 +676,8 @@ def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int, wor
         "t5_ids": t5(captions),
         "empty_t5_ids": t5([""]),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.rename(path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 FLUX_RESUME_DIR = RESUME_DIR.parent / "minicanvas-flux"
@@ -693,14 +687,10 @@ def export_flux_resume_state(run_dir: Path, out: Path = FLUX_RESUME_DIR) -> Path
     """Raw (non-EMA) mini-Flux weights in fp16 and the counters, to resume training on another machine (the
     EMA weights are the shipped pipeline's; Adam restarts with a short warm-up)."""
     ckpt = run_dir / "checkpoint"
-    tmp = out.with_name(out.name + ".tmp")
-    _rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.half().contiguous() for k, v in load_file(str(ckpt / "flux.safetensors")).items()},
-              str(tmp / "flux.safetensors"))
-    (tmp / "state.json").write_text((ckpt / "state.json").read_text())
-    _rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out, replace=True) as tmp:
+        save_file({k: v.half().contiguous() for k, v in load_file(str(ckpt / "flux.safetensors")).items()},
+                  str(tmp / "flux.safetensors"))
+        (tmp / "state.json").write_text((ckpt / "state.json").read_text())
     return out
 
 
