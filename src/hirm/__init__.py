@@ -9,8 +9,10 @@ if _sys.argv and _os.path.basename(_sys.argv[0]) == "hirm":  # the `hirm` comman
 
     _install_startup()
 
+# hirm.api imports the hirm.erase subpackage first, so `hirm.erase` ends up bound to the function
+from hirm.api import erase
 from hirm.encoders import TextEncoder, find_text_encoders, load_pipeline, load_text_encoders
-from hirm.erase import METHODS, erase, make_config
+from hirm.erase import METHODS, make_config
 from hirm.errors import HirmError
 from hirm.patch import Patch
 

@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 Model = Annotated[str, typer.Option("--model", "-m", help="diffusers pipeline folder, text-encoder folder, "
                                     "cached hub id, or 'minicanvas'")]
+DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps"
+Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
 
 
 _DEBUG = {"on": False}
@@ -132,10 +134,16 @@ def erase(
     option: Annotated[list[str] | None, typer.Option("--set", help="any config field of the method, KEY=VALUE "
                                                      "(JSON values), e.g. --set preserve='[\"circle\"]'; "
                                                      "for one part of a+b: --set esd-x.steps=200")] = None,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="precision the model is read in: auto (float32), float32, float16 "
+                                            "(reads fp16 variant files), bfloat16; the trained weights are always "
+                                            "float32 copies, and the patch applies to float16/float32 loads (and "
+                                            "bfloat16 ones)")] = "auto",
 ) -> None:
     """Erase a concept; write its safety patch."""
     _quiet_libraries()
-    from hirm.erase import erase as run_erase
+    from hirm.api import erase as run_erase
+    from hirm.encoders import parse_dtype, resolve_device
     from hirm.erase.hirm import ROBUST_ROUNDS
     from hirm.eval.compare import parse_assignment
 
@@ -147,6 +155,7 @@ def erase(
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
     check_output_file(out)  # before minutes of training, not after
+    where, read_as = resolve_device(device), parse_dtype(dtype)  # a device this machine lacks: before loading
     concepts = list(concept or []) + (_read_concepts(concepts_file) if concepts_file else [])
     if not concepts:
         raise HirmError("no concept given: pass --concept 'Van Gogh' (repeatable) or --concepts-file FILE")
@@ -162,7 +171,8 @@ def erase(
         supervise_layer=supervise_layer, supervise_module=supervise_module,
         templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
         truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
-        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, **settings,
+        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, device=where,
+        dtype=read_as, **settings,
     )
     patch.save(out)
     for name, seconds in patch.seconds.items():
@@ -191,16 +201,21 @@ def apply(
     model: Model,
     patch: Annotated[list[Path], typer.Option(help="patch file(s), applied in order")],
     out: Annotated[Path, typer.Option(help="folder to save the patched pipeline to")],
+    device: Annotated[str, typer.Option(help="where the pipeline is loaded to be patched (cpu: nothing is "
+                                        "computed); " + DEVICE_HELP)] = "cpu",
+    dtype: Annotated[str, typer.Option(help="precision the pipeline is loaded and saved in: auto (as its text "
+                                            "encoder is stored), float32, float16, bfloat16")] = "auto",
 ) -> None:
     """Apply patch(es) to a pipeline and save the result (save_pretrained)."""
     _quiet_libraries()
-    from hirm.encoders import load_pipeline
+    from hirm.encoders import load_pipeline, parse_dtype, resolve_device, stored_dtype
     from hirm.patch import Patch
     from hirm.saving import save_pretrained_atomic
 
     check_output_dir(out, empty=True)
+    where, wanted = resolve_device(device), parse_dtype(dtype)
     patches = [Patch.load(p) for p in patch]
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, dtype=wanted or stored_dtype(model), device=where)
     for p in patches:
         p.apply(pipe)
     save_pretrained_atomic(pipe, out)
@@ -219,10 +234,14 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="sampling steps (pipeline default if unset)")] = None,
     guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale")] = None,
     compare: Annotated[bool, typer.Option(help="with --patch: top row unpatched, bottom row patched")] = False,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="sampling precision: auto (float16 on a GPU, bfloat16 for Flux; "
+                                            "float32 on the CPU and for MiniCanvas), float32, float16, bfloat16")]
+    = "auto",
 ) -> None:
     """Generate images, optionally with patches applied; save a grid."""
     _quiet_libraries()
-    from hirm.encoders import load_pipeline
+    from hirm.encoders import load_pipeline, parse_dtype, resolve_device
     from hirm.generate import sample
     from hirm.images import grid, save_atomic
     from hirm.minicanvas import registry
@@ -234,8 +253,9 @@ def generate(
 
     image_format(out)
     check_output_file(out)
+    where, wanted = resolve_device(device), parse_dtype(dtype)
     patches = [Patch.load(p) for p in patch or []]
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, dtype=wanted, device=where)
     defaults = registry.SAMPLING.get(model, {})  # MiniCanvas: its own settings, not SD's 50 steps / CFG 7.5
     steps = steps or defaults.get("steps")
     guidance = guidance or defaults.get("guidance")
@@ -391,6 +411,10 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option(help="CPU runs: torch threads per process, recorded in run.json "
                                                 "(default: the run's; a new run: torch's count, OMP_NUM_THREADS "
                                                 "or the cores)", rich_help_panel=PROTOCOL_OPTIONS)] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + "; --protocol: auto, cpu, cuda or mps (a sharded run "
+                                        "gives each process its own GPU)")] = "auto",
+    dtype: Annotated[str, typer.Option(help="sampling precision: auto (float16 on a GPU, bfloat16 for Flux; float32 "
+                                            "on the CPU and for MiniCanvas), float32, float16, bfloat16")] = "auto",
 ) -> None:
     """UA / IRA / CRA of an erasure on a MiniCanvas model, or (--protocol) the paper's protocols on a real one.
 
@@ -399,10 +423,16 @@ def eval_cmd(
     `accelerate launch --num_processes N $(which hirm) eval ...` (GPUs).
     """
     _quiet_libraries()
+    from hirm.encoders import parse_dtype, resolve_device
+
     if out is not None:
         check_output_dir(out)
+    if protocol is None:
+        device = resolve_device(device)  # a sharded protocol run resolves it per process
+    dtype = parse_dtype(dtype)
     if protocol is not None:
-        _eval_protocol(**{k: v for k, v in locals().items() if k not in ("templates", "base", "probe")},
+        _eval_protocol(**{k: v for k, v in locals().items()
+                          if k not in ("templates", "base", "probe", "parse_dtype", "resolve_device")},
                        minicanvas_only={"--templates": templates, "--base": base, "--probe": probe})
         return
     protocol_only = {"--prompts": prompts, "--limit": limit, "--prompt-column": prompt_column,
@@ -417,7 +447,8 @@ def eval_cmd(
 
     result = evaluate_erasure(model, concept, _load_patches(patch), seeds=_parse_seeds(seeds or "0,1"),
                               templates=tuple(templates) if templates else None, base=base, probe=probe,
-                              steps=steps, guidance=guidance, out=out, progress=not as_json)
+                              steps=steps, guidance=guidance, out=out, progress=not as_json, device=device,
+                              dtype=dtype)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -429,7 +460,7 @@ def eval_cmd(
 def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path] | None, seeds: str | None,
                    steps: int | None, guidance: float | None, prompts: Path | None, limit: int | None,
                    scheduler: str | None, batch_size: int | None, threads: int | None, as_json: bool,
-                   minicanvas_only: dict, **options) -> None:
+                   minicanvas_only: dict, device: str, dtype, **options) -> None:
     from hirm.eval.protocols import make_protocol
     from hirm.eval.protocols.runner import run_protocol
 
@@ -441,7 +472,8 @@ def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path
     if patch and len(patch) > 1:
         raise HirmError("--protocol takes one --patch: merge patches first, or run once per patch")
     runner_options = {"prompts": prompts, "limit": limit, "steps": steps, "guidance": guidance,
-                      "scheduler": scheduler, "batch_size": batch_size, "threads": threads}
+                      "scheduler": scheduler, "batch_size": batch_size, "threads": threads, "device": device,
+                      "dtype": dtype}
     proto = make_protocol(protocol, **options)
     if seeds is not None:
         seed = _parse_seeds(seeds)

@@ -4,6 +4,11 @@ HiRM edits CLIP text encoders. A pipeline may hold one (SD, Flux: `text_encoder`
 `text_encoder` and `text_encoder_2`); its T5 encoder (`text_encoder_3` in SD3, `text_encoder_2` in Flux) is
 left alone unless asked for by name or with "all" (HiRM's recipe applies to it unchanged). Loading never
 downloads: a hub id must already be in the local cache.
+
+Device and precision (`device=` / `dtype=` of the loaders, `--device` / `--dtype` of the CLI): "auto" picks CUDA,
+then Apple's MPS, then the CPU, and float16 on a GPU (bfloat16 for Flux, whose transformer overflows in float16),
+float32 on the CPU and for the MiniCanvas models. A folder's fp16 variant files (`model.fp16.safetensors`, what
+`save_pretrained(variant="fp16")` writes) are read when loading in float16, or when they are all it has.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ ENCODER_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection"
 TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 BARE = "text_encoder"  # component name used for an encoder loaded on its own
 T5_MAX_LENGTH = 512  # the longest T5 sequence Flux and SD3 pipelines use
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPE_CHOICES = "auto, float32, float16, bfloat16"
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
 
 @dataclass
@@ -133,6 +142,137 @@ def _select(found: list[TextEncoder], which: str | list[str] | None, source: str
     return [by_name[n] for n in names]
 
 
+# ---------------------------------------------------------------------------------------- device, dtype
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for "auto" / None (CUDA, then MPS, then the CPU) or a name ("cpu", "cuda", "cuda:1",
+    "mps"). A device this machine does not have is a HirmError, before anything is loaded."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise HirmError(f"--device {device!r}: use one of {DEVICE_CHOICES}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None
+                   else "torch finds no CUDA GPU or driver")
+            raise HirmError(f"--device {device}: no CUDA GPU here ({why}); use --device cpu, or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HirmError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"numbered from 0")
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise HirmError(f"--device {device}: MPS (Apple silicon) is not available here; use --device cpu, or auto")
+    elif dev.type != "cpu":
+        raise HirmError(f"--device {device}: hirm runs on {DEVICE_CHOICES}")
+    return dev
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype from a name ("float16", "bf16", ...), None for "auto" / None."""
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise HirmError(f"dtype {dtype}: use one of {DTYPE_CHOICES}")
+        return dtype
+    found = DTYPES.get(str(dtype).strip().lower().removeprefix("torch."))
+    if found is None:
+        raise HirmError(f"--dtype {dtype!r}: use one of {DTYPE_CHOICES}")
+    return found
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def is_flux(model: str | Path) -> bool:
+    """Is `model` (a folder, MiniCanvas name or cached id) a Flux pipeline (from its model_index.json)?"""
+    try:
+        root = resolve_model_path(str(model))
+        spec = json.loads((root / "model_index.json").read_text())
+    except (HirmError, OSError, ValueError, RecursionError):
+        return False
+    return isinstance(spec, dict) and "Flux" in str(spec.get("_class_name", ""))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str, model: str | Path | None = None
+                  ) -> torch.dtype:
+    """`dtype`, or for "auto" / None: float32 on the CPU and for the MiniCanvas models (small, and their
+    documented figures are fp32); on a GPU float16, or bfloat16 for Flux (its transformer overflows in
+    float16)."""
+    from hirm.minicanvas import registry
+
+    chosen = parse_dtype(dtype)
+    if chosen is not None:
+        return chosen
+    if torch.device(device).type == "cpu" or (model is not None and str(model) in registry.NAMES):
+        return torch.float32
+    return torch.bfloat16 if model is not None and is_flux(model) else torch.float16
+
+
+def _weight_files(folder: Path) -> tuple[bool, bool]:
+    """(has plain weight files, has fp16 variant files) in one component folder."""
+    plain = fp16 = False
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if not f.name.endswith((".safetensors", ".bin")):
+                continue
+            parts = f.name.split(".")
+            if any(p == "fp16" or p.startswith("fp16-") for p in parts[1:-1]):
+                fp16 = True
+            else:
+                plain = True
+    return plain, fp16
+
+
+def choose_variant(folders: list[Path], dtype: torch.dtype) -> str | None:
+    """"fp16" to read the fp16 variant files of these component folders, or None for the plain ones: the variant
+    when loading in float16 (half the bytes, the same values), or when some folder has only the variant. Other
+    precisions read the plain files: bfloat16 rounded from the fp32 originals is what a patch's bfloat16
+    fingerprint records, and float32 training wants the originals."""
+    found = [_weight_files(f) for f in folders]
+    if not any(fp16 for _, fp16 in found):
+        return None
+    if dtype == torch.float16 or any(fp16 and not plain for plain, fp16 in found):
+        return "fp16"
+    return None
+
+
+def stored_dtype(model: str | Path) -> torch.dtype:
+    """The precision the text encoder's weights are stored in (the first tensor of its plain weight files, or of
+    its fp16 variant files when it has only those); float32 when it cannot tell. `hirm apply --dtype auto` keeps
+    it."""
+    from safetensors import safe_open
+
+    root = resolve_model_path(str(model))
+    folder = root / "text_encoder" if (root / "model_index.json").exists() else root
+    files = sorted(folder.glob("*.safetensors"), key=lambda f: ".fp16" in f.name)  # plain files first
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as st:
+                key = next(iter(st.keys()), None)
+                if key is not None:
+                    kind = st.get_slice(key).get_dtype()
+                    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(kind, torch.float32)
+        except Exception:  # a damaged file: the loader reports it
+            break
+    return torch.float32
+
+
+def _place(model, device: torch.device | None):
+    return model if device is None else model.to(device)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -186,12 +326,16 @@ def _loading(root: Path):
 
 
 def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
-                       dtype: torch.dtype = torch.float32) -> list[TextEncoder]:
+                       dtype: str | torch.dtype | None = torch.float32,
+                       device: str | torch.device | None = None) -> list[TextEncoder]:
     """Load only the text encoders (and tokenizers) of a pipeline folder, or a bare CLIP encoder folder;
-    `which` as in `find_text_encoders`.
+    `which` as in `find_text_encoders`; `dtype` ("auto" as in `resolve_dtype`) and `device` (None: the CPU;
+    "auto" as in `resolve_device`) as named.
 
     Cheaper than loading the whole pipeline when all that is needed is to erase.
     """
+    device = None if device is None else resolve_device(device)
+    dtype = resolve_dtype(dtype, device or "cpu", model)
     root = resolve_model_path(str(model))
     index = root / "model_index.json"
     if index.exists():
@@ -206,11 +350,12 @@ def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
         found = []
         for name in (n for n in wanted if n in classes):  # only what is asked for: a T5-XXL is ~9 GB
             with _loading(root):
-                enc = ENCODER_CLASSES[classes[name]].from_pretrained(root, subfolder=name, torch_dtype=dtype,
-                                                                     local_files_only=True)
+                enc = ENCODER_CLASSES[classes[name]].from_pretrained(
+                    root, subfolder=name, torch_dtype=dtype, variant=choose_variant([root / name], dtype),
+                    local_files_only=True)
                 tok_cls = CLIPTokenizer if classes[name] in CLIP_CLASS_NAMES else T5TokenizerFast
                 tok = tok_cls.from_pretrained(root, subfolder=TOKENIZER_OF[name], local_files_only=True)
-            found.append(TextEncoder(name, enc.eval(), tok))
+            found.append(TextEncoder(name, _place(enc.eval(), device), tok))
         missing = [n for n in wanted if n not in classes]
         if missing:
             raise HirmError(f"no text encoder named {missing[0]!r}; this model has: {', '.join(classes)} "
@@ -223,7 +368,8 @@ def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
         if arch not in CLIP_CLASS_NAMES:
             raise HirmError(f"{root} holds a {arch or 'non-CLIP'} model, not a CLIP text encoder")
         with _loading(root):
-            enc = ENCODER_CLASSES[arch].from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+            enc = ENCODER_CLASSES[arch].from_pretrained(root, torch_dtype=dtype, variant=choose_variant([root], dtype),
+                                                        local_files_only=True)
         tok_dir = next((d for d in (root, root / "tokenizer", root.parent / "tokenizer")
                         if (d / "tokenizer_config.json").exists()), None)
         if tok_dir is None:
@@ -231,20 +377,58 @@ def load_text_encoders(model: str | Path, which: str | list[str] | None = None,
                             "(looked in ., tokenizer/, ../tokenizer/)")
         with _loading(root):
             tok = CLIPTokenizer.from_pretrained(tok_dir)
-        return _select([TextEncoder(BARE, enc.eval(), tok)], which, str(root))
+        return _select([TextEncoder(BARE, _place(enc.eval(), device), tok)], which, str(root))
     raise HirmError(f"{root} is neither a diffusers pipeline (model_index.json) nor a text encoder (config.json)")
 
 
-def load_pipeline(model: str | Path, dtype: torch.dtype = torch.float32):
-    """The whole diffusers pipeline from a local folder, MiniCanvas name, or cached hub id."""
+def load_pipeline(model: str | Path, dtype: str | torch.dtype | None = torch.float32,
+                  device: str | torch.device | None = None):
+    """The whole diffusers pipeline from a local folder, MiniCanvas name, or cached hub id, in `dtype` ("auto" as
+    in `resolve_dtype`) on `device` (None: the CPU; "auto" as in `resolve_device`). The fp16 variant files are
+    read as `choose_variant` says."""
     from diffusers import DiffusionPipeline
 
     from hirm.minicanvas import registry
 
+    device = None if device is None else resolve_device(device)
+    dtype = resolve_dtype(dtype, device or "cpu", model)
     if str(model) in registry.NAMES:
-        return registry.load_pipeline(str(model), dtype=dtype)
+        return _place(registry.load_pipeline(str(model), dtype=dtype), device)
     root = resolve_model_path(str(model))
     if not (root / "model_index.json").exists():
         raise HirmError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
+    spec = _read_json(root / "model_index.json")
+    folders = [root / name for name, value in spec.items() if not name.startswith("_") and isinstance(value, list)]
     with _loading(root):
-        return DiffusionPipeline.from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(root, torch_dtype=dtype, variant=choose_variant(folders, dtype),
+                                                 local_files_only=True)
+    return _place(pipe, device)
+
+
+def trainable_copies(encoders: list[TextEncoder], device: str | torch.device | None = None) -> list[TextEncoder]:
+    """The encoders as erasure trains them: float32 (fp32 master weights; a CLIP text encoder is small) on
+    `device` (None: where each one is). An encoder already in float32 on that device is used as it is; others are
+    copied (the caller's model is never converted). Fingerprints match: they hash weights in float16, and a
+    float16 or bfloat16 weight converts to float32 exactly."""
+    import copy
+
+    device = None if device is None else resolve_device(device)
+    out: list[TextEncoder] = []
+    for enc in encoders:
+        param = next(enc.model.parameters())
+        if param.dtype == torch.float32 and (device is None or param.device == device):
+            out.append(enc)
+            continue
+        if param.device.type == "meta":
+            raise HirmError(f"{enc.name} is offloaded (its weights are not in memory, as after "
+                            "enable_sequential_cpu_offload): erase before offloading, or pass the model's folder")
+        # without accelerate's offloading hooks (enable_model_cpu_offload): they refer to the pipeline's other
+        # models, which must not be copied
+        hooks = {id(m._hf_hook): None for m in enc.model.modules() if hasattr(m, "_hf_hook")}
+        model = copy.deepcopy(enc.model, memo=dict(hooks))
+        for m in model.modules():
+            for attr in ("forward", "_old_forward", "_hf_hook") if hooks else ():
+                m.__dict__.pop(attr, None)
+        out.append(TextEncoder(enc.name, model.to(device=device or param.device, dtype=torch.float32).eval(),
+                               enc.tokenizer))
+    return out

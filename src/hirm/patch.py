@@ -3,7 +3,9 @@
 A patch holds the new values of only the tensors an erasure changed, keyed `"{component}::{parameter}"`
 (component = the pipeline's name for the model: `text_encoder`, `text_encoder_2`, `unet`, ...), plus
 metadata: format version, concept(s), method and its full config, and per component a sha256 fingerprint
-of the base weights it was made from. Applying copies the tensors in place (zero inference cost) after
+of the base weights it was made from (hashed in float16, so float16 and float32 loads of one checkpoint match;
+patches made through `hirm.erase` / `hirm erase` also record one hashed in bfloat16, so that bfloat16 loads match
+too). Applying copies the tensors in place (zero inference cost), cast to the model's dtype and device, after
 checking the fingerprint; removing restores the originals kept at apply time.
 """
 
@@ -32,11 +34,13 @@ SEP = "::"
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def fingerprint(module: torch.nn.Module) -> str:
+def fingerprint(module: torch.nn.Module, dtype: torch.dtype = torch.float16) -> str:
     """sha256 of a model's weights, independent of the dtype it was loaded in.
 
     Tensors are hashed as fp16 (name, shape, bytes) in name order, so a pipeline loaded in fp16 or fp32 from
-    the same checkpoint has the same fingerprint, while any other weights do not.
+    the same checkpoint has the same fingerprint, while any other weights do not. A bfloat16 load rounds
+    differently (fewer mantissa bits): `dtype=torch.bfloat16` hashes the weights rounded to bfloat16 instead,
+    which a bfloat16 load and an fp32 (or fp16-only) checkpoint share.
     """
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
@@ -44,8 +48,16 @@ def fingerprint(module: torch.nn.Module) -> str:
             continue
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+        if dtype == torch.float16:
+            h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+        else:
+            h.update(_raw_bytes(t.detach().to("cpu", dtype)))
     return h.hexdigest()
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of a model's first floating-point parameter (None if it has none)."""
+    return next((p.dtype for p in module.parameters() if torch.is_floating_point(p)), None)
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -53,10 +65,13 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _check_fields(concepts: Any, method: Any, config: Any, fingerprints: Any, info: Any, source: str) -> None:
+def _check_fields(concepts: Any, method: Any, config: Any, fingerprints: Any, info: Any, source: str,
+                  bf16_fingerprints: Any = None) -> None:
     """The metadata types every reader of a patch relies on (`hirm inspect`, evaluations, merges)."""
     def bad(field: str, want: str) -> HirmError:
         return HirmError(f"{source} has damaged hirm metadata ({field} is not {want}): re-make the patch")
+
+    bf16_fingerprints = {} if bf16_fingerprints is None else bf16_fingerprints
 
     if not isinstance(concepts, list) or not concepts or not all(isinstance(c, str) for c in concepts):
         raise bad("concepts", "a non-empty list of strings")
@@ -69,6 +84,9 @@ def _check_fields(concepts: Any, method: Any, config: Any, fingerprints: Any, in
         raise bad("fingerprints", "an object of strings")
     if not isinstance(info, dict):
         raise bad("info", "an object")
+    if not isinstance(bf16_fingerprints, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in bf16_fingerprints.items()):
+        raise bad("bf16_fingerprints", "an object of strings")
 
 
 def components_of(target: Any) -> dict[str, torch.nn.Module]:
@@ -105,6 +123,8 @@ class Patch:
     info: dict[str, Any] = field(default_factory=dict)  # deterministic measurements: loss, cosine, ...
     # wall time per component; reported, never saved (a file depends only on the seed and the inputs)
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    # per component, the base weights' fingerprint hashed in bfloat16: lets the patch apply to bfloat16 loads
+    bf16_fingerprints: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ contents
 
@@ -136,6 +156,7 @@ class Patch:
             raise HirmError("nothing to merge")
         tensors: dict[str, torch.Tensor] = {}
         fingerprints: dict[str, str] = {}
+        bf16: dict[str, str] = {}
         seconds: dict[str, float] = {}
         for p in patches:
             overlap = sorted(set(tensors) & set(p.tensors))
@@ -144,13 +165,16 @@ class Patch:
             for c, f in p.fingerprints.items():
                 if fingerprints.setdefault(c, f) != f:
                     raise HirmError(f"cannot merge: the patches were made from different {c} weights")
+            for c, f in p.bf16_fingerprints.items():
+                bf16.setdefault(c, f)
             tensors.update(p.tensors)
             for c, s in p.seconds.items():
                 seconds[c] = seconds.get(c, 0.0) + s
         concepts = list(dict.fromkeys(c for p in patches for c in p.concepts))
         return cls(tensors=tensors, concepts=concepts, method="+".join(p.method for p in patches),
                    config={p.method: p.config for p in patches}, fingerprints=fingerprints,
-                   info={p.method: p.info for p in patches}, seconds=seconds)
+                   info={p.method: p.info for p in patches}, seconds=seconds,
+                   bf16_fingerprints={c: f for c, f in bf16.items() if c in fingerprints})
 
     @classmethod
     def average(cls, patches: list[Patch]) -> Patch:
@@ -166,14 +190,17 @@ class Patch:
         return cls(tensors=tensors, concepts=concepts, method="average(" + ",".join(p.method for p in patches) + ")",
                    config={"averaged": [p.config for p in patches]}, fingerprints=dict(prints),
                    info={"averaged": [p.info for p in patches]},
-                   seconds={c: sum(p.seconds.get(c, 0.0) for p in patches) for c in prints})
+                   seconds={c: sum(p.seconds.get(c, 0.0) for p in patches) for c in prints},
+                   bf16_fingerprints={c: f for c, f in patches[0].bf16_fingerprints.items()
+                                      if all(p.bf16_fingerprints.get(c) == f for p in patches)})
 
     def only(self, components: list[str]) -> Patch:
         """The part of this patch that edits `components` (e.g. only its denoiser edit)."""
         keep = [c for c in self.components if c in components]
         return Patch(tensors={k: v for k, v in self.tensors.items() if k.split(SEP, 1)[0] in keep},
                      concepts=list(self.concepts), method=self.method, config=self.config,
-                     fingerprints={c: f for c, f in self.fingerprints.items() if c in keep}, info=self.info)
+                     fingerprints={c: f for c, f in self.fingerprints.items() if c in keep}, info=self.info,
+                     bf16_fingerprints={c: f for c, f in self.bf16_fingerprints.items() if c in keep})
 
     # ------------------------------------------------------------------ apply / remove
 
@@ -194,7 +221,8 @@ class Patch:
             if t.numel() and not bool(torch.isfinite(t).all()):
                 raise HirmError(f"{source}: tensor {k} holds NaN or infinite values, which would break the model; "
                                 "re-make the patch")
-        _check_fields(self.concepts, self.method, self.config, self.fingerprints, self.info, source)
+        _check_fields(self.concepts, self.method, self.config, self.fingerprints, self.info, source,
+                      self.bf16_fingerprints)
 
     def apply(self, target: Any, check: bool = True) -> AppliedPatch:
         """Write the patched tensors into `target`'s modules in place. Refuses weights it was not made from.
@@ -211,12 +239,7 @@ class Patch:
             )
         if check:
             for c in self.components:
-                got = fingerprint(comps[c])
-                if got != self.fingerprints.get(c):
-                    raise HirmError(
-                        f"patch was made for {c} with fingerprint {self.fingerprints.get(c, '?')[:12]}, but this "
-                        f"model's {c} has {got[:12]}: apply it to the model it was made from"
-                    )
+                self._check_fingerprint(c, comps[c])
         plan: list[tuple[str, str, torch.nn.Parameter, torch.Tensor]] = []
         for c in self.components:
             params = dict(comps[c].named_parameters())
@@ -253,6 +276,33 @@ class Patch:
             _ORIGINALS.setdefault(comps[c], []).append((pid, originals[c]))
         return AppliedPatch(self, comps)
 
+    def _check_fingerprint(self, c: str, module: torch.nn.Module) -> None:
+        """Refuse `module` unless it holds the weights this patch was made from: the float16-hashed fingerprint
+        (float16 and float32 loads), or for a bfloat16 model the bfloat16-hashed one."""
+        got = fingerprint(module)
+        if got == self.fingerprints.get(c):
+            return
+        if module_dtype(module) == torch.bfloat16:
+            want = self.bf16_fingerprints.get(c)
+            if want is None:
+                raise HirmError(f"this model's {c} is bfloat16 and the patch records no bfloat16 fingerprint for it "
+                                "(made before hirm recorded one, or outside hirm.erase): load the model in float16 "
+                                "or float32, or re-make the patch")
+            if fingerprint(module, torch.bfloat16) == want:
+                return
+        raise HirmError(
+            f"patch was made for {c} with fingerprint {self.fingerprints.get(c, '?')[:12]}, but this "
+            f"model's {c} has {got[:12]}: apply it to the model it was made from"
+        )
+
+    def add_bf16_fingerprints(self, target: Any) -> Patch:
+        """Record the bfloat16-hashed fingerprint of each component this patch edits, from `target` (the base
+        model it was made from, as `components_of` reads it), so that it also applies to bfloat16 loads."""
+        comps = components_of(target)
+        self.bf16_fingerprints = {**self.bf16_fingerprints,
+                                  **{c: fingerprint(comps[c], torch.bfloat16) for c in self.components if c in comps}}
+        return self
+
     def remove(self, target: Any) -> None:
         """Restore the tensors this patch replaced in `target` (the most recent application)."""
         comps = components_of(target)
@@ -284,6 +334,8 @@ class Patch:
         same seed must give a byte-identical file."""
         body = {"format_version": FORMAT_VERSION, "concepts": self.concepts, "method": self.method,
                 "config": self.config, "fingerprints": self.fingerprints, "info": self.info}
+        if self.bf16_fingerprints:  # an older hirm reads the file and ignores it
+            body["bf16_fingerprints"] = self.bf16_fingerprints
         return {FORMAT: json.dumps(body, sort_keys=True)}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -328,7 +380,8 @@ class Patch:
         if missing:
             raise HirmError(f"{path} has damaged hirm metadata (no {missing[0]!r}): re-make the patch")
         patch = cls(tensors=tensors, concepts=meta["concepts"], method=meta["method"], config=meta["config"],
-                    fingerprints=meta["fingerprints"], info=meta.get("info", {}))
+                    fingerprints=meta["fingerprints"], info=meta.get("info", {}),
+                    bf16_fingerprints=meta.get("bf16_fingerprints", {}))
         patch.validate(source=str(path))
         absent = [c for c in patch.components if c not in patch.fingerprints]
         if absent:

@@ -20,8 +20,8 @@ def final_states(encoder: TextEncoder, prompts: list[str], batch_size: int = 128
     states, eos = [], []
     for i in range(0, len(prompts), batch_size):
         ids = encoder.tokenize(prompts[i : i + batch_size], truncate=True)
-        states.append(encoder.model(input_ids=ids).last_hidden_state.float())
-        eos.append((ids == encoder.model.config.eos_token_id).int().argmax(-1))
+        states.append(encoder.model(input_ids=ids).last_hidden_state.float().cpu())
+        eos.append((ids == encoder.model.config.eos_token_id).int().argmax(-1).cpu())
     return torch.cat(states), torch.cat(eos)
 
 

@@ -42,7 +42,11 @@ def probe_prompts(concept: str, per_template: int = 3) -> tuple[list[str], list[
 def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tuple[int, ...] = (0, 1),
                      templates: tuple[str, ...] | None = None, base: bool = False, probe: bool = False,
                      steps: int | None = None, guidance: float | None = None, out: Path | None = None,
-                     progress: bool = True, pipe=None, classifier=None) -> dict[str, Any]:
+                     progress: bool = True, pipe=None, classifier=None, device=None,
+                     dtype=None) -> dict[str, Any]:
+    """UA / IRA / CRA of `patches` on the MiniCanvas model `model` (see `hirm eval`). `device` / `dtype`: where and
+    in what precision the pipeline (when not given) and the judge run (None: the CPU, float32; "auto" as in
+    `hirm.encoders.resolve_device` / `resolve_dtype`)."""
     from hirm.encoders import find_text_encoders, load_pipeline
     from hirm.eval.minicanvas import concept_domain, evaluate, score_concepts
 
@@ -55,8 +59,10 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
         for t in templates:
             if "{object}" not in t or "{style}" not in t:
                 raise HirmError(f"--templates {t!r}: each template needs {{object}} and {{style}}")
-    pipe = pipe or load_pipeline(model)
+    pipe = pipe or load_pipeline(model, dtype=dtype, device=device)
     classifier = classifier or registry.load_classifier()
+    if device is not None:
+        classifier = classifier.to(pipe.device)
     sampling = registry.SAMPLING[model]
     kwargs = {"seeds": seeds, "steps": steps or sampling["steps"], "guidance": guidance or sampling["guidance"],
               "progress": progress}

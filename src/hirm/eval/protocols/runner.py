@@ -83,7 +83,7 @@ def _sha256(path: Path) -> str:
 
 
 # keys hirm did not always record: a run.json written before them is not compared on them
-_LATER_KEYS = ("versions", "settings.device", "settings.threads")
+_LATER_KEYS = ("versions", "settings.device", "settings.threads", "settings.dtype")
 
 
 def _versions() -> dict[str, str]:
@@ -185,13 +185,18 @@ def _one_writer(fn):
 def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None = None, prompts: Path | None = None,
                  limit: int | None = None, steps: int | None = None, guidance: float | None = None,
                  scheduler: str | None = None, batch_size: int | None = None, threads: int | None = None,
-                 progress: bool = True) -> dict[str, Any] | None:
+                 progress: bool = True, device: str | None = None,
+                 dtype: str | torch.dtype | None = None) -> dict[str, Any] | None:
     """Run `protocol` on `model` (and `model` + `patch`) into `out`; return the metrics on the main process.
 
     `threads`: torch's intra-op thread count on a CPU, for generation and scoring (default: the run's recorded
-    count, or this process's current one for a new run); the caller's count is restored afterwards."""
+    count, or this process's current one for a new run); the caller's count is restored afterwards.
+    `device`: "auto" / None (CUDA, then MPS, then the CPU), "cpu", "cuda" or "mps"; the processes of a sharded run
+    take one GPU each. `dtype`: the pipeline's ("auto" / None: float16 on a GPU, bfloat16 for Flux, float32 on
+    the CPU), recorded in run.json."""
     from accelerate import PartialState
 
+    from hirm.encoders import dtype_name, resolve_device, resolve_dtype
     from hirm.patch import Patch
 
     out = Path(out)
@@ -205,8 +210,13 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
     protocol.check()  # bad options and CSVs fail before minutes of model loading
     items = protocol.items(prompts, limit)
     loaded_patch = Patch.load(patch) if patch else None
-    state = PartialState(cpu=not torch.cuda.is_available())
+    wanted = resolve_device(device)  # a device this machine lacks: an error before anything runs
+    if wanted.index is not None:
+        raise HirmError(f"--device {device}: a protocol run places its processes itself; choose GPUs with "
+                        "CUDA_VISIBLE_DEVICES and pass --device cuda")
+    state = PartialState(cpu=wanted.type == "cpu")
     cpu = state.device.type == "cpu"
+    dtype = resolve_dtype(dtype, state.device, model)
     variants = ["base", "erased"] if loaded_patch else ["base"]
     steps = steps or protocol.steps
     spec = {
@@ -218,7 +228,8 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
         "settings": {"steps": steps, "guidance": guidance, "default_guidance": protocol.guidance,
                      "scheduler": scheduler, "seed": protocol.seed, **protocol.settings(),
                      # a GPU computes the images; its runs keep the host's CPU thread count
-                     "device": state.device.type, "threads": (threads or torch.get_num_threads()) if cpu else None},
+                     "device": state.device.type, "dtype": dtype_name(dtype),
+                     "threads": (threads or torch.get_num_threads()) if cpu else None},
         "versions": _versions(),
     }
     spec = _check_or_write_spec(out, spec, state, recorded_defaults=("threads",) if threads is None else ())
@@ -229,16 +240,15 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
                    "slower than it could be, same images; a new run can choose --threads")
     with intra_op_threads(threads):
         return _run(protocol, model, out, items, loaded_patch, state, variants, steps, guidance, scheduler,
-                    batch_size, progress)
+                    batch_size, progress, dtype)
 
 
 def _run(protocol: Protocol, model: str, out: Path, items: list[Item], loaded_patch, state, variants: list[str],
          steps: int, guidance: float | None, scheduler: str, batch_size: int | None,
-         progress: bool) -> dict[str, Any] | None:
+         progress: bool, dtype: torch.dtype) -> dict[str, Any] | None:
     from hirm.encoders import load_pipeline
     from hirm.generate import sample
 
-    dtype = torch.float16 if state.device.type == "cuda" else torch.float32
     pipe = load_pipeline(model, dtype=dtype).to(state.device)
     _set_scheduler(pipe, scheduler)
     protocol.load(state.device)
