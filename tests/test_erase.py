@@ -1,5 +1,7 @@
 """HiRM erasure on tiny random CLIP text encoders: what changes, where it moves, determinism."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -96,8 +98,9 @@ def test_prompt_set_from_templates_and_variants():
 
 
 def _cos_to(enc, patch, prompt: str, target: torch.Tensor) -> float:
+    """Cosine of the prompt's supervised representation to `target`, with `patch` applied (None: the base)."""
     ids = enc.tokenize([prompt])
-    with torch.no_grad(), patch.applied([enc]):
+    with torch.no_grad(), (patch.applied([enc]) if patch is not None else contextlib.nullcontext()):
         h = representation(enc, ids, -1, "self_attn.out_proj")
     return float(torch.nn.functional.cosine_similarity(h.flatten(), target.flatten(), dim=0))
 
@@ -111,7 +114,7 @@ def test_several_concepts_in_one_optimisation_each_to_its_own_target():
     assert both.concepts == ["a red star", "a blue circle"]
     for i, prompt in enumerate(both.concepts):  # one patch moves each concept toward its own target
         target = random_target((77, 32), 5000.0, 42 + i)
-        assert _cos_to(enc, both, prompt, target) > _cos_to(enc, both.only([]), prompt, target) + 0.05
+        assert _cos_to(enc, both, prompt, target) > _cos_to(enc, None, prompt, target) + 0.05
     sampled = [hirm.erase([enc], ["star", "circle", "heart"], steps=4, concepts_per_step=1, progress=False)
                for _ in range(2)]
     assert sampled[0].id == sampled[1].id != hirm.erase([enc], ["star", "circle", "heart"], steps=4,
@@ -285,3 +288,78 @@ def test_representation_stops_the_forward_at_the_supervised_module():
         h1.remove()
         h2.remove()
     assert len(mlp_calls) == 1 and torch.equal(early, seen[0])
+
+
+def _projection(enc, patch, prompts: list[str], unnamed: list[str]) -> torch.Tensor:
+    """Each prompt's final hidden states, with `patch` applied, projected on its concept direction (base
+    prompt minus the same prompt with the concept left out): 1 = untouched, 0 = as if the word were not there."""
+    from hirm.eval.probe import final_states
+
+    base, _ = final_states(enc, prompts)
+    left_out, _ = final_states(enc, unnamed)
+    with patch.applied([enc]):
+        moved, _ = final_states(enc, prompts)
+    direction = base - left_out
+    return ((moved - left_out) * direction).sum((1, 2)) / (direction ** 2).sum((1, 2))
+
+
+def test_without_concept_leaves_the_concept_out():
+    from hirm.erase.hirm import without_concept
+
+    assert without_concept("a photo of Van Gogh", ["Van Gogh", "Gogh"]) == "a photo of"
+    assert without_concept("star", ["star"]) == ""
+    with pytest.raises(HirmError, match="does not contain"):
+        without_concept("a cat", ["star"])
+
+
+def test_away_term_erases_until_every_prompt_is_past_its_word_left_out_point():
+    enc = dummies.text_encoder()
+    templates = ("{}", "a {}", "a photo of a {}")
+    prompts = [t.format("red star") for t in templates]
+    unnamed = ["", "a", "a photo of a"]
+    kw = {"templates": templates, "lr": 1e-3, "progress": False}
+    plain = hirm.erase([enc], "red star", steps=30, **kw)
+    away = hirm.erase([enc], "red star", steps=300, away_weight=1000, away_below=-0.2, **kw)
+    info = away.info["text_encoder"]
+    assert info["steps"] < 300  # the stopping rule ended it, not the step budget
+    assert info["projection_max"] <= -0.2
+    # re-measured independently of the patch's own report
+    assert bool((_projection(enc, away, prompts, unnamed) <= -0.2 + 1e-4).all())
+    assert bool((_projection(enc, plain, prompts, unnamed) > 0).all())  # the random target alone keeps the concept
+
+
+def test_away_term_stops_at_the_step_budget_when_the_rule_does_not_hold():
+    patch = hirm.erase([dummies.text_encoder()], "star", steps=2, lr=1e-5, away_weight=1.0, progress=False)
+    assert patch.info["text_encoder"]["steps"] == 2
+    assert patch.info["text_encoder"]["projection_max"] > 0
+
+
+def test_preserved_concept_keeps_its_representation():
+    # the shipped MiniCanvas encoder: a random tiny encoder gives every prompt nearly the same states, so nothing
+    # there can move one prompt and keep another
+    from hirm.encoders import load_text_encoders
+    from hirm.eval.probe import final_states
+    from hirm.minicanvas import registry
+
+    enc = load_text_encoders(registry.path("minicanvas"))[0]
+    templates = ("{}", "a {}", "a photo of a {}")
+    kw = {"templates": templates, "steps": 20, "lr": 1e-3, "retain_weight": 1e3,
+          "retain_prompts": ("a blue circle", "a striped square"), "progress": False}
+
+    def drift(patch, concept):
+        prompts = [t.format(concept) for t in templates]
+        base, _ = final_states(enc, prompts)
+        with patch.applied([enc]):
+            moved, _ = final_states(enc, prompts)
+        return float((moved - base).norm() / base.norm())
+
+    free = hirm.erase([enc], "star", **kw)
+    kept = hirm.erase([enc], "star", preserve=("hexagon",), **kw)
+    assert list(kept.config["preserve"]) == ["hexagon"]
+    assert drift(kept, "hexagon") < 0.25 < drift(free, "hexagon")  # measured 0.15 / 0.81
+    assert drift(kept, "star") > 3 * drift(kept, "hexagon")  # the concept still moves (0.60)
+
+
+def test_preserve_needs_the_retain_term():
+    with pytest.raises(HirmError, match="--preserve"):
+        hirm.erase([dummies.text_encoder()], "star", preserve=("circle",), paper_defaults=True, progress=False)

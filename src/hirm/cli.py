@@ -124,6 +124,10 @@ def erase(
     retain_weight: Annotated[float | None, typer.Option(help="weight of the retain term (paper: 0)")] = None,
     retain_prompt: Annotated[list[str] | None, typer.Option(help="prompt whose final representation must stay "
                                                             "(repeatable)")] = None,
+    preserve: Annotated[list[str] | None, typer.Option(help="a concept or prompt to keep as it is, e.g. 'a cat' "
+                                                       "(repeatable; hirm-r/-s, uce, rece)")] = None,
+    preserve_file: Annotated[Path | None, typer.Option(help="text file with one concept or prompt to keep per "
+                                                       "line (# comments)")] = None,
     safe_pair: Annotated[list[str] | None, typer.Option(help="hirm-s safe direction: 'WITH CONCEPT|WITHOUT' "
                                                         "prompt pair (repeatable)")] = None,
     paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
@@ -156,10 +160,13 @@ def erase(
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
     check_output_file(out)  # before minutes of training, not after
     where, read_as = resolve_device(device), parse_dtype(dtype)  # a device this machine lacks: before loading
-    concepts = list(concept or []) + (_read_concepts(concepts_file) if concepts_file else [])
+    concepts = list(concept or []) + (_read_lines(concepts_file, "--concepts-file") if concepts_file else [])
     if not concepts:
         raise HirmError("no concept given: pass --concept 'Van Gogh' (repeatable) or --concepts-file FILE")
     settings = dict(parse_assignment(o) for o in option or [])
+    kept = list(preserve or []) + (_read_lines(preserve_file, "--preserve-file") if preserve_file else [])
+    if kept:
+        settings["preserve"] = tuple(dict.fromkeys(kept))
     if robust:
         if not method.startswith("hirm-") or "+" in method:
             raise HirmError(f"--robust is a HiRM option; {method} has its own defences (e.g. advunlearn)")
@@ -184,15 +191,18 @@ def erase(
     typer.echo(f"wrote {out} ({patch.nbytes / 1e6:.2f} MB, {len(patch.tensors)} tensors, id {patch.id})")
 
 
-def _read_concepts(path: Path) -> list[str]:
+def _read_lines(path: Path, option: str) -> list[str]:
+    """The non-empty lines of a list file, `#` comments dropped."""
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
-        raise HirmError(f"--concepts-file {path}: cannot read it ({e.strerror})") from None
-    concepts = [line.split("#", 1)[0].strip() for line in lines]
-    if not any(concepts):
-        raise HirmError(f"--concepts-file {path}: no concepts in it (one per line)")
-    return [c for c in concepts if c]
+        raise HirmError(f"{option} {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise HirmError(f"{option} {path}: not a UTF-8 text file") from None
+    entries = [line.split("#", 1)[0].strip() for line in lines]
+    if not any(entries):
+        raise HirmError(f"{option} {path}: nothing in it (one entry per line)")
+    return [e for e in entries if e]
 
 
 @app.command()

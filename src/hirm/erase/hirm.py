@@ -24,6 +24,7 @@ from hirm.erase.textenc import (
     nearest_tokens,
     positions,
     representation,
+    representation_and_final,
     straight_through,
     trainable_parameter_names,
     with_slots,
@@ -85,6 +86,17 @@ class HiRMConfig:
     train_biases: bool = True
     retain_weight: float = 0.0
     retain_prompts: tuple[str, ...] = ()
+    # Concepts or prompts the user needs kept (UCE's --preserve_concepts): each is put in every template and its
+    # final hidden states held in place by a term of its own at `retain_weight` (so a short list is not outweighed
+    # by the general retain set).
+    preserve: tuple[str, ...] = ()
+    # Beyond the paper: the concept's own direction in the final hidden states (what the denoiser reads), i.e.
+    # rep(prompt) - rep(the same prompt with the concept's words left out). `away_weight` > 0 adds a term that
+    # pushes each prompt's projection on its direction (1 before erasure, 0 with the word left out) down to
+    # `away_below`; the erasure then stops at the first step where every prompt is there (`steps` is the most).
+    # A random target alone can land on a drawing of the concept itself (docs/erasure.md).
+    away_weight: float = 0.0
+    away_below: float = 0.0
     # Several concepts in one optimisation: how many concepts' prompts each step takes (0: all of them).
     concepts_per_step: int = 0
     # Robust HiRM (beyond the paper): `robust_rounds` rounds of attack then erase again with the prompts found
@@ -125,6 +137,12 @@ class HiRMConfig:
         if self.robust_rounds and self.robust_slots != "prefix" and self.positions not in ("all", "no-bos"):
             raise HirmError(f"robust_slots {self.robust_slots} finds prompts without the concept's words, which "
                             f"--positions {self.positions} cannot supervise: use --positions all")
+        if self.away_weight < 0 or not math.isfinite(self.away_below):
+            raise HirmError(f"away_weight {self.away_weight} / away_below {self.away_below}: need a weight >= 0 "
+                            "and a finite projection")
+        if self.preserve and self.retain_weight <= 0:
+            raise HirmError("--preserve holds prompts in place through the retain term, which is off "
+                            "(--paper-defaults or retain_weight 0): pass --retain-weight, e.g. 1000")
         if self.retain_weight > 0 and not self.retain_prompts:
             raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
 
@@ -175,7 +193,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
                                                     seed=config.seed + 1000 * r + i, progress=progress)
                 spent += time.perf_counter() - start
         with torch.no_grad(), temporarily(enc.model, result.tensors):
-            after = representation(enc, batch.ids, config.supervise_layer, config.supervise_module)
+            after, final = representation_and_final(enc, batch.ids, config.supervise_layer, config.supervise_module)
         fingerprints[enc.name] = fingerprint(enc.model)
         tensors.update({f"{enc.name}{SEP}{n}": t.contiguous() for n, t in result.tensors.items()})
         seconds[enc.name] = spent
@@ -185,6 +203,8 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
             "cos_to_target_before": _cos(batch.before, batch.target, batch.mask),
             "cos_to_target_after": _cos(after, batch.target, batch.mask),
             "relative_change": float(((after - batch.before) * batch.mask).norm() / (batch.before * batch.mask).norm()),
+            "steps": len(result.losses),
+            **({"projection_max": float(batch.projection(final).max())} if batch.direction is not None else {}),
             **({"adversarial_prompts": [p for f in found for p in f]} if rounds else {}),
         }
     all_prompts = [p for group in prompts for p in group]
@@ -205,6 +225,10 @@ class PromptSet:
     target: torch.Tensor  # [N, T, d]
     retain_ids: torch.Tensor | None
     retain_target: torch.Tensor | None
+    preserve_ids: torch.Tensor | None = None
+    preserve_target: torch.Tensor | None = None
+    unnamed: torch.Tensor | None = None  # [N, T, d] final hidden states of each prompt with the concept left out
+    direction: torch.Tensor | None = None  # [N, T, d] the prompt's final hidden states minus `unnamed`
 
     @classmethod
     @torch.no_grad()
@@ -230,11 +254,42 @@ class PromptSet:
                             for i, t in enumerate(targets)]).to(before.dtype)
         retain_ids = enc.tokenize(list(config.retain_prompts), truncate=True) if config.retain_weight > 0 else None
         retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
-        return cls(ids, mask, group, before, target, retain_ids, retain_target)
+        preserve_ids = preserve_target = None
+        if config.preserve:
+            preserve_ids = enc.tokenize(list(dict.fromkeys(t.format(p) for p in config.preserve
+                                                           for t in config.templates)), truncate=True)
+            preserve_target = enc.model(input_ids=preserve_ids).last_hidden_state
+        unnamed = direction = None
+        if config.away_weight > 0:
+            flat = [(p, n) for group_prompts, group_names in zip(prompts, names, strict=True)
+                    for p in group_prompts for n in [group_names]]
+            unnamed = enc.model(input_ids=enc.tokenize([without_concept(p, n) for p, n in flat],
+                                                       truncate=config.truncate)).last_hidden_state
+            direction = enc.model(input_ids=ids).last_hidden_state - unnamed
+        return cls(ids, mask, group, before, target, retain_ids, retain_target, preserve_ids, preserve_target,
+                   unnamed, direction)
 
     def rows(self, rows: torch.Tensor) -> PromptSet:
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
         return PromptSet(self.ids[rows], self.mask[rows], self.group[rows], self.before[rows], self.target[rows],
-                         self.retain_ids, self.retain_target)
+                         self.retain_ids, self.retain_target, self.preserve_ids, self.preserve_target,
+                         pick(self.unnamed), pick(self.direction))
+
+    def projection(self, final: torch.Tensor) -> torch.Tensor:
+        """[N] each prompt's final hidden states projected on its concept direction: 1 = as before erasure,
+        0 = as with the concept's words left out."""
+        return ((final - self.unnamed) * self.direction).sum((1, 2)) / (self.direction ** 2).sum((1, 2))
+
+
+def without_concept(prompt: str, names: list[str]) -> str:
+    """`prompt` with the first of `names` it contains left out (whitespace tidied): "a photo of Van Gogh" ->
+    "a photo of"."""
+    for name in sorted(names, key=len, reverse=True):
+        if name and name in prompt:
+            return " ".join(prompt.replace(name, " ", 1).split())
+    raise HirmError(f"away term: the prompt {prompt!r} does not contain the concept")
 
 
 def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str, progress: bool) -> LoopResult:
@@ -251,21 +306,34 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
     per_step = config.concepts_per_step or n_concepts
     g = torch.Generator().manual_seed(config.seed)
 
+    reached = [False]  # the stopping rule: every prompt's projection at or below away_below
+
     def loss_fn(step: int) -> torch.Tensor:
         part = batch
         if per_step < n_concepts:  # a seeded subset of the concepts this step
             chosen = torch.randperm(n_concepts, generator=g)[:per_step]
             part = batch.rows(torch.isin(batch.group, chosen).nonzero().flatten())
-        h = representation(enc, part.ids, config.supervise_layer, config.supervise_module)
+        if part.direction is None:
+            h = representation(enc, part.ids, config.supervise_layer, config.supervise_module)
+        else:
+            h, final = representation_and_final(enc, part.ids, config.supervise_layer, config.supervise_module)
+            proj = part.projection(final)
+            reached[0] = per_step == n_concepts and bool((proj <= config.away_below).all())
         per = _per_concept_mse(h, part.target, part.mask, part.group, n_concepts)
         loss = (per * scale)[torch.unique(part.group)].mean()
-        if batch.retain_ids is not None:
-            kept = enc.model(input_ids=batch.retain_ids).last_hidden_state
-            loss = loss + config.retain_weight * F.mse_loss(kept, batch.retain_target)
+        if part.direction is not None:
+            loss = loss + config.away_weight * F.relu(proj - config.away_below).pow(2).mean()
+        for ids, wanted in ((batch.retain_ids, batch.retain_target), (batch.preserve_ids, batch.preserve_target)):
+            if ids is not None:
+                loss = loss + config.retain_weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
         return loss
 
     torch.manual_seed(config.seed)
-    return optimise(enc.model, names, loss_fn, _optim(config), desc=desc, progress=progress)
+    def done() -> bool:
+        return reached[0]
+
+    return optimise(enc.model, names, loss_fn, _optim(config), desc=desc, progress=progress,
+                    done=done if batch.direction is not None else None)
 
 
 def _per_concept_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: torch.Tensor,

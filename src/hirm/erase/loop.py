@@ -31,8 +31,9 @@ class OptimConfig:
 
 
 def optimise(model: torch.nn.Module, names: list[str], loss_fn: Callable[[int], torch.Tensor], opt: OptimConfig,
-             desc: str, progress: bool = True) -> LoopResult:
-    """Train the `names` parameters of `model` for `opt.steps` AdamW steps of `loss_fn(step)`.
+             desc: str, progress: bool = True, done: Callable[[], bool] | None = None) -> LoopResult:
+    """Train the `names` parameters of `model` for `opt.steps` AdamW steps of `loss_fn(step)`; with `done`, stop
+    early at the first step whose `loss_fn` call left `done()` true (the weights it saw are the result).
 
     Returns the trained tensors and restores the model's original weights and grad flags: erasure
     produces a patch, it never silently edits the caller's model.
@@ -58,10 +59,12 @@ def optimise(model: torch.nn.Module, names: list[str], loss_fn: Callable[[int], 
             if not torch.isfinite(loss.detach()):
                 raise HirmError(f"{desc}: loss became {value} at step {step}: lower --lr (now {opt.lr:g}) "
                                 "or --target-norm; nothing was written")
+            losses.append(value)
+            if done is not None and done():
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(value)
         trained = {n: params[n].detach().clone() for n in names}
     finally:
         with torch.no_grad():

@@ -109,6 +109,21 @@ def representation(encoder: TextEncoder, ids: torch.Tensor, layer: int, module: 
     raise HirmError(f"{encoder.name}: layer {layer} {module} did not run in the forward pass")
 
 
+def representation_and_final(encoder: TextEncoder, ids: torch.Tensor, layer: int,
+                             module: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output of (layer, module), final hidden states) from one forward pass, with gradients if enabled."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_m, _inp, out):
+        seen.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = resolve_module(encoder, layer, module).register_forward_hook(keep)
+    try:
+        final = encoder.model(input_ids=ids).last_hidden_state
+    finally:
+        handle.remove()
+    return seen[0], final
+
 
 @contextmanager
 def embeddings_at(model: torch.nn.Module, where: Callable[[torch.Tensor], torch.Tensor],
