@@ -235,7 +235,7 @@ class PromptSet:
     def build(cls, enc: TextEncoder, prompts: list[list[str]], names: list[list[str]],
               config: HiRMConfig) -> PromptSet:
         ids = enc.tokenize([p for group in prompts for p in group], truncate=config.truncate)
-        group = torch.tensor([i for i, g in enumerate(prompts) for _ in g])
+        group = torch.tensor([i for i, g in enumerate(prompts) for _ in g], device=ids.device)
         mask = torch.cat([supervised_positions(enc, ids[group == i], n, config.positions)
                           for i, n in enumerate(names)])
         before = representation(enc, ids, config.supervise_layer, config.supervise_module)
@@ -250,8 +250,9 @@ class PromptSet:
             targets = [config.scale * safe_direction_target(enc, before[group == i], config)
                        for i in range(len(prompts))]
         # prompts are grouped concept by concept, so per-concept targets stack in order
-        target = torch.cat([t.expand(int((group == i).sum()), *shape) if t.shape[0] == 1 else t
-                            for i, t in enumerate(targets)]).to(before.dtype)
+        target = torch.cat([t.to(before.device).expand(int((group == i).sum()), *shape) if t.shape[0] == 1
+                            else t for i, t in enumerate(targets)]).to(before.dtype)
+        mask = mask.to(before.device)  # built on the CPU
         retain_ids = enc.tokenize(list(config.retain_prompts), truncate=True) if config.retain_weight > 0 else None
         retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
         preserve_ids = preserve_target = None
@@ -311,7 +312,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
     def loss_fn(step: int) -> torch.Tensor:
         part = batch
         if per_step < n_concepts:  # a seeded subset of the concepts this step
-            chosen = torch.randperm(n_concepts, generator=g)[:per_step]
+            chosen = torch.randperm(n_concepts, generator=g)[:per_step].to(batch.group.device)
             part = batch.rows(torch.isin(batch.group, chosen).nonzero().flatten())
         if part.direction is None:
             h = representation(enc, part.ids, config.supervise_layer, config.supervise_module)
@@ -341,7 +342,8 @@ def _per_concept_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, 
     """[n] masked MSE of each concept's prompts (a concept absent from `group` gets 0)."""
     err = (((h - target) ** 2) * mask).sum((1, 2))
     count = mask.sum((1, 2)) * h.shape[-1]
-    return (torch.zeros(n).index_add(0, group, err) / torch.zeros(n).index_add(0, group, count).clamp_min(1))
+    zeros = torch.zeros(n, device=h.device)
+    return zeros.index_add(0, group, err) / zeros.index_add(0, group, count).clamp_min(1)
 
 
 def _typos(concept: str, config: HiRMConfig) -> list[str]:
