@@ -92,6 +92,8 @@ def test_methods_lists_hirm():
     (["--concept", "star", "--target-norm", "inf", "--steps", "2"], "loss became"),
     (["--steps", "2"], "no concept given"),
     (["--concepts-file", "missing.txt"], "cannot read it"),
+    (["--concept", "star", "--preserve", "circle", "--steps", "2"], "--preserve holds prompts"),
+    (["--concept", "star", "--preserve-file", "missing.txt"], "--preserve-file missing.txt: cannot read it"),
     (["--concept", "star", "--concept", "circle", "--method", "quickfix"], "one concept per run"),
     (["--concept", "star", "--method", "quickfix", "--robust"], "--robust is a HiRM option"),
 ])
@@ -112,6 +114,17 @@ def test_several_concepts_from_flags_and_a_file_in_one_patch(sd_folder, tmp_path
     assert r.exit_code == 0, r.output
     r = run("inspect", out, "--json")
     assert json.loads(r.output)["concepts"] == ["star", "circle", "heart"]
+
+
+def test_preserve_flags_and_file_reach_the_patch(sd_folder, tmp_path):
+    listing = tmp_path / "keep.txt"
+    listing.write_text("# kept\na blue circle\n\ncat  # a comment\n")
+    out = tmp_path / "p.safetensors"
+    r = run("erase", "--model", sd_folder, "--out", out, "--concept", "star", "--preserve", "a red painting",
+            "--preserve-file", listing, "--retain-weight", "10", "--steps", "2")
+    assert r.exit_code == 0, r.output
+    r = run("inspect", out, "--json")
+    assert json.loads(r.output)["config"]["preserve"] == ["a red painting", "a blue circle", "cat"]
 
 
 def test_over_long_concept_truncated_when_asked(sd_folder, tmp_path):
