@@ -152,13 +152,27 @@ def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([str(HIRM), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_until_importing_torch(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until torch's library is mapped into the process (Linux: /proc/PID/maps): `import hirm` installs its
+    start-up handlers before it imports torch, and torch takes seconds more. A fixed sleep can be outrun by a
+    loaded machine (and Python's own SIGINT handler is there from the start, so the signal mask tells nothing)."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "libtorch" in maps.read_text():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"hirm did not start importing torch within {timeout:.0f} s")
+
+
 @pytest.mark.skipif(not HIRM.exists(), reason="the hirm console script is not installed")
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mapped libraries (Linux)")
 @pytest.mark.parametrize(("sig", "code", "message"), [(signal.SIGINT, 130, "interrupted"),
                                                       (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_during_start_up_is_one_line(tmp_path, sig, code, message):
     """Before: Ctrl-C while hirm imported torch printed a traceback."""
     proc = _start("inspect", str(tmp_path / "missing.safetensors"))
-    time.sleep(0.6)  # importing torch and diffusers takes seconds
+    _wait_until_importing_torch(proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
