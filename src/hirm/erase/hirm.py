@@ -262,10 +262,9 @@ class PromptSet:
             preserve_target = enc.model(input_ids=preserve_ids).last_hidden_state
         unnamed = direction = None
         if config.away_weight > 0:
-            flat = [(p, n) for group_prompts, group_names in zip(prompts, names, strict=True)
-                    for p in group_prompts for n in [group_names]]
-            unnamed = enc.model(input_ids=enc.tokenize([without_concept(p, n) for p, n in flat],
-                                                       truncate=config.truncate)).last_hidden_state
+            left_out = [without_concept(p, group_names)
+                        for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
+            unnamed = enc.model(input_ids=enc.tokenize(left_out, truncate=config.truncate)).last_hidden_state
             direction = enc.model(input_ids=ids).last_hidden_state - unnamed
         return cls(ids, mask, group, before, target, retain_ids, retain_target, preserve_ids, preserve_target,
                    unnamed, direction)
@@ -330,6 +329,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         return loss
 
     torch.manual_seed(config.seed)
+
     def done() -> bool:
         return reached[0]
 
