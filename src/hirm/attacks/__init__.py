@@ -124,7 +124,8 @@ def _hits(pipe, probes: list[Probe], patches: list, classifier, domain: str, ind
     hits: list[bool] = []
     images: list = []
     for i, probe in enumerate(probes):
-        with all_applied([_view(p, probe) for p in patches], pipe), \
+        views = [v for v in (_view(p, probe) for p in patches) if v.tensors]  # a view may hold nothing to apply
+        with all_applied(views, pipe), \
                 probe.setup(pipe) if probe.setup is not None else nullcontext():
             ims = sample(pipe, [probe.prompt] * len(seeds), seeds=[1000 * s + i for s in seeds], steps=steps,
                          guidance=guidance)
