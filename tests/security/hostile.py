@@ -14,6 +14,15 @@ from safetensors.torch import save_file
 from hirm.patch import FORMAT
 
 
+def one_error_line(result) -> str:
+    """The whole output of a failed CLI run (a typer CliRunner result): exit 2, exactly one line, "error: ..."."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
 def patch_file(path: Path, tensors: dict[str, torch.Tensor] | None = None, meta: dict | str | None = None,
                **fields) -> Path:
     """A safetensors file with hirm-patch metadata `meta` (a dict, or raw text), by default a valid one-tensor

@@ -18,17 +18,9 @@ from hirm.cli import app
 from hirm.errors import HirmError
 from hirm.patch import Patch, fingerprint
 
-from .hostile import patch_file, snapshot
+from .hostile import one_error_line, patch_file, snapshot
 
 runner = CliRunner()
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture

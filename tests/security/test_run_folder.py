@@ -21,21 +21,13 @@ from hirm.eval.protocols import PROTOCOLS
 from hirm.eval.protocols.report import write_report
 from hirm.io import run_folder_lock
 
-from .hostile import picture, run_folder, snapshot
+from .hostile import one_error_line, picture, run_folder, snapshot
 
 runner = CliRunner()
 
 
 def report(run_dir: Path):
     return runner.invoke(app, ["report", str(run_dir)])
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 def test_variant_names_from_run_json_never_become_paths(tmp_path):
