@@ -37,10 +37,11 @@ def test_erase_writes_patch_and_reports(patch_file):
 def test_inspect(patch_file):
     r = run("inspect", patch_file)
     assert r.exit_code == 0, r.output
-    assert "a red star" in r.output and "hirm-r" in r.output and "text_encoder" in r.output
+    assert "a red star" in r.output and "text_encoder" in r.output
     r = run("inspect", patch_file, "--json")
     data = json.loads(r.output)
-    assert data["method"] == "hirm-r" and data["config"]["steps"] == 3
+    # `hirm erase` without --method: hirm's default method, HiRM with the unnamed-prompt target
+    assert data["method"] == "hirm" and data["config"]["variant"] == "u" and data["config"]["steps"] == 3
 
 
 def test_apply_saves_patched_pipeline(sd_folder, patch_file, tmp_path):

@@ -34,7 +34,7 @@ def _is_path(model: Any) -> bool:
     return isinstance(model, str | bytes) or hasattr(model, "__fspath__")
 
 
-def erase(model: Any, concept: str | list[str], method: str = "hirm-r", encoder: str | list[str] | None = None,
+def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,
           kind: str | None = None, paper_defaults: bool = False, progress: bool = True,
           device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
           **overrides: Any) -> Patch:

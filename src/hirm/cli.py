@@ -97,9 +97,9 @@ def erase(
     model: Model,
     out: Annotated[Path, typer.Option(help="patch file to write (.safetensors)")],
     concept: Annotated[list[str] | None, typer.Option(help="the concept to erase, e.g. 'Van Gogh' (repeatable: "
-                                                      "hirm-r/-s erase several in one optimisation)")] = None,
+                                                      "hirm, hirm-r/-s erase several in one optimisation)")] = None,
     concepts_file: Annotated[Path | None, typer.Option(help="text file with one concept per line (# comments)")] = None,
-    method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm-r",
+    method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm",
     target: Annotated[str | None, typer.Option(help="hirm-s: semantic target prompt, e.g. 'a painting'")] = None,
     kind: Annotated[str | None, typer.Option(help="object | style | nudity: the paper's steps/lr for it")] = None,
     encoder: Annotated[str, typer.Option(help="text encoder(s) to edit: clip (every CLIP encoder), all (T5 too), "
@@ -528,7 +528,7 @@ def demo(
     concept: Annotated[str, typer.Option(help="MiniCanvas concept to erase")] = "star",
     seeds: Annotated[str, typer.Option(help="seeds per grid cell")] = "0",
 ) -> None:
-    """Erase one concept from MiniCanvas with HiRM-R; before/after metrics, image grid and report."""
+    """Erase one concept from MiniCanvas with hirm's default method; before/after metrics, image grid and report."""
     _quiet_libraries()
     check_output_dir(out)
     from hirm.eval.report import run_demo
@@ -627,7 +627,7 @@ def compare(
     methods: Annotated[str, typer.Option(help="methods, comma-separated; join two with '+' (hirm-r+esd-x); "
                                               "a method twice under labels, e.g. hirm-r/robust with "
                                               "--option hirm-r/robust.robust_rounds=2")]
-    = "hirm-r,hirm-s,quickfix,esd-x,esd-u,uce,rece,hirm-r+esd-x",
+    = "hirm,hirm-r,hirm-s,quickfix,esd-x,esd-u,uce,rece,hirm+esd-x",
     seeds: Annotated[str, typer.Option(help="seeds per (object, style) cell of the evaluation grid")] = "0",
     option: Annotated[list[str] | None, typer.Option("--option", help="METHOD.KEY=VALUE (or ATTACK.KEY=VALUE) for "
                                                      "one method's (attack's) config (repeatable), e.g. "

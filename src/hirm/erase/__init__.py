@@ -17,7 +17,7 @@ from hirm.encoders import TextEncoder, find_text_encoders, load_text_encoders
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
 from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.fewshot import FewShotConfig, erase_fewshot
-from hirm.erase.hirm import KIND_DEFAULTS, HiRMConfig, erase_hirm
+from hirm.erase.hirm import GENERIC_TEMPLATES, KIND_DEFAULTS, HiRMConfig, erase_hirm
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
 from hirm.erase.uce import UCEConfig, erase_uce
 from hirm.errors import HirmError
@@ -36,6 +36,9 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
+    "hirm": Method("hirm", HiRMConfig, erase_hirm, {"variant": "u"},
+                   "HiRM, hirm's default: final hidden states misdirected past the prompt's own concept-free version",
+                   edits_t5=True),
     "hirm-r": Method("hirm-r", HiRMConfig, erase_hirm, {"variant": "r"},
                      "HiRM, final-layer representation misdirected to a random target", edits_t5=True),
     "hirm-s": Method("hirm-s", HiRMConfig, erase_hirm, {"variant": "s"},
@@ -58,7 +61,12 @@ METHODS: dict[str, Method] = {
                       "pipeline"),
 }
 # method-specific defaults that are not the dataclass's (RECE shares UCE's config)
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
+# (hirm's own method: its whole recipe, on every encoder; measured on MiniCanvas, docs/erasure.md)
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rece": {"epochs": 3},
+    "hirm": {"supervise_module": "final", "margin": 1.0, "loss_scale": 1000.0, "templates": GENERIC_TEMPLATES,
+             "context_prompts": 8, "retain_weight": 1000.0, "lr": 1e-3, "steps": 50},
+}
 
 
 # hirm's recipe where it departs from the paper's, per model family (the config dataclasses' defaults and the
@@ -67,7 +75,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"rece": {"epochs": 3}}
 # needs a retain term to be local. See docs/locality.md for the measurements.
 _MINICANVAS_HIRM = {"retain_weight": 1000.0, "lr": 1e-3, "steps": 50, "robust_vocabulary": "world"}
 HIRM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "minicanvas": {"hirm-r": _MINICANVAS_HIRM, "hirm-s": _MINICANVAS_HIRM},
+    "minicanvas": {"hirm-r": _MINICANVAS_HIRM, "hirm-s": _MINICANVAS_HIRM, "hirm": {"robust_vocabulary": "world"}},
 }
 
 
@@ -82,6 +90,9 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
     if kind is not None:
         if kind not in KIND_DEFAULTS:
             raise HirmError(f"--kind {kind!r}: use one of {', '.join(KIND_DEFAULTS)}")
+        if method == "hirm":
+            raise HirmError(f"--kind {kind} sets the paper's per-kind steps and lr of hirm-r / hirm-s; hirm's "
+                            "default method has one recipe for every kind: drop --kind, or pass --method hirm-r")
         if spec.config_cls is HiRMConfig:
             values.update(KIND_DEFAULTS[kind])
         elif spec.config_cls is FewShotConfig and kind in ("object", "style"):
@@ -97,7 +108,7 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
     return spec.config_cls(**values)
 
 
-def erase(model: Any, concept: str | list[str], method: str = "hirm-r", encoder: str | list[str] | None = None,
+def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,
           kind: str | None = None, paper_defaults: bool = False, progress: bool = True, **overrides: Any) -> Patch:
     """Erase `concept` (or a list of concepts, HiRM only: one optimisation) from `model` (a pipeline, a
     `TextEncoder` list, or a path / id) and return the patch.
@@ -116,7 +127,8 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm-r", encoder:
     concept = concepts[0] if len(concepts) == 1 else concepts
     parts = method_parts(method)
     if len(concepts) > 1 and any(METHODS[p].config_cls is not HiRMConfig for p in parts):
-        raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use hirm-r or hirm-s")
+        raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use hirm, hirm-r or "
+                        "hirm-s")
     scoped: dict[str, dict[str, Any]] = {}
     for key in [k for k in overrides if "." in k]:
         part, _, field = key.rpartition(".")

@@ -3,6 +3,10 @@
 Train only early text-encoder layers (layer 0 by default) so that the *final* layer's self-attention output
 for prompts about the concept moves to a target: a fixed random tensor (HiRM-R) or the final-layer
 representation of a semantic prompt such as a super-category (HiRM-S). Defaults follow the authors' code.
+
+hirm's default (variant "u", method `hirm`) keeps the paper's mechanism and changes the target: each training
+prompt's final hidden states go to those of the same prompt with the concept's words left out, pushed `margin`
+further along the concept's direction (docs/erasure.md says why a random target is not enough).
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ POSITIONS = ("all", "concept", "concept+eos", "no-bos")
 # `--robust` without an explicit robust_rounds: two rounds of attack then erase again.
 ROBUST_ROUNDS = 2
 
+# Training templates of hirm's default recipe: generic phrasings (none names a domain), so the edit is learnt in
+# several contexts and carries to prompts it never saw.
+GENERIC_TEMPLATES: tuple[str, ...] = (
+    "{}", "a {}", "a photo of a {}", "a painting of a {}", "an image of {}", "a picture in the style of {}",
+    "{}, high quality", "a drawing of {} on a white background",
+)
+
 # The nudity keyword prompt of the authors' code (one comma-joined prompt).
 NUDITY_PROMPT = "naked ,nude, bare, exposed, Stripped, topless, male genitalia, penis, buttocks"
 # Prompt pairs with / without nudity for HiRM-S's safe direction on nudity (`--kind nudity --method hirm-s`).
@@ -59,7 +70,7 @@ NUDITY_SAFE_PAIRS: tuple[tuple[str, str], ...] = (
 class HiRMConfig:
     """Hyperparameters of HiRM; defaults are the authors' (object/style lr, 50 steps, layer 0, final attn)."""
 
-    variant: str = "r"  # "r": random target; "s": semantic target (`target` prompt)
+    variant: str = "r"  # "r": random target; "s": semantic target (`target` prompt); "u": the prompt unnamed
     steps: int = 50
     lr: float = 5e-5
     betas: tuple[float, float] = (0.9, 0.98)
@@ -76,6 +87,15 @@ class HiRMConfig:
     # and without the concept; target = rep(concept prompt) - mean(rep(with) - rep(without))
     safe_pairs: tuple[tuple[str, str], ...] = ()
     templates: tuple[str, ...] = ("{}",)  # prompt set = templates x (concept + variants)
+    # Variant "u": the target is the prompt with the concept's words left out, `margin` times the concept's
+    # direction (prompt - unnamed prompt) further on: 0 = as if the words were not there.
+    margin: float = 1.0
+    # 0: the paper's loss (the MSE itself, for one concept); > 0: each concept's loss starts at this value, so that
+    # the retain term's weight means the same whatever the target's scale.
+    loss_scale: float = 0.0
+    # Beyond the paper: `context_prompts` retain prompts (seeded choice) joined with the concept ("a {}, <prompt>",
+    # "<prompt>, {}") are trained on too, so the edit also holds where other words follow or precede the concept.
+    context_prompts: int = 0
     variants: tuple[str, ...] = ()
     truncate: bool = False
     # Beyond the paper (all off in the paper's recipe): which token positions are supervised ("all", or
@@ -114,8 +134,9 @@ class HiRMConfig:
     robust_slots: str = "prefix"
 
     def validate(self) -> None:
-        if self.variant not in ("r", "s"):
-            raise HirmError(f"HiRM variant {self.variant!r}: use 'r' (random target) or 's' (semantic target)")
+        if self.variant not in ("r", "s", "u"):
+            raise HirmError(f"HiRM variant {self.variant!r}: use 'r' (random target), 's' (semantic target) or "
+                            "'u' (the prompt with the concept left out)")
         if self.variant == "s" and not (self.target and self.target.strip()) and not self.safe_pairs:
             raise HirmError("hirm-s needs a semantic target prompt: pass --target, e.g. --target 'a painting' "
                             "(or --safe-pair 'WITH|WITHOUT' for a safe direction)")
@@ -137,6 +158,16 @@ class HiRMConfig:
         if self.robust_rounds and self.robust_slots != "prefix" and self.positions not in ("all", "no-bos"):
             raise HirmError(f"robust_slots {self.robust_slots} finds prompts without the concept's words, which "
                             f"--positions {self.positions} cannot supervise: use --positions all")
+        if self.variant == "u" and self.robust_rounds and self.robust_slots != "prefix":
+            raise HirmError(f"robust_slots {self.robust_slots} finds prompts without the concept's words, which "
+                            "have no unnamed version to aim at: use robust_slots prefix with method hirm")
+        if not (math.isfinite(self.margin) and self.margin >= 0 and self.loss_scale >= 0):
+            raise HirmError(f"margin {self.margin} / loss_scale {self.loss_scale}: need finite values >= 0")
+        if self.context_prompts < 0:
+            raise HirmError(f"context_prompts {self.context_prompts}: need a count >= 0")
+        if self.context_prompts and not self.retain_prompts:
+            raise HirmError("context_prompts joins the concept with retain prompts: give retain prompts "
+                            "(--retain-prompt) or a retain weight on a model that ships them")
         if self.away_weight < 0 or not math.isfinite(self.away_below):
             raise HirmError(f"away_weight {self.away_weight} / away_below {self.away_below}: need a weight >= 0 "
                             "and a finite projection")
@@ -145,6 +176,23 @@ class HiRMConfig:
                             "(--paper-defaults or retain_weight 0): pass --retain-weight, e.g. 1000")
         if self.retain_weight > 0 and not self.retain_prompts:
             raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
+
+
+def method_name(config: HiRMConfig) -> str:
+    """The registered method a config belongs to: hirm (variant "u"), hirm-r or hirm-s."""
+    return "hirm" if config.variant == "u" else f"hirm-{config.variant}"
+
+
+def context_templates(config: HiRMConfig) -> tuple[str, ...]:
+    """`context_prompts` seeded retain prompts as templates around the concept: half "a {}, <prompt>", half
+    "<prompt>, {}"."""
+    if not config.context_prompts:
+        return ()
+    chosen = random.Random(config.seed).sample(list(config.retain_prompts),
+                                               min(config.context_prompts, len(config.retain_prompts)))
+    chosen = [p.replace("{", "").replace("}", "") for p in chosen]
+    half = (len(chosen) + 1) // 2
+    return tuple(f"a {{}}, {p}" for p in chosen[:half]) + tuple(f"{p}, {{}}" for p in chosen[half:])
 
 
 def random_target(shape: tuple[int, int], norm: float, seed: int) -> torch.Tensor:
@@ -176,14 +224,15 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
     info: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     names = [[c, *config.variants, *_typos(c, config)] for c in concepts]
-    prompts = [[t.format(n) for n in group for t in config.templates] for group in names]
+    templates = config.templates + context_templates(config)
+    prompts = [[t.format(n) for n in group for t in templates] for group in names]
     for enc in encoders:
         found: list[list[str]] = [[] for _ in concepts]
         rounds = config.robust_rounds if enc.is_clip else 0  # the prefix search needs CLIP's <bos> slot
         spent = 0.0
         for r in range(rounds + 1):
             batch = PromptSet.build(enc, [p + f for p, f in zip(prompts, found, strict=True)], names, config)
-            result = _misdirect(enc, batch, config, desc=f"hirm-{config.variant} {enc.name}"
+            result = _misdirect(enc, batch, config, desc=f"{method_name(config)} {enc.name}"
                                 + (f" round {r}" if rounds else ""), progress=progress)
             spent += result.seconds
             if r < rounds:
@@ -208,7 +257,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
             **({"adversarial_prompts": [p for f in found for p in f]} if rounds else {}),
         }
     all_prompts = [p for group in prompts for p in group]
-    return Patch(tensors=tensors, concepts=concepts, method=f"hirm-{config.variant}",
+    return Patch(tensors=tensors, concepts=concepts, method=method_name(config),
                  config={**asdict(config), "prompts": all_prompts}, fingerprints=fingerprints, info=info,
                  seconds=seconds)
 
@@ -240,7 +289,17 @@ class PromptSet:
                           for i, n in enumerate(names)])
         before = representation(enc, ids, config.supervise_layer, config.supervise_module)
         shape = tuple(before.shape[1:])
-        if config.variant == "r":  # each concept its own random target (the first one is the paper's)
+        unnamed = direction = None
+        if config.away_weight > 0 or config.variant == "u":
+            left_out = [without_concept(p, group_names)
+                        for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
+            left_out_ids = enc.tokenize(left_out, truncate=config.truncate)
+            unnamed = enc.model(input_ids=left_out_ids).last_hidden_state
+            direction = enc.model(input_ids=ids).last_hidden_state - unnamed
+        if config.variant == "u":  # per prompt: its unnamed version, `margin` further from the concept
+            unnamed_rep = representation(enc, left_out_ids, config.supervise_layer, config.supervise_module)
+            targets = [unnamed_rep - config.margin * (before - unnamed_rep)]
+        elif config.variant == "r":  # each concept its own random target (the first one is the paper's)
             targets = [random_target(shape, config.target_norm, config.seed + i) for i in range(len(prompts))]
         elif config.target:
             target_ids = enc.tokenize([config.target], truncate=config.truncate)
@@ -260,12 +319,6 @@ class PromptSet:
             preserve_ids = enc.tokenize(list(dict.fromkeys(t.format(p) for p in config.preserve
                                                            for t in config.templates)), truncate=True)
             preserve_target = enc.model(input_ids=preserve_ids).last_hidden_state
-        unnamed = direction = None
-        if config.away_weight > 0:
-            left_out = [without_concept(p, group_names)
-                        for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
-            unnamed = enc.model(input_ids=enc.tokenize(left_out, truncate=config.truncate)).last_hidden_state
-            direction = enc.model(input_ids=ids).last_hidden_state - unnamed
         return cls(ids, mask, group, before, target, retain_ids, retain_target, preserve_ids, preserve_target,
                    unnamed, direction)
 
@@ -302,7 +355,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
     n_concepts = int(batch.group.max()) + 1
     with torch.no_grad():
         start = _per_concept_mse(batch.before, batch.target, batch.mask, batch.group, n_concepts)
-    scale = start.mean() / start.clamp_min(torch.finfo(start.dtype).tiny)
+    scale = (config.loss_scale or start.mean()) / start.clamp_min(torch.finfo(start.dtype).tiny)
     per_step = config.concepts_per_step or n_concepts
     g = torch.Generator().manual_seed(config.seed)
 
@@ -313,7 +366,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         if per_step < n_concepts:  # a seeded subset of the concepts this step
             chosen = torch.randperm(n_concepts, generator=g)[:per_step].to(batch.group.device)
             part = batch.rows(torch.isin(batch.group, chosen).nonzero().flatten())
-        if part.direction is None:
+        if config.away_weight == 0:
             h = representation(enc, part.ids, config.supervise_layer, config.supervise_module)
         else:
             h, final = representation_and_final(enc, part.ids, config.supervise_layer, config.supervise_module)
@@ -321,7 +374,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
             reached[0] = per_step == n_concepts and bool((proj <= config.away_below).all())
         per = _per_concept_mse(h, part.target, part.mask, part.group, n_concepts)
         loss = (per * scale)[torch.unique(part.group)].mean()
-        if part.direction is not None:
+        if config.away_weight > 0:
             loss = loss + config.away_weight * F.relu(proj - config.away_below).pow(2).mean()
         for ids, wanted in ((batch.retain_ids, batch.retain_target), (batch.preserve_ids, batch.preserve_target)):
             if ids is not None:
@@ -334,7 +387,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         return reached[0]
 
     return optimise(enc.model, names, loss_fn, _optim(config), desc=desc, progress=progress,
-                    done=done if batch.direction is not None else None)
+                    done=done if config.away_weight > 0 else None)
 
 
 def _per_concept_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: torch.Tensor,

@@ -92,9 +92,17 @@ class _Reached(Exception):
         self.value = value
 
 
+# `supervise_module` value that names the encoder's final hidden states (after the final norm): what the denoiser
+# reads. Its `supervise_layer` is ignored.
+FINAL = "final"
+
+
 def representation(encoder: TextEncoder, ids: torch.Tensor, layer: int, module: str) -> torch.Tensor:
-    """Output of (layer, module) for token ids, with gradients if enabled. The forward stops there: the
-    layers after it (for HiRM's final attention output, the last MLP and the final norm) are never computed."""
+    """Output of (layer, module) for token ids, with gradients if enabled (module FINAL: the final hidden
+    states). The forward stops there: the layers after it (for HiRM's final attention output, the last MLP and
+    the final norm) are never computed."""
+    if module == FINAL:
+        return encoder.model(input_ids=ids).last_hidden_state
 
     def stop(_m, _inp, out):
         raise _Reached(out[0] if isinstance(out, tuple) else out)
@@ -112,6 +120,9 @@ def representation(encoder: TextEncoder, ids: torch.Tensor, layer: int, module: 
 def representation_and_final(encoder: TextEncoder, ids: torch.Tensor, layer: int,
                              module: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(output of (layer, module), final hidden states) from one forward pass, with gradients if enabled."""
+    if module == FINAL:
+        final = encoder.model(input_ids=ids).last_hidden_state
+        return final, final
     seen: list[torch.Tensor] = []
 
     def keep(_m, _inp, out):

@@ -133,8 +133,8 @@ def available_models() -> list[str]:
 
 
 def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
-    """Erase `concept` from mini-SD with HiRM-R; score the patch on mini-SD and, unchanged, on mini-Flux (the
-    same CLIP encoder); print before/after UA/IRA/CRA, save grids and a report."""
+    """Erase `concept` from mini-SD with hirm's default method; score the patch on mini-SD and, unchanged, on
+    mini-Flux (the same CLIP encoder); print before/after UA/IRA/CRA, save grids and a report."""
     import typer
 
     import hirm
@@ -147,8 +147,8 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
     out = Path(out)
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
-    typer.echo(f"erasing {concept!r} ({domain}) from mini-SD with HiRM-R ...")
-    patch = hirm.erase(pipe, concept, method="hirm-r", progress=False)
+    typer.echo(f"erasing {concept!r} ({domain}) from mini-SD with HiRM (hirm's default recipe) ...")
+    patch = hirm.erase(pipe, concept, progress=False)
     patch_path = patch.save(out / f"{concept.replace(' ', '-')}.safetensors")
     typer.echo(f"patch {patch_path} ({patch.nbytes / 1e6:.2f} MB) made in {sum(patch.seconds.values()):.1f}s")
     # before/after: the concept in every other-domain setting, then unrelated prompts
@@ -180,7 +180,7 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
                   "", f"{result['n_images']} images per model ({len(seeds)} seed(s) per object x style cell).", ""]
     seconds = time.perf_counter() - start
     report = [
-        f"# hirm demo: erasing {concept!r} from mini-SD (HiRM-R)", "",
+        f"# hirm demo: erasing {concept!r} from mini-SD (HiRM, hirm's default recipe)", "",
         f"Patch: `{patch_path.name}`, {patch.nbytes / 1e6:.2f} MB, made in {sum(patch.seconds.values()):.1f}s on "
         "mini-SD's CLIP encoder; mini-Flux shares that encoder and gets the patch unchanged (zero-shot).", "",
         *lines,
