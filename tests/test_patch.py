@@ -19,7 +19,7 @@ def test_save_load_round_trip(made, tmp_path):
     path = patch.save(tmp_path / "p.safetensors")
     loaded = Patch.load(path)
     assert loaded.id == patch.id
-    assert loaded.concepts == ["a red star"] and loaded.method == "hirm-r"
+    assert loaded.concepts == ["a red star"] and loaded.method == "hirm"
     assert loaded.config["steps"] == 5 and loaded.config["layers"] == "first-attn"
     assert loaded.fingerprints == patch.fingerprints
     assert all(torch.equal(loaded.tensors[k], v) for k, v in patch.tensors.items())
