@@ -429,3 +429,15 @@ def test_default_method_moves_unseen_prompts_past_the_unnamed_point_and_keeps_ot
 
     others = ["a big circle on a grey background", "a small yellow heart, watercolor style"]
     assert drift(others) < 0.5 * drift(unseen)  # measured 0.22 vs 0.85
+
+
+def test_default_method_takes_several_concepts_and_robust_rounds():
+    enc = dummies.text_encoder()
+    both = hirm.erase([enc], ["red star", "blue circle"], steps=3, progress=False)
+    assert both.method == "hirm" and both.concepts == ["red star", "blue circle"]
+    assert len(both.config["prompts"]) == 2 * 16  # each concept in the 8 generic and 8 context templates
+    robust = hirm.erase([enc], "red star", steps=2, robust_rounds=1, robust_steps=2, progress=False)
+    found = robust.info["text_encoder"]["adversarial_prompts"]
+    assert found and all("red star" in p for p in found)  # prefix slots: each keeps the concept to leave out
+    with pytest.raises(HirmError, match="robust_slots prefix"):
+        hirm.erase([enc], "red star", robust_rounds=1, robust_slots="replace", progress=False)
