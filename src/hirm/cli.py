@@ -113,7 +113,8 @@ def erase(
     scale: Annotated[float | None, typer.Option(help="hirm-s: multiplier c of the semantic target")] = None,
     supervise_layer: Annotated[int | None, typer.Option(help="layer whose output is supervised (-1: last)")] = None,
     supervise_module: Annotated[str | None, typer.Option(help="module in that layer (self_attn.out_proj, "
-                                                         "mlp.fc2, output)")] = None,
+                                                         "mlp.fc2, output), or final: the final hidden "
+                                                         "states (hirm's default)")] = None,
     template: Annotated[list[str] | None, typer.Option(help="prompt template with {} (repeatable)")] = None,
     variant: Annotated[list[str] | None, typer.Option(help="other names of the concept (repeatable)")] = None,
     truncate: Annotated[bool, typer.Option(help="cut prompts longer than the encoder instead of failing")] = False,
