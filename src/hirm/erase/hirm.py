@@ -287,24 +287,25 @@ class PromptSet:
         group = torch.tensor([i for i, g in enumerate(prompts) for _ in g], device=ids.device)
         mask = torch.cat([supervised_positions(enc, ids[group == i], n, config.positions)
                           for i, n in enumerate(names)])
-        before = representation(enc, ids, config.supervise_layer, config.supervise_module)
-        shape = tuple(before.shape[1:])
+        layer, module = config.supervise_layer, config.supervise_module
         unnamed = direction = None
-        if config.away_weight > 0 or config.variant == "u":
+        if config.away_weight > 0 or config.variant == "u":  # each prompt also with the concept's words left out
             left_out = [without_concept(p, group_names)
                         for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
-            left_out_ids = enc.tokenize(left_out, truncate=config.truncate)
-            unnamed = enc.model(input_ids=left_out_ids).last_hidden_state
-            direction = enc.model(input_ids=ids).last_hidden_state - unnamed
+            before, final = representation_and_final(enc, ids, layer, module)
+            unnamed_rep, unnamed = representation_and_final(
+                enc, enc.tokenize(left_out, truncate=config.truncate), layer, module)
+            direction = final - unnamed
+        else:
+            before = representation(enc, ids, layer, module)
+        shape = tuple(before.shape[1:])
         if config.variant == "u":  # per prompt: its unnamed version, `margin` further from the concept
-            unnamed_rep = representation(enc, left_out_ids, config.supervise_layer, config.supervise_module)
             targets = [unnamed_rep - config.margin * (before - unnamed_rep)]
         elif config.variant == "r":  # each concept its own random target (the first one is the paper's)
             targets = [random_target(shape, config.target_norm, config.seed + i) for i in range(len(prompts))]
         elif config.target:
             target_ids = enc.tokenize([config.target], truncate=config.truncate)
-            targets = [config.scale * representation(enc, target_ids, config.supervise_layer,
-                                                     config.supervise_module)] * len(prompts)
+            targets = [config.scale * representation(enc, target_ids, layer, module)] * len(prompts)
         else:
             targets = [config.scale * safe_direction_target(enc, before[group == i], config)
                        for i in range(len(prompts))]
