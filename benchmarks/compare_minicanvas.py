@@ -1,8 +1,9 @@
 """The baseline comparison on mini-SD: 4 objects and 4 styles (those the base model draws best), every method,
-one run, so that wall-time ratios to HiRM-R are measured on the same machine at the same time.
+one run, so that wall-time ratios (to hirm's default method) are measured on the same machine at the same time.
 
     python benchmarks/compare_minicanvas.py [--seeds 0] [--threads 2] [--out runs/compare]
     python benchmarks/compare_minicanvas.py --attacks all --methods ... --out runs/compare   # ASR columns
+    python benchmarks/compare_minicanvas.py --transfer ...   # each patch also scored, unchanged, on mini-Flux
 
 With `--attacks`, every erased model is attacked at the budgets in ATTACK_BUDGET; run into the folder of a finished
 comparison, the erasures are reused (only the attacks run).
@@ -20,8 +21,8 @@ import torch
 from hirm.eval.compare import compare, markdown
 
 CONCEPTS = ["circle", "striped", "heart", "watercolor", "square", "polka-dot", "cross", "outline"]
-METHODS = ["hirm-r", "hirm-s", "quickfix", "esd-x", "esd-u", "uce", "rece", "advunlearn", "fewshot", "fewshot/x5",
-           "hirm-r+esd-x", "hirm-r+uce"]
+METHODS = ["hirm", "hirm-r", "hirm-s", "quickfix", "esd-x", "esd-u", "uce", "rece", "advunlearn", "fewshot",
+           "fewshot/x5", "hirm-r+esd-x", "hirm-r+uce"]
 BUDGET = {
     "esd-x": {"steps": 200, "lr": 1e-4, "ddim_steps": 25},
     "esd-u": {"steps": 200, "lr": 1e-4, "ddim_steps": 25},
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--attacks", default="", help="comma-separated attacks, or all")
+    p.add_argument("--transfer", action="store_true", help="also score each patch, unchanged, on mini-Flux")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     methods = a.methods.split(",")
@@ -56,7 +58,7 @@ def main() -> None:
     options = {k: v for k, v in {**BUDGET, **ATTACK_BUDGET}.items() if k in methods or k in attacks
                or any(k in m.split("+") for m in methods)}
     table = compare("minicanvas", a.concepts.split(","), methods, seeds=tuple(int(s) for s in a.seeds.split(",")),
-                    options=options, out=Path(a.out), attacks=attacks)
+                    options=options, out=Path(a.out), attacks=attacks, transfer=a.transfer)
     print(markdown(table))
     print(json.dumps(table["summary"]))
 

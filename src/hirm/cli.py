@@ -100,7 +100,9 @@ def erase(
                                                       "hirm, hirm-r/-s erase several in one optimisation)")] = None,
     concepts_file: Annotated[Path | None, typer.Option(help="text file with one concept per line (# comments)")] = None,
     method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm",
-    target: Annotated[str | None, typer.Option(help="hirm-s: semantic target prompt, e.g. 'a painting'")] = None,
+    target: Annotated[str | None, typer.Option(help="what the concept becomes: hirm, the words put in its place "
+                                                    "in every prompt, e.g. 'hexagon'; hirm-s, a semantic target "
+                                                    "prompt, e.g. 'a painting'")] = None,
     kind: Annotated[str | None, typer.Option(help="object | style | nudity: the paper's steps/lr for it")] = None,
     encoder: Annotated[str, typer.Option(help="text encoder(s) to edit: clip (every CLIP encoder), all (T5 too), "
                                               "or a component name: text_encoder, text_encoder_2, ...")] = "clip",

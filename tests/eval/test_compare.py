@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from hirm.cli import app
 from hirm.errors import HirmError
-from hirm.eval.compare import parse_options, peak_memory, summarise
+from hirm.eval.compare import markdown, parse_options, peak_memory, summarise
 
 runner = CliRunner()
 
@@ -71,15 +71,22 @@ def test_parse_options():
         parse_options(["steps=3"])
 
 
-def test_summary_ratio_to_hirm_r():
-    rows = [{"method": m, "concept": c, "ua": 1.0, "ira": 0.9, "cra": 0.8, "seconds": s, "peak_mem_mb": 1.0,
-             "patch_bytes": 10} for m, c, s in [("hirm-r", "a", 1.0), ("hirm-r", "b", 3.0), ("hirm-r", "c", 2.0),
-                                                  ("esd-x", "a", 2.0), ("esd-x", "b", 6.0), ("esd-x", "c", 40.0),
-                                                  ("uce", "a", 0.5)]]
-    by = {s["method"]: s for s in summarise(rows)}
+def test_summary_time_ratio_to_the_reference_method():
+    def rows(ref: str) -> list[dict]:
+        return [{"method": m, "concept": c, "ua": 1.0, "ira": 0.9, "cra": 0.8, "seconds": s, "peak_mem_mb": 1.0,
+                 "patch_bytes": 10} for m, c, s in [(ref, "a", 1.0), (ref, "b", 3.0), (ref, "c", 2.0),
+                                                      ("esd-x", "a", 2.0), ("esd-x", "b", 6.0), ("esd-x", "c", 40.0),
+                                                      ("uce", "a", 0.5)]]
+
+    by = {s["method"]: s for s in summarise(rows("hirm-r"))}
     # per concept 2x, 2x and 20x (a slowed row): the median; a method run on one concept is compared on that one
-    assert by["esd-x"]["time_vs_hirm_r"] == 2.0 and by["uce"]["time_vs_hirm_r"] == 0.5
-    assert by["hirm-r"]["time_vs_hirm_r"] == 1.0 and by["hirm-r"]["ua_std"] == 0.0
+    assert by["esd-x"]["time_vs_reference"] == 2.0 and by["uce"]["time_vs_reference"] == 0.5
+    assert by["hirm-r"]["time_vs_reference"] == 1.0 and by["hirm-r"]["ua_std"] == 0.0
+    # with the default method in the run, times are compared with it, not with HiRM-R
+    both = rows("hirm") + [{**r, "method": "hirm-r", "seconds": 10 * r["seconds"]} for r in rows("hirm")[:3]]
+    by = {s["method"]: s for s in summarise(both)}
+    assert by["hirm"]["time_vs_reference"] == 1.0 and by["hirm-r"]["time_vs_reference"] == 10.0
+    assert "x hirm |" in markdown({"model": "m", "seeds": [0], "rows": both, "summary": summarise(both)})
 
 
 @pytest.mark.parametrize("kernel_peak", [True, False], ids=["vmhwm", "sampled"])

@@ -5,8 +5,9 @@ for prompts about the concept moves to a target: a fixed random tensor (HiRM-R) 
 representation of a semantic prompt such as a super-category (HiRM-S). Defaults follow the authors' code.
 
 hirm's default (variant "u", method `hirm`) keeps the paper's mechanism and changes the target: each training
-prompt's final hidden states go to those of the same prompt with the concept's words left out, pushed `margin`
-further along the concept's direction (docs/erasure.md says why a random target is not enough).
+prompt's final hidden states go to those of the same prompt with the concept's words left out (or replaced by
+`target`, HiRM-S's semantic target made per prompt), pushed `margin` further along the concept's direction
+(docs/erasure.md says why a random target is not enough).
 """
 
 from __future__ import annotations
@@ -81,14 +82,16 @@ class HiRMConfig:
     supervise_layer: int = -1  # final layer
     supervise_module: str = "self_attn.out_proj"  # its attention output, before the residual add
     target_norm: float = 5000.0  # HiRM-R: Frobenius norm on a 77x768 encoder (per-element scale elsewhere)
-    target: str | None = None  # HiRM-S: the semantic prompt, e.g. "a painting"
+    # HiRM-S: the semantic prompt, e.g. "a painting"; hirm (variant "u"): the words put in place of the concept's
+    # in each training prompt ("hexagon", "polygon"; None: left out)
+    target: str | None = None
     scale: float = 1.0  # HiRM-S: c, multiplies the semantic target
     # HiRM-S "safe direction" (the paper's nudity target): instead of a target prompt, pairs of prompts with
     # and without the concept; target = rep(concept prompt) - mean(rep(with) - rep(without))
     safe_pairs: tuple[tuple[str, str], ...] = ()
     templates: tuple[str, ...] = ("{}",)  # prompt set = templates x (concept + variants)
-    # Variant "u": the target is the prompt with the concept's words left out, `margin` times the concept's
-    # direction (prompt - unnamed prompt) further on: 0 = as if the words were not there.
+    # Variant "u": the target is the prompt with the concept's words left out (or replaced by `target`), `margin`
+    # times the concept's direction (prompt - that prompt) further on: 0 = as if the words were not there.
     margin: float = 1.0
     # 0: the paper's loss (the MSE itself, for one concept); > 0: each concept's loss starts at this value, so that
     # the retain term's weight means the same whatever the target's scale.
@@ -276,7 +279,7 @@ class PromptSet:
     retain_target: torch.Tensor | None
     preserve_ids: torch.Tensor | None = None
     preserve_target: torch.Tensor | None = None
-    unnamed: torch.Tensor | None = None  # [N, T, d] final hidden states of each prompt with the concept left out
+    unnamed: torch.Tensor | None = None  # [N, T, d] final states of each prompt, concept left out (hirm: or retargeted)
     direction: torch.Tensor | None = None  # [N, T, d] the prompt's final hidden states minus `unnamed`
 
     @classmethod
@@ -289,8 +292,9 @@ class PromptSet:
                           for i, n in enumerate(names)])
         layer, module = config.supervise_layer, config.supervise_module
         unnamed = direction = None
-        if config.away_weight > 0 or config.variant == "u":  # each prompt also with the concept's words left out
-            left_out = [without_concept(p, group_names)
+        if config.away_weight > 0 or config.variant == "u":  # each prompt also without the concept's words
+            by = (config.target or "") if config.variant == "u" else ""
+            left_out = [replace_concept(p, group_names, by)
                         for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
             before, final = representation_and_final(enc, ids, layer, module)
             unnamed_rep, unnamed = representation_and_final(
@@ -299,7 +303,7 @@ class PromptSet:
         else:
             before = representation(enc, ids, layer, module)
         shape = tuple(before.shape[1:])
-        if config.variant == "u":  # per prompt: its unnamed version, `margin` further from the concept
+        if config.variant == "u":  # per prompt: its unnamed (or retargeted) version, `margin` further on
             targets = [unnamed_rep - config.margin * (before - unnamed_rep)]
         elif config.variant == "r":  # each concept its own random target (the first one is the paper's)
             targets = [random_target(shape, config.target_norm, config.seed + i) for i in range(len(prompts))]
@@ -337,12 +341,12 @@ class PromptSet:
         return ((final - self.unnamed) * self.direction).sum((1, 2)) / (self.direction ** 2).sum((1, 2))
 
 
-def without_concept(prompt: str, names: list[str]) -> str:
-    """`prompt` with the first of `names` it contains left out (whitespace tidied): "a photo of Van Gogh" ->
-    "a photo of"."""
+def replace_concept(prompt: str, names: list[str], by: str = "") -> str:
+    """`prompt` with the first of `names` it contains (longest first) replaced by `by`, by default left out
+    (whitespace tidied): "a photo of Van Gogh" -> "a photo of"; with by="Monet", "a photo of Monet"."""
     for name in sorted(names, key=len, reverse=True):
         if name and name in prompt:
-            return " ".join(prompt.replace(name, " ", 1).split())
+            return " ".join(prompt.replace(name, f" {by} ", 1).split())
     raise HirmError(f"away term: the prompt {prompt!r} does not contain the concept")
 
 

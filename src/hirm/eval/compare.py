@@ -305,11 +305,13 @@ def _row(method: str, concept: str, result: dict, seconds: float, peak_mb: float
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method: mean and spread (population std) of each metric, mean erase time, and `time_vs_hirm_r`: the
-    median over concepts of its erase time over HiRM-R's on the same concept (one slowed row does not move it)."""
+    """Per method: mean and spread (population std) of each metric, mean erase time, and `time_vs_reference`: the
+    median over concepts of its erase time over the reference method's on the same concept (one slowed row does
+    not move it). The reference is hirm's default method where the run has it, else the paper's HiRM-R."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     out = []
-    ref = {r["concept"]: r["seconds"] for r in rows if r["method"] == "hirm-r"}
+    reference = time_reference(rows)
+    ref = {r["concept"]: r["seconds"] for r in rows if r["method"] == reference}
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         s: dict[str, Any] = {"method": m, "n": len(rs)}
@@ -325,20 +327,27 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if any(k in r for r in rs):
                 s[k] = round(statistics.fmean(vals), 4) if vals else None
         ratios = [r["seconds"] / ref[r["concept"]] for r in rs if ref.get(r["concept"])]
-        s["time_vs_hirm_r"] = round(statistics.median(ratios), 2) if ratios and m != "base" else None
+        s["time_vs_reference"] = round(statistics.median(ratios), 2) if ratios and m != "base" else None
         out.append(s)
     return out
+
+
+def time_reference(rows: list[dict[str, Any]]) -> str | None:
+    """The method erase times are compared with: `hirm` (the default) where the run has it, else `hirm-r`."""
+    present = {r["method"] for r in rows}
+    return next((m for m in ("hirm", "hirm-r") if m in present), None)
 
 
 def markdown(table: dict[str, Any]) -> str:
     flux = any("flux_ua" in s for s in table["summary"])
     asr = sorted({k for s in table["summary"] for k in s if k.startswith("asr_")})
     extra_head = (" Flux UA | Flux IRA | Flux CRA |" if flux else "") + "".join(f" ASR {k[4:]} |" for k in asr)
+    ref = time_reference(table["rows"]) or "-"
     lines = [f"# hirm compare on {table['model']} (seeds {table['seeds']})", "",
-             "| method | n | UA | IRA | CRA | erase s | x HiRM-R | peak MB | patch MB |" + extra_head,
+             f"| method | n | UA | IRA | CRA | erase s | x {ref} | peak MB | patch MB |" + extra_head,
              "|---|---|---|---|---|---|---|---|---|" + "---|" * ((3 if flux else 0) + len(asr))]
     for s in table["summary"]:
-        ratio = "-" if s["time_vs_hirm_r"] is None else f"{s['time_vs_hirm_r']:.2f}"
+        ratio = "-" if s["time_vs_reference"] is None else f"{s['time_vs_reference']:.2f}"
         cells = "".join(" n/a |" if s.get(f"flux_{m}") is None else f" {s[f'flux_{m}']:.3f} |" for m in METRICS)
         lines.append(f"| {s['method']} | {s['n']} | " + " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" for m in METRICS)
                      + f" | {s['seconds']:.2f} | {ratio} | {s['peak_mem_mb']:.0f} | {s['patch_bytes'] / 1e6:.2f} |"
