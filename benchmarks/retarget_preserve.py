@@ -1,0 +1,89 @@
+"""hirm's default on mini-SD with `--preserve` (a neighbour held in place) and with `--target` (the concept erased
+into a definite other concept, or into its super-category word): UA / IRA / CRA on the full grid, the preserved
+neighbour's accuracy against the base model's, and what the erased concept's cells are judged as.
+
+    python benchmarks/retarget_preserve.py preserve+target runs/retarget.jsonl [--threads 2] [--concepts circle,square]
+        [--pairs star:hexagon]
+
+Each result is one JSON line appended to the output file (a run can be stopped and its lines kept).
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import hirm
+from hirm.encoders import load_pipeline
+from hirm.eval.minicanvas import concept_domain, evaluate
+from hirm.minicanvas import registry, world
+
+PRESERVE_PAIRS = [("star", "hexagon"), ("striped", "checkered")]
+TARGET_CONCEPTS = ["circle", "square", "striped", "polka-dot"]
+SUPERCATEGORY_CONCEPTS = ["square", "striped"]
+
+
+def judged_as(grid, concept: str) -> dict[str, int]:
+    """How the judge labels the erased concept's cells."""
+    domain, i = concept_domain(concept)
+    labels, pred, names = ((grid.objects, grid.pred_objects, world.OBJECTS) if domain == "object"
+                           else (grid.styles, grid.pred_styles, world.STYLES))
+    chosen = pred[labels == i]
+    return {names[k]: int((chosen == k).sum()) for k in np.unique(chosen)}
+
+
+def accuracy(metrics: dict, concept: str) -> float:
+    return metrics["per_object"].get(concept, metrics["per_style"].get(concept))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", help="preserve, target or preserve+target")
+    p.add_argument("out")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--concepts", default=",".join(TARGET_CONCEPTS), help="concepts for --target")
+    p.add_argument("--pairs", default=",".join(f"{c}:{k}" for c, k in PRESERVE_PAIRS), help="ERASE:KEEP,...")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    pipe = load_pipeline("minicanvas")
+    classifier = registry.load_classifier()
+    sampling = registry.SAMPLING["minicanvas"]
+    kw = {"seeds": (0, 1), "steps": sampling["steps"], "guidance": sampling["guidance"], "progress": False}
+
+    def write(**row) -> None:
+        print(json.dumps(row), flush=True)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def erase_and_score(concept: str, **options):
+        start = time.perf_counter()
+        patch = hirm.erase(pipe, concept, progress=False, **options)
+        seconds = round(time.perf_counter() - start, 1)
+        metrics, grid = evaluate(pipe, concept, classifier, [patch], **kw)
+        return metrics, grid, seconds
+
+    base, _ = evaluate(pipe, None, classifier, [], **kw)
+    write(kind="base", per_object=base["per_object"], per_style=base["per_style"])
+    if "preserve" in a.what:
+        for concept, keep in (pair.split(":") for pair in a.pairs.split(",")):
+            for preserve in ((), (keep,)):
+                m, _, seconds = erase_and_score(concept, preserve=preserve)
+                write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
+                      cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds)
+    if "target" in a.what:
+        for concept in a.concepts.split(","):
+            domain, i = concept_domain(concept)
+            names = world.OBJECTS if domain == "object" else world.STYLES
+            targets = [names[(i + 1) % len(names)]]  # a definite other concept: the next one of its domain
+            if concept in SUPERCATEGORY_CONCEPTS:
+                targets.append(world.supercategory(concept).removeprefix("a "))
+            for target in targets:
+                m, grid, seconds = erase_and_score(concept, target=target)
+                write(kind="target", concept=concept, target=target, ua=m["ua"], ira=m["ira"], cra=m["cra"],
+                      judged=judged_as(grid, concept), seconds=seconds)
+
+
+if __name__ == "__main__":
+    main()
