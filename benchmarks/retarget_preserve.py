@@ -66,12 +66,6 @@ def main() -> None:
 
     base, _ = evaluate(pipe, None, classifier, [], **kw)
     write(kind="base", per_object=base["per_object"], per_style=base["per_style"])
-    if "preserve" in a.what:
-        for concept, keep in (pair.split(":") for pair in a.pairs.split(",")):
-            for preserve in ((), (keep,)):
-                m, _, seconds = erase_and_score(concept, preserve=preserve)
-                write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
-                      cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds)
     if "target" in a.what:
         for concept in a.concepts.split(","):
             domain, i = concept_domain(concept)
@@ -84,6 +78,12 @@ def main() -> None:
                 write(kind="target", concept=concept, target=target, ua=m["ua"], ira=m["ira"], cra=m["cra"],
                       judged=judged_as(grid, concept), seconds=seconds)
 
+    if "preserve" in a.what:
+        for concept, keep in (pair.split(":") for pair in a.pairs.split(",")):
+            for preserve in ((), (keep,)):
+                m, _, seconds = erase_and_score(concept, preserve=preserve)
+                write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
+                      cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds)
 
 if __name__ == "__main__":
     main()
