@@ -85,5 +85,6 @@ def main() -> None:
                 write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
                       cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds)
 
+
 if __name__ == "__main__":
     main()
