@@ -30,6 +30,15 @@ BUDGET = {
     # few-shot erasing at its authors' budget (8 steps at lr 1e-5) erases nothing here; x5: 5x the epochs, 10x lr
     "fewshot/x5": {"epochs": 20, "lr": 1e-4},
     "hirm-r/robust": {"robust_rounds": 2},
+    # budget knobs raised towards hirm's UA (equal-UA rows): UCE's erase scale and the authors' added prompts,
+    # Diff-QuickFix's ridge term, RECE's rounds, ESD-x's learning rate at the same iterations
+    "uce/scale10": {"erase_scale": 10.0},
+    "uce/templates": {"templates": ["{}", "a {}", "a picture of a {}", "an image of a {}"]},
+    "uce/templates-scale10": {"templates": ["{}", "a {}", "a picture of a {}", "an image of a {}"],
+                              "erase_scale": 10.0},
+    "quickfix/lamb0.01": {"lamb": 0.01},
+    "rece/rounds6": {"epochs": 6},
+    "esd-x/lr3e-4": {"steps": 200, "lr": 3e-4, "ddim_steps": 25},
     "hirm-r/robust-both": {"robust_rounds": 2, "robust_slots": "both"},
 }
 ATTACKS = ["paraphrase", "embedding", "ringabell", "unlearndiff", "cce"]

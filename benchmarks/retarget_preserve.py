@@ -12,26 +12,16 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 import hirm
 from hirm.encoders import load_pipeline
-from hirm.eval.minicanvas import concept_domain, evaluate
+from hirm.eval.minicanvas import concept_domain, evaluate, judged_as, score
 from hirm.minicanvas import registry, world
 
 PRESERVE_PAIRS = [("star", "hexagon"), ("striped", "checkered")]
 TARGET_CONCEPTS = ["circle", "square", "striped", "polka-dot"]
 SUPERCATEGORY_CONCEPTS = ["square", "striped"]
-
-
-def judged_as(grid, concept: str) -> dict[str, int]:
-    """How the judge labels the erased concept's cells."""
-    domain, i = concept_domain(concept)
-    labels, pred, names = ((grid.objects, grid.pred_objects, world.OBJECTS) if domain == "object"
-                           else (grid.styles, grid.pred_styles, world.STYLES))
-    chosen = pred[labels == i]
-    return {names[k]: int((chosen == k).sum()) for k in np.unique(chosen)}
 
 
 def accuracy(metrics: dict, concept: str) -> float:
@@ -64,7 +54,12 @@ def main() -> None:
         metrics, grid = evaluate(pipe, concept, classifier, [patch], **kw)
         return metrics, grid, seconds
 
-    base, _ = evaluate(pipe, None, classifier, [], **kw)
+    base, base_grid = evaluate(pipe, None, classifier, [], **kw)
+
+    def against_base(concept: str) -> dict[str, float]:
+        b = score(base_grid, concept)
+        return {"ua_base": b["ua"], "ira_base": b["ira"], "cra_base": b["cra"]}
+
     write(kind="base", per_object=base["per_object"], per_style=base["per_style"])
     if "target" in a.what:
         for concept in a.concepts.split(","):
@@ -76,14 +71,16 @@ def main() -> None:
             for target in targets:
                 m, grid, seconds = erase_and_score(concept, target=target)
                 write(kind="target", concept=concept, target=target, ua=m["ua"], ira=m["ira"], cra=m["cra"],
-                      judged=judged_as(grid, concept), seconds=seconds)
+                      judged=judged_as(grid, concept), seconds=seconds, **against_base(concept),
+                      per_object=m["per_object"], per_style=m["per_style"])
 
     if "preserve" in a.what:
         for concept, keep in (pair.split(":") for pair in a.pairs.split(",")):
             for preserve in ((), (keep,)):
                 m, _, seconds = erase_and_score(concept, preserve=preserve)
                 write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
-                      cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds)
+                      cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds,
+                      **against_base(concept))
 
 
 if __name__ == "__main__":

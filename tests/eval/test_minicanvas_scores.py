@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hirm.eval.minicanvas import Grid, score
+from hirm.eval.minicanvas import Grid, judged_as, score
 from hirm.minicanvas import world
 
 N_OBJ, N_STY = len(world.OBJECTS), len(world.STYLES)
@@ -118,3 +118,12 @@ def test_unnamed_ua_draws_the_concept_cells_without_its_word(monkeypatch):
     assert prompts[0] == "a image in striped style" and len(prompts) == N_STY
     mc.unnamed_ua(None, _FakeClassifier(), "watercolor", seeds=(0,))
     assert calls[3][0][0] == "a circle image in style" and len(calls[3][0]) == N_OBJ
+
+
+def test_judged_as_is_the_concepts_confusion_row():
+    star, circle = world.OBJECTS.index("star"), world.OBJECTS.index("circle")
+    # half of star's cells drawn as circles, the rest still stars; other objects' cells do not count
+    g = make_grid(lambda o, s: np.where((o == star) & (s % 2 == 0), circle, np.where(o == star, star, 0)),
+                  lambda o, s: s)
+    assert judged_as(g, "star") == {"circle": (N_STY + 1) // 2, "star": N_STY // 2}
+    assert judged_as(g, "mosaic") == {"mosaic": N_OBJ}

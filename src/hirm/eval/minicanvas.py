@@ -121,6 +121,15 @@ def score(grid: Grid, concept: str | None) -> dict[str, Any]:
     return out
 
 
+def judged_as(grid: Grid, concept: str) -> dict[str, int]:
+    """The judge's confusion row for `concept`: how its cells (images prompted with it) are labelled, by count."""
+    domain, i = concept_domain(concept)
+    labels, pred, names = ((grid.objects, grid.pred_objects, world.OBJECTS) if domain == "object"
+                           else (grid.styles, grid.pred_styles, world.STYLES))
+    chosen = pred[labels == i]
+    return {names[k]: int((chosen == k).sum()) for k in np.unique(chosen)}
+
+
 def score_concepts(grid: Grid, concepts: list[str]) -> dict[str, Any]:
     """Several erased concepts at once: each one's UA, and each other concept's accuracy (its own head) on the
     cells where no erased concept appears, i.e. what the erasure should have left alone."""
