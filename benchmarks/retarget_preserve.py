@@ -24,6 +24,27 @@ TARGET_CONCEPTS = ["circle", "square", "striped", "polka-dot"]
 SUPERCATEGORY_CONCEPTS = ["square", "striped"]
 
 
+def moved(pipe, patch, concept: str, keep: str) -> dict[str, float]:
+    """How far the patch moves the final hidden states of evaluation-template prompts (mean |h' - h| / |h|): those
+    naming the kept neighbour, the erased concept, and every other cell."""
+    cells = [(o, s) for o in world.OBJECTS for s in world.STYLES]
+    named = {"keep": [c for c in cells if keep in c], "concept": [c for c in cells if concept in c],
+             "others": [c for c in cells if keep not in c and concept not in c]}
+    prompts = {k: [f"a {o} image in {s} style" for o, s in v] for k, v in named.items()}
+
+    def finals(texts: list[str]) -> torch.Tensor:
+        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder(input_ids=ids).last_hidden_state
+
+    before = {k: finals(v) for k, v in prompts.items()}
+    with patch.applied(pipe):
+        after = {k: finals(v) for k, v in prompts.items()}
+    return {f"{k}_moved": round(float(((after[k] - before[k]).norm(dim=(1, 2)) / before[k].norm(dim=(1, 2))).mean()), 4)
+            for k in prompts}
+
+
 def accuracy(metrics: dict, concept: str) -> float:
     return metrics["per_object"].get(concept, metrics["per_style"].get(concept))
 
@@ -52,7 +73,7 @@ def main() -> None:
         patch = hirm.erase(pipe, concept, progress=False, **options)
         seconds = round(time.perf_counter() - start, 1)
         metrics, grid = evaluate(pipe, concept, classifier, [patch], **kw)
-        return metrics, grid, seconds
+        return metrics, grid, seconds, patch
 
     base, base_grid = evaluate(pipe, None, classifier, [], **kw)
 
@@ -69,7 +90,7 @@ def main() -> None:
             if concept in SUPERCATEGORY_CONCEPTS:
                 targets.append(world.supercategory(concept).removeprefix("a "))
             for target in targets:
-                m, grid, seconds = erase_and_score(concept, target=target)
+                m, grid, seconds, _ = erase_and_score(concept, target=target)
                 write(kind="target", concept=concept, target=target, ua=m["ua"], ira=m["ira"], cra=m["cra"],
                       judged=judged_as(grid, concept), seconds=seconds, **against_base(concept),
                       per_object=m["per_object"], per_style=m["per_style"])
@@ -77,10 +98,10 @@ def main() -> None:
     if "preserve" in a.what:
         for concept, keep in (pair.split(":") for pair in a.pairs.split(",")):
             for preserve in ((), (keep,)):
-                m, _, seconds = erase_and_score(concept, preserve=preserve)
+                m, _, seconds, patch = erase_and_score(concept, preserve=preserve)
                 write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
                       cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds,
-                      **against_base(concept))
+                      **against_base(concept), **moved(pipe, patch, concept, keep))
 
 
 if __name__ == "__main__":
