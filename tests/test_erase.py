@@ -163,6 +163,16 @@ def test_kind_presets_follow_paper():
         hirm.make_config("hirm", kind="object")
 
 
+def test_an_override_never_silently_loses_to_a_methods_fixed_field():
+    assert hirm.make_config("rece", epochs=5).epochs == 5
+    assert hirm.make_config("uce", epochs=0).epochs == 0  # the fixed value itself is fine
+    with pytest.raises(HirmError, match="uce fixes epochs=0"):
+        hirm.make_config("uce", epochs=3)
+    with pytest.raises(HirmError, match="hirm-r fixes variant='r'"):
+        hirm.make_config("hirm-r", variant="s")
+    assert issubclass(HirmError, ValueError)  # bad input, catchable as such by callers that know no hirm
+
+
 @pytest.mark.parametrize(("factory", "expected"), [
     ("sd_pipeline", ["text_encoder"]),
     ("sdxl_pipeline", ["text_encoder", "text_encoder_2"]),

@@ -24,6 +24,8 @@ def test_save_load_round_trip(made, tmp_path):
     assert loaded.fingerprints == patch.fingerprints
     assert all(torch.equal(loaded.tensors[k], v) for k, v in patch.tensors.items())
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+    # patches compare as objects (a dataclass's field-wise == would ask tensors for a truth value and raise)
+    assert loaded != patch and loaded == loaded and patch in [patch]
 
 
 def test_apply_remove_restores_exactly(made):

@@ -289,10 +289,11 @@ def resolve_model_path(model: str) -> Path:
         return path
     if model.count("/") == 1 and not model.startswith((".", "/")):
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
         try:
             return Path(snapshot_download(model, local_files_only=True))
-        except Exception:
+        except (LocalEntryNotFoundError, HFValidationError):  # not cached, or not a hub id: the error below
             pass
     raise HirmError(
         f"model {model!r} is not a local folder and not in the local Hugging Face cache; hirm never downloads "

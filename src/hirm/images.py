@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from hirm.errors import HirmError
@@ -30,10 +29,6 @@ def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, 
     for r, text in enumerate(row_labels or []):
         draw.text((0, top + r * h + h // 2 - 5), text, fill="black")
     return canvas
-
-
-def to_pil(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.asarray(array, dtype=np.uint8))
 
 
 def image_format(path: str | os.PathLike, what: str = "--out") -> str:

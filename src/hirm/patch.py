@@ -111,7 +111,7 @@ _ORIGINALS: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[str, dict[str,
 )
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no truth value: two patches are the same object or not (compare fingerprints)
 class Patch:
     """The result of an erasure: changed tensors + metadata. `apply` / `remove` / `save` / `load`."""
 

@@ -100,6 +100,10 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
     if not paper_defaults and family is not None:
         values.update(HIRM_DEFAULTS.get(family, {}).get(method, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    clash = sorted(k for k, v in spec.fixed.items() if k in values and values[k] != v)
+    if clash:
+        raise HirmError(f"{method} fixes {clash[0]}={spec.fixed[clash[0]]!r} (it is what makes it {method}): drop "
+                        "that option, or choose the method with the value you want (`hirm methods` lists them)")
     values.update(spec.fixed)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     unknown = sorted(set(values) - fields)

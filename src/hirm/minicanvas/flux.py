@@ -8,9 +8,7 @@ with `sequence_dropout` > 0 the transformer learns to draw from the pooled vecto
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +114,3 @@ def flow_matching_loss(model: FluxTrainer, x0: torch.Tensor, pooled: torch.Tenso
     x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
     pred = model.velocity(pack(x_t), t, pooled, t5_ids, h, w)
     return F.mse_loss(pred, pack(noise - x0))
-
-
-def save_flux_records(folder: Path, records: dict) -> None:
-    (folder / "training.json").write_text(json.dumps(records, indent=1))

@@ -789,33 +789,6 @@ def generator_pipeline(components: Path, unet, scaling_factor: float):
     )
 
 
-def evaluate_generator(run_dir: Path, components: Path | None = None, seeds: tuple[int, ...] = (0,),
-                       out: Path | None = None) -> dict:
-    """Classifier accuracy of the EMA UNet's generations over every (object, style) cell."""
-    from diffusers import UNet2DConditionModel
-
-    from hirm.eval.minicanvas import generate_grid, score
-    from hirm.minicanvas import registry
-    from hirm.minicanvas.build import SAMPLING
-
-    components = components or run_dir.parent / "components"
-    from safetensors import safe_open
-
-    with safe_open(str(run_dir / "data.safetensors"), "pt") as f:
-        scaling = float(f.metadata()["scaling_factor"])
-    unet = UNet2DConditionModel.from_pretrained(run_dir / "checkpoint" / "ema_unet", torch_dtype=torch.float32)
-    pipe = generator_pipeline(components, unet, scaling)
-    grid = generate_grid(pipe, registry.load_classifier(), seeds=seeds, steps=SAMPLING["steps"],
-                         guidance=SAMPLING["guidance"])
-    result = score(grid, None)
-    if out is not None:
-        from hirm.images import grid as image_grid
-        from hirm.images import save_atomic
-
-        save_atomic(image_grid(grid.images[:: len(seeds)], cols=len(world.STYLES), scale=3), out)
-    return result
-
-
 # what `hirm minicanvas train WHAT` runs
 TRAINERS = {"classifier": train_classifier, "vae": train_vae, "vae-decoder": train_vae_decoder,
             "text": train_text_encoder, "unet": train_unet, "flux": train_flux}
