@@ -16,8 +16,9 @@ import torch
 
 import hirm
 from hirm.encoders import load_pipeline
-from hirm.eval.minicanvas import concept_domain, evaluate, judged_as, score
+from hirm.eval.minicanvas import evaluate, judged_as, score
 from hirm.minicanvas import registry, world
+from hirm.minicanvas.world import concept_domain
 
 PRESERVE_PAIRS = [("star", "hexagon"), ("striped", "checkered")]
 TARGET_CONCEPTS = ["circle", "square", "striped", "polka-dot"]

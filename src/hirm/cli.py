@@ -336,7 +336,7 @@ def bench(
     import torch
 
     from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost
-    from hirm.eval.minicanvas import concept_domain
+    from hirm.minicanvas.world import concept_domain
 
     if shape not in SHAPES:
         raise HirmError(f"--shape {shape}: use one of {', '.join(SHAPES)}")

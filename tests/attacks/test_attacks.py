@@ -8,11 +8,12 @@ from typer.testing import CliRunner
 
 import hirm
 from hirm.attacks import attack
-from hirm.attacks.paraphrase import ParaphraseConfig, paraphrase_probes, typo
-from hirm.attacks.ringabell import RingABellConfig, _encode_ids, genetic_search, vocabulary
+from hirm.attacks.paraphrase import ParaphraseConfig, paraphrase_probes
+from hirm.attacks.ringabell import RingABellConfig, _encode_ids, genetic_search
 from hirm.cli import app
 from hirm.errors import HirmError
 from hirm.minicanvas import registry, world
+from hirm.tokens import typo, vocabulary
 
 runner = CliRunner()
 

@@ -85,7 +85,7 @@ def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tupl
 
     `cache`: a dict kept by a caller that attacks several patches of the same base pipeline; probes that do
     not depend on the erased model, and their base-model hits, are found once and reused from it."""
-    from hirm.eval.minicanvas import concept_domain
+    from hirm.minicanvas.world import concept_domain
 
     domain, index = concept_domain(concept)
     config = make_attack_config(name, **overrides)

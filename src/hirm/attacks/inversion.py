@@ -18,10 +18,9 @@ from tqdm.auto import tqdm
 
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import concept_latents, denoising_loss, require_unet_pipeline
-from hirm.erase.loop import frozen
-from hirm.erase.textenc import embeddings_at, nearest_tokens, positions, straight_through, with_slots
 from hirm.errors import HirmError
 from hirm.patch import all_applied
+from hirm.tokens import embeddings_at, frozen, nearest_tokens, positions, straight_through, with_slots
 
 
 @dataclass
@@ -62,7 +61,7 @@ def _ids(pipe, prompts: list[str]) -> torch.Tensor:
 
 def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffConfig,
                        progress: bool = True) -> list[Probe]:
-    from hirm.attacks.ringabell import vocabulary
+    from hirm.tokens import vocabulary
 
     require_unet_pipeline(pipe, "unlearndiff")
     latents = concept_latents(pipe, concept, config.images, config.seed)

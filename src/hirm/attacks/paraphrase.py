@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from hirm.attacks.probe import Probe
 from hirm.errors import HirmError
+from hirm.tokens import typo
 
 KINDS = ("synonym", "template", "typo", "sentence")
 
@@ -25,24 +26,10 @@ class ParaphraseConfig:
     seed: int = 0
 
 
-def typo(word: str, rng: random.Random) -> str:
-    """One edit of a word: swap two neighbouring letters, drop one, or double one."""
-    letters = [i for i, ch in enumerate(word) if ch.isalpha()]
-    if len(letters) < 3:
-        return word + word[-1]
-    i = rng.choice(letters[1:-1])
-    edit = rng.choice(("swap", "drop", "double"))
-    if edit == "swap":
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    if edit == "drop":
-        return word[:i] + word[i + 1:]
-    return word[:i] + word[i] + word[i:]
-
-
 def paraphrase_probes(pipe, concept: str, patches: list, config: ParaphraseConfig,
                       progress: bool = True) -> list[Probe]:
-    from hirm.eval.minicanvas import concept_domain
     from hirm.minicanvas import world
+    from hirm.minicanvas.world import concept_domain
 
     unknown = sorted(set(config.kinds) - set(KINDS))
     if unknown:

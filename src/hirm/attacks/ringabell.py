@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import encode
 from hirm.errors import HirmError
+from hirm.tokens import vocabulary
 
 
 @dataclass
@@ -52,8 +53,8 @@ def _encode_ids(encoder, tokenizer, token_ids: torch.Tensor) -> torch.Tensor:
 
 def concept_vector(pipe, concept: str) -> torch.Tensor:
     """Mean over settings and other concepts of E(prompt with the concept) - E(the same prompt with another)."""
-    from hirm.eval.minicanvas import concept_domain
     from hirm.minicanvas import world
+    from hirm.minicanvas.world import concept_domain
 
     domain, _ = concept_domain(concept)
     same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept]
@@ -65,19 +66,6 @@ def concept_vector(pipe, concept: str) -> torch.Tensor:
     with_concept = [prompt(concept, o) for o in others for _ in same]
     without = [prompt(c, o) for o in others for c in same]
     return (encode(pipe, with_concept) - encode(pipe, without)).mean(0)
-
-
-def vocabulary(tokenizer, which: str) -> torch.Tensor:
-    """Token ids the search draws from (special tokens never)."""
-    from hirm.minicanvas import world
-
-    special = set(tokenizer.all_special_ids)
-    if which == "all":
-        ids = range(len(tokenizer))
-    else:
-        text = " ".join(world.render_batch(2000, seed=4242).captions)
-        ids = sorted(set(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return torch.tensor([i for i in ids if i not in special])
 
 
 def genetic_search(encoder, tokenizer, target: torch.Tensor, vocab: torch.Tensor, config: RingABellConfig,
@@ -104,8 +92,8 @@ def genetic_search(encoder, tokenizer, target: torch.Tensor, vocab: torch.Tensor
 
 def ringabell_probes(pipe, concept: str, patches: list, config: RingABellConfig,
                      progress: bool = True) -> list[Probe]:
-    from hirm.eval.minicanvas import concept_domain
     from hirm.minicanvas import world
+    from hirm.minicanvas.world import concept_domain
 
     config.validate()
     domain, _ = concept_domain(concept)

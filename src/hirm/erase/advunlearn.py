@@ -18,10 +18,11 @@ import torch.nn.functional as F
 
 from hirm.encoders import TextEncoder, find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
-from hirm.erase.loop import OptimConfig, frozen, optimise
-from hirm.erase.textenc import embeddings_at, positions, trainable_parameter_names
+from hirm.erase.loop import OptimConfig, optimise
+from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.tokens import embeddings_at, frozen, positions
 
 
 @dataclass

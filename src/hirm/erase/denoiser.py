@@ -62,9 +62,9 @@ def image_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
 def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
     """`image_latents` of `n` rendered MiniCanvas images of the concept (random colour, size, background and
     other-domain concept)."""
-    from hirm.eval.minicanvas import concept_domain
     from hirm.minicanvas import world
     from hirm.minicanvas.classifier import to_tensor
+    from hirm.minicanvas.world import concept_domain
 
     domain, index = concept_domain(concept)
     return image_latents(pipe, to_tensor(world.render_batch(n, seed=seed, **{domain: index}).images) * 2 - 1)

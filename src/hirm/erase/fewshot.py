@@ -20,10 +20,11 @@ import torch
 
 from hirm.encoders import find_text_encoders
 from hirm.erase.denoiser import concept_latents, denoising_loss, image_latents, require_unet_pipeline
-from hirm.erase.loop import OptimConfig, frozen, optimise
+from hirm.erase.loop import OptimConfig, optimise
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.tokens import frozen
 
 # The textual-inversion templates the authors prompt with.
 OBJECT_TEMPLATES = (

@@ -4,7 +4,7 @@ progress bar, NaN guard, and it leaves the model exactly as it found it; the res
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -92,17 +92,3 @@ def temporarily(model: torch.nn.Module, tensors: dict[str, torch.Tensor]):
             for n, t in saved.items():
                 params[n].copy_(t)
 
-
-@contextmanager
-def frozen(*modules: torch.nn.Module) -> Iterator[None]:
-    """Run a block with no parameter gradients in `modules` (gradients still flow *through* them), then restore
-    each parameter's flag."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)

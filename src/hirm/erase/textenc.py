@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 
@@ -134,58 +133,6 @@ def representation_and_final(encoder: TextEncoder, ids: torch.Tensor, layer: int
     finally:
         handle.remove()
     return seen[0], final
-
-
-@contextmanager
-def embeddings_at(model: torch.nn.Module, where: Callable[[torch.Tensor], torch.Tensor],
-                  values: torch.Tensor) -> Iterator[None]:
-    """Input token embeddings replaced by `values` ([k, d], repeated per match) where `where(ids)` ([B, T]
-    bool) holds, on every forward of `model` (a text encoder) inside the block."""
-    module = model.get_input_embeddings()
-
-    def hook(_m, inputs, out):
-        mask = where(inputs[0])
-        if not mask.any():
-            return out
-        out = out.clone()
-        out[mask] = values.to(out.dtype).repeat(int(mask.sum()) // len(values), 1)
-        return out
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def positions(start: int, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`where` for `embeddings_at`: token positions [start, start + k) of every prompt."""
-
-    def where(ids: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros_like(ids, dtype=torch.bool)
-        mask[:, start : start + k] = True
-        return mask
-
-    return where
-
-
-def with_slots(ids: torch.Tensor, k: int, filler: torch.Tensor, first: int = 1, last: int = 0) -> torch.Tensor:
-    """`ids` ([B, T]) with k slots in place of tokens `first`..`last` (none by default: "<bos> [k slots] prompt
-    ..."), at the same length: the ids after them shift, the last ones drop off (or the final id repeats to fill).
-    The slots hold `filler` ids, whose embeddings `embeddings_at(..., positions(first, k), ...)` replaces."""
-    tail = ids[:, last + 1 :]
-    slots = filler[:k][None].expand(len(ids), -1)
-    return torch.cat([ids[:, :first], slots, tail, tail[:, -1:].expand(-1, k)], dim=1)[:, : ids.shape[1]]
-
-
-def nearest_tokens(soft: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Index into `candidates` ([V, d] token embeddings) of the one nearest each row of `soft` ([k, d])."""
-    return torch.cdist(soft.detach(), candidates).argmin(-1)
-
-
-def straight_through(soft: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """The nearest real token embeddings in the forward pass, the gradient to `soft` (UnlearnDiffAtk's projection)."""
-    return soft + (candidates[nearest_tokens(soft, candidates)] - soft).detach()
 
 
 def concept_span(encoder: TextEncoder, ids: list[int], names: list[str]) -> tuple[int, int] | None:

@@ -117,7 +117,7 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
 
 def grid_prompts(concept: str) -> list[str]:
     """The concept in four settings, then four prompts without it (the same for every method)."""
-    from hirm.eval.minicanvas import concept_domain
+    from hirm.minicanvas.world import concept_domain
 
     domain, _ = concept_domain(concept)
     same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept]
@@ -138,10 +138,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     `options` holds method options and, keyed by attack name, attack options."""
     from hirm.encoders import load_pipeline
     from hirm.erase import method_parts
-    from hirm.eval.minicanvas import concept_domain
     from hirm.eval.report import _require_minicanvas, evaluate_erasure
     from hirm.generate import sample
     from hirm.minicanvas import registry
+    from hirm.minicanvas.world import concept_domain
 
     _require_minicanvas(model)
     if transfer and model != "minicanvas":

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hirm.errors import HirmError
 from hirm.generate import sample
 from hirm.minicanvas import world
 from hirm.minicanvas.classifier import MiniCanvasClassifier, to_tensor
+from hirm.minicanvas.world import concept_domain
 from hirm.patch import all_applied
 
 
@@ -34,16 +34,6 @@ class Grid:
     prompts: list[str]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def concept_domain(concept: str) -> tuple[str, int]:
-    """("object" | "style", index) of a MiniCanvas concept name."""
-    if concept in world.OBJECTS:
-        return "object", world.OBJECTS.index(concept)
-    if concept in world.STYLES:
-        return "style", world.STYLES.index(concept)
-    raise HirmError(f"{concept!r} is not a MiniCanvas concept; objects: {', '.join(world.OBJECTS)}; "
-                    f"styles: {', '.join(world.STYLES)}")
 
 
 def _cells(templates: tuple[str, ...], seeds: tuple[int, ...]) -> Iterator[tuple[int, int, str, int]]:

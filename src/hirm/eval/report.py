@@ -23,7 +23,7 @@ def _require_minicanvas(model: str) -> None:
 
 def probe_prompts(concept: str, per_template: int = 3) -> tuple[list[str], list[str]]:
     """IN: captions naming `concept`; OUT: the same captions naming the other concepts of its domain."""
-    from hirm.eval.minicanvas import concept_domain
+    from hirm.minicanvas.world import concept_domain
 
     domain, _ = concept_domain(concept)
     same = world.OBJECTS if domain == "object" else world.STYLES
@@ -48,7 +48,8 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
     in what precision the pipeline (when not given) and the judge run (None: the CPU, float32; "auto" as in
     `hirm.encoders.resolve_device` / `resolve_dtype`)."""
     from hirm.encoders import find_text_encoders, load_pipeline
-    from hirm.eval.minicanvas import concept_domain, evaluate, score_concepts
+    from hirm.eval.minicanvas import evaluate, score_concepts
+    from hirm.minicanvas.world import concept_domain
 
     _require_minicanvas(model)
     if concept is None and patches:
@@ -139,8 +140,8 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
 
     import hirm
     from hirm.encoders import load_pipeline
-    from hirm.eval.minicanvas import concept_domain
     from hirm.generate import sample
+    from hirm.minicanvas.world import concept_domain
 
     start = time.perf_counter()
     domain, _ = concept_domain(concept)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from hirm.errors import HirmError
+
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4
 
@@ -480,3 +482,13 @@ def render_every_pair(n_per_pair: int, seed: int) -> Batch:
         samples=[x for p in parts for x in p.samples],
         mentioned=[m for p in parts for m in p.mentioned],
     )
+
+
+def concept_domain(concept: str) -> tuple[str, int]:
+    """("object" | "style", index) of a MiniCanvas concept name."""
+    if concept in OBJECTS:
+        return "object", OBJECTS.index(concept)
+    if concept in STYLES:
+        return "style", STYLES.index(concept)
+    raise HirmError(f"{concept!r} is not a MiniCanvas concept; objects: {', '.join(OBJECTS)}; "
+                    f"styles: {', '.join(STYLES)}")

@@ -1,0 +1,65 @@
+"""The package's layers: what each part may import (function-level imports count too). Erasing does not depend on
+attacking or evaluating; the MiniCanvas world does not depend on how it is evaluated; the bottom helpers depend
+on nothing above them."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import hirm
+
+PACKAGE = Path(hirm.__file__).parent
+
+# part -> parts of hirm it must never import
+FORBIDDEN = {
+    "hirm.erase": {"hirm.attacks", "hirm.eval", "hirm.cli", "hirm.bench"},
+    "hirm.minicanvas": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.cli", "hirm.bench"},
+    "hirm.tokens": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.encoders", "hirm.patch", "hirm.cli"},
+    "hirm.errors": {"hirm"},
+    "hirm.io": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch"},
+    "hirm.generate": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.cli"},
+}
+
+
+def part(module: str) -> str:
+    """hirm.erase.hirm -> hirm.erase (the first level below the package)."""
+    return ".".join(module.split(".")[:2])
+
+
+def imports_of(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m == "hirm" or m.startswith("hirm.")}
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(("hirm", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        out.append((name, path))
+    return out
+
+
+@pytest.mark.parametrize("owner", sorted(FORBIDDEN))
+def test_no_wrong_way_imports(owner):
+    wrong = []
+    for name, path in modules():
+        if part(name) != owner:
+            continue
+        for imported in imports_of(path):
+            for banned in FORBIDDEN[owner]:
+                if imported == banned or (imported.startswith(banned + ".") and part(imported) != owner):
+                    wrong.append(f"{name} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_walk_sees_function_level_imports(tmp_path):
+    # a wrong-way import hidden inside a function is still an import
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from hirm.attacks.paraphrase import ParaphraseConfig\n")
+    assert imports_of(src) == {"hirm.attacks.paraphrase"}
