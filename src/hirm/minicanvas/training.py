@@ -59,24 +59,14 @@ class RunState:
 def save_checkpoint(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optimizer, state: RunState,
                     extra: dict | None = None) -> None:
     """Atomically replace `run_dir/checkpoint` with the current models, optimizer and counters."""
-    tmp = run_dir / "checkpoint.tmp"
-    final = run_dir / "checkpoint"
-    if tmp.exists():
-        _rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, model in models.items():
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp / name)
-        else:
-            save_model(model, str(tmp / f"{name}.safetensors"))  # handles tied weights (T5 embeddings)
-    _save_optimizer(opt, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**asdict(state), **(extra or {})}, indent=1))
-    old = run_dir / "checkpoint.old"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        _rmtree(old)
+    with atomic_dir(run_dir / "checkpoint", replace=True) as tmp:
+        for name, model in models.items():
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(tmp / name)
+            else:
+                save_model(model, str(tmp / f"{name}.safetensors"))  # handles tied weights (T5 embeddings)
+        _save_optimizer(opt, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**asdict(state), **(extra or {})}, indent=1))
 
 
 def load_checkpoint(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optimizer) -> RunState:
@@ -93,12 +83,6 @@ def load_checkpoint(run_dir: Path, models: dict[str, nn.Module], opt: torch.opti
     _load_optimizer(opt, ckpt / "optimizer.safetensors")
     raw = json.loads((ckpt / "state.json").read_text())
     return RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.05) -> float:
