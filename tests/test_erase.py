@@ -266,7 +266,7 @@ def test_retain_term_keeps_unrelated_prompts_closer():
 
 
 def test_default_retain_prompts_exclude_the_concept():
-    from hirm.erase import default_retain_prompts
+    from hirm.erase.retain import default_retain_prompts
 
     prompts = default_retain_prompts([dummies.text_encoder()], ["Monet"])
     assert prompts and not any("monet" in p.lower() for p in prompts)

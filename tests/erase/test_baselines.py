@@ -124,6 +124,13 @@ def test_advunlearn_trains_only_the_text_encoder_and_restores_the_unet(pipe):
     assert not torch.allclose(changed, cross_attention_output(pipe, "star"))
 
 
+def test_advunlearn_default_retain_set_is_the_everyday_one_without_the_concept(pipe):
+    # the concept was once read letter by letter: every everyday prompt has an "a", so the set came out empty
+    patch = hirm.erase(pipe, "Monet", method="advunlearn", steps=1, attack_steps=1, ddim_steps=2, progress=False)
+    retain = patch.config["retain_prompts"]
+    assert len(retain) > 20 and not any("monet" in p.lower() for p in retain)
+
+
 @pytest.fixture(scope="module")
 def flux():
     return dummies.flux_pipeline()

@@ -17,7 +17,7 @@ from hirm.encoders import TextEncoder, find_text_encoders, load_text_encoders
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
 from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.fewshot import FewShotConfig, erase_fewshot
-from hirm.erase.hirm import GENERIC_TEMPLATES, KIND_DEFAULTS, HiRMConfig, erase_hirm
+from hirm.erase.hirm import GENERIC_TEMPLATES, KIND_DEFAULTS, HiRMConfig, erase_hirm, prepare_hirm
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
 from hirm.erase.uce import UCEConfig, erase_uce
 from hirm.errors import HirmError
@@ -33,16 +33,21 @@ class Method:
     summary: str
     takes: str = "encoders"  # what `run` takes: "encoders" (the CLIP encoders) or "pipeline" (e.g. to use the UNet)
     edits_t5: bool = False  # whether `run` also works on T5 encoders (--encoder all / a T5 component name)
+    many_concepts: bool = False  # whether `run` erases a list of concepts in one optimisation
+    # fills the config's model-dependent defaults (e.g. HiRM's retain set) from the encoders and concepts
+    prepare: Callable[[Any, list[TextEncoder], list[str]], Any] | None = None
 
 
 METHODS: dict[str, Method] = {
     "hirm": Method("hirm", HiRMConfig, erase_hirm, {"variant": "u"},
                    "HiRM, hirm's default: final hidden states misdirected past the prompt's own concept-free version",
-                   edits_t5=True),
+                   edits_t5=True, many_concepts=True, prepare=prepare_hirm),
     "hirm-r": Method("hirm-r", HiRMConfig, erase_hirm, {"variant": "r"},
-                     "HiRM, final-layer representation misdirected to a random target", edits_t5=True),
+                     "HiRM, final-layer representation misdirected to a random target", edits_t5=True,
+                     many_concepts=True, prepare=prepare_hirm),
     "hirm-s": Method("hirm-s", HiRMConfig, erase_hirm, {"variant": "s"},
-                     "HiRM, final-layer representation misdirected to a semantic prompt (--target)", edits_t5=True),
+                     "HiRM, final-layer representation misdirected to a semantic prompt (--target)", edits_t5=True,
+                     many_concepts=True, prepare=prepare_hirm),
     "quickfix": Method("quickfix", QuickFixConfig, erase_quickfix, {},
                        "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
     "esd-x": Method("esd-x", ESDConfig, erase_esd, {"train": "xattn"},
@@ -130,7 +135,7 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     concepts = list(dict.fromkeys(c.strip() for c in concepts))
     concept = concepts[0] if len(concepts) == 1 else concepts
     parts = method_parts(method)
-    if len(concepts) > 1 and any(METHODS[p].config_cls is not HiRMConfig for p in parts):
+    if len(concepts) > 1 and not all(METHODS[p].many_concepts for p in parts):
         raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use hirm, hirm-r or "
                         "hirm-s")
     scoped: dict[str, dict[str, Any]] = {}
@@ -170,10 +175,8 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
         raise HirmError(f"{method} edits CLIP encoders only, not the T5 encoder {t5[0]!r}: pass --encoder clip")
     config = make_config(method, kind=kind, paper_defaults=paper_defaults, family=model_family(encoders),
                          **overrides)
-    if getattr(config, "retain_weight", 0) > 0 and not config.retain_prompts:
-        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concepts))
-    if getattr(config, "robust_rounds", 0) > 0 and not config.variants and len(concepts) == 1:
-        config = dataclasses.replace(config, variants=known_synonyms(encoders, concepts[0]))
+    if spec.prepare is not None:
+        config = spec.prepare(config, encoders, concepts)
     return spec.run(encoders, concept, config, progress=progress)
 
 
@@ -194,27 +197,6 @@ def model_family(model: Any) -> str | None:
     if encoders and all(registry.is_minicanvas(e.model) for e in encoders):
         return "minicanvas"
     return None
-
-
-def default_retain_prompts(encoders: list[TextEncoder], concepts: list[str]) -> tuple[str, ...]:
-    """Prompts to keep in place: the MiniCanvas world's own captions for its encoder, else a generic set."""
-    from hirm.erase.retain import GENERIC_PROMPTS
-    from hirm.minicanvas import registry, world
-
-    if all(registry.is_minicanvas(e.model) for e in encoders):
-        return tuple(world.retain_captions(concepts))
-    lowered = [c.lower() for c in concepts]
-    return tuple(p for p in GENERIC_PROMPTS if not any(c in p.lower() for c in lowered))
-
-
-def known_synonyms(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
-    """Other names of the concept that the model is known to understand: the MiniCanvas world's synonyms for
-    its encoder; none for other models (pass --variant)."""
-    from hirm.minicanvas import registry, world
-
-    if all(registry.is_minicanvas(e.model) for e in encoders):
-        return tuple(world.concept_names(concept)[1:])
-    return ()
 
 
 __all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "FewShotConfig", "HiRMConfig", "Method", "QuickFixConfig",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from hirm.encoders import TextEncoder, find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, optimise
+from hirm.erase.retain import default_retain_prompts
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -107,6 +108,4 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
 
 
 def _default_retain(enc: TextEncoder, concept: str) -> list[str]:
-    from hirm.erase import default_retain_prompts
-
-    return list(default_retain_prompts([enc], concept))
+    return list(default_retain_prompts([enc], [concept]))

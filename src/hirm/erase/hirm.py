@@ -12,6 +12,7 @@ prompt's final hidden states go to those of the same prompt with the concept's w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from hirm.encoders import TextEncoder
 from hirm.erase.loop import LoopResult, OptimConfig, optimise, temporarily
+from hirm.erase.retain import default_retain_prompts, known_synonyms
 from hirm.erase.textenc import concept_span, representation, representation_and_final, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -170,6 +172,16 @@ class HiRMConfig:
                             "(--paper-defaults or retain_weight 0): pass --retain-weight, e.g. 1000")
         if self.retain_weight > 0 and not self.retain_prompts:
             raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
+
+
+def prepare_hirm(config: HiRMConfig, encoders: list[TextEncoder], concepts: list[str]) -> HiRMConfig:
+    """The model-dependent defaults: the retain set when the retain term is on and none was given, and the
+    model's known synonyms of a single concept for robust rounds."""
+    if config.retain_weight > 0 and not config.retain_prompts:
+        config = dataclasses.replace(config, retain_prompts=default_retain_prompts(encoders, concepts))
+    if config.robust_rounds > 0 and not config.variants and len(concepts) == 1:
+        config = dataclasses.replace(config, variants=known_synonyms(encoders, concepts[0]))
+    return config
 
 
 def method_name(config: HiRMConfig) -> str:
