@@ -14,6 +14,7 @@ PACKAGE = Path(hirm.__file__).parent
 # part -> parts of hirm it must never import
 FORBIDDEN = {
     "hirm.erase": {"hirm.attacks", "hirm.eval", "hirm.cli", "hirm.bench"},
+    "hirm.attacks": {"hirm.eval", "hirm.cli", "hirm.bench"},
     "hirm.minicanvas": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.cli", "hirm.bench"},
     "hirm.tokens": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.encoders", "hirm.patch", "hirm.cli"},
     "hirm.errors": {"hirm"},

@@ -118,8 +118,8 @@ def _hits(pipe, probes: list[Probe], patches: list, classifier, domain: str, ind
     """Generate every probe under every seed with the probe's view of `patches`; which images show the concept."""
     import numpy as np
 
-    from hirm.eval.minicanvas import classify_images
     from hirm.generate import sample
+    from hirm.minicanvas.classifier import classify_images
 
     hits: list[bool] = []
     images: list = []

@@ -17,6 +17,6 @@ class EmbeddingConfig:
 
 def embedding_probes(pipe, concept: str, patches: list, config: EmbeddingConfig,
                      progress: bool = True) -> list[Probe]:
-    from hirm.eval.compare import grid_prompts
+    from hirm.minicanvas.world import grid_prompts
 
     return [Probe(p, "base-embedding", bypass_text_encoders=True) for p in grid_prompts(concept)[:config.prompts]]

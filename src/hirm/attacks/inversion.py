@@ -47,7 +47,7 @@ class CCEConfig:
 
 
 def _setting_prompts(concept: str, n: int, name: str | None = None) -> list[str]:
-    from hirm.eval.compare import grid_prompts
+    from hirm.minicanvas.world import grid_prompts
 
     prompts = grid_prompts(concept)[:4]
     prompts = [prompts[i % len(prompts)] for i in range(n)]

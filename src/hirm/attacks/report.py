@@ -16,11 +16,10 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
                 progress: bool = True) -> dict[str, Any]:
     from hirm.attacks import ATTACKS, attack, make_attack_config
     from hirm.encoders import load_pipeline
-    from hirm.eval.report import _require_minicanvas
     from hirm.minicanvas import registry
     from hirm.minicanvas.world import concept_domain
 
-    _require_minicanvas(model)
+    registry.require_minicanvas(model)
     concept_domain(concept)
     options = options or {}
     if not attacks:

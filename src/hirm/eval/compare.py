@@ -115,20 +115,6 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
         raise HirmError(f"--option {label}: {e}") from None
 
 
-def grid_prompts(concept: str) -> list[str]:
-    """The concept in four settings, then four prompts without it (the same for every method)."""
-    from hirm.minicanvas.world import concept_domain
-
-    domain, _ = concept_domain(concept)
-    same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept]
-    other = world.STYLES if domain == "object" else world.OBJECTS
-    def prompt(obj: str, sty: str) -> str:
-        return f"a {obj} image in {sty} style"
-    if domain == "object":
-        return [prompt(concept, s) for s in other[:4]] + [prompt(o, other[0]) for o in same[:4]]
-    return [prompt(o, concept) for o in other[:4]] + [prompt(other[0], s) for s in same[:4]]
-
-
 def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[int, ...] = (0,),
             options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
             progress: bool = True, transfer: bool = False, attacks: list[str] | None = None) -> dict[str, Any]:
@@ -138,12 +124,12 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     `options` holds method options and, keyed by attack name, attack options."""
     from hirm.encoders import load_pipeline
     from hirm.erase import method_parts
-    from hirm.eval.report import _require_minicanvas, evaluate_erasure
+    from hirm.eval.report import evaluate_erasure
     from hirm.generate import sample
     from hirm.minicanvas import registry
     from hirm.minicanvas.world import concept_domain
 
-    _require_minicanvas(model)
+    registry.require_minicanvas(model)
     if transfer and model != "minicanvas":
         raise HirmError("--transfer scores mini-SD patches on mini-Flux: use it with --model minicanvas")
     options = options or {}
@@ -202,7 +188,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
             _append(out, row, seeds, options)
         rows.append(row)
         with patch.applied(pipe) if patch is not None else nullcontext():
-            grids.setdefault(concept, []).append((method, sample(pipe, grid_prompts(concept), **kw)))
+            grids.setdefault(concept, []).append((method, sample(pipe, world.grid_prompts(concept), **kw)))
     table = {"model": model, "seeds": list(seeds), "options": options, "rows": rows,
              "summary": summarise(rows)}
     if out is not None:

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from hirm.generate import sample
 from hirm.minicanvas import world
-from hirm.minicanvas.classifier import MiniCanvasClassifier, to_tensor
+from hirm.minicanvas.classifier import MiniCanvasClassifier, classify_images
 from hirm.minicanvas.world import concept_domain
 from hirm.patch import all_applied
 
@@ -148,9 +147,3 @@ def evaluate(pipe, concept: str | None, classifier: MiniCanvasClassifier, patche
     with all_applied(patches or [], pipe):
         grid = generate_grid(pipe, classifier, **grid_kwargs)
     return score(grid, concept), grid
-
-
-@torch.no_grad()
-def classify_images(classifier: MiniCanvasClassifier, images: list) -> dict[str, np.ndarray]:
-    batch = to_tensor(np.stack([np.asarray(im.convert("RGB")) for im in images]))
-    return {k: v.numpy() for k, v in classifier.predict(batch).items()}

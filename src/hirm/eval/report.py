@@ -15,12 +15,6 @@ from hirm.minicanvas import registry, world
 METRICS = ("ua", "ira", "cra")
 
 
-def _require_minicanvas(model: str) -> None:
-    if model not in registry.NAMES:
-        raise HirmError(f"`hirm eval` scores MiniCanvas models ({', '.join(registry.NAMES)}), which ship a judge "
-                        f"classifier; {model!r} is not one")
-
-
 def probe_prompts(concept: str, per_template: int = 3) -> tuple[list[str], list[str]]:
     """IN: captions naming `concept`; OUT: the same captions naming the other concepts of its domain."""
     from hirm.minicanvas.world import concept_domain
@@ -51,7 +45,7 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
     from hirm.eval.minicanvas import evaluate, score_concepts
     from hirm.minicanvas.world import concept_domain
 
-    _require_minicanvas(model)
+    registry.require_minicanvas(model)
     if concept is None and patches:
         concept = patches[0].concepts[0]
     if concept is not None:

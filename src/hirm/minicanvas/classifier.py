@@ -7,6 +7,7 @@ trunk carry those attributes too, so that caption words for them mean something 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -70,3 +71,10 @@ def to_tensor(images_uint8) -> torch.Tensor:
     """uint8 N x H x W x 3 (numpy) -> float N x 3 x H x W in [-1, 1]."""
     t = torch.as_tensor(images_uint8).permute(0, 3, 1, 2).float()
     return t / 127.5 - 1.0
+
+
+@torch.no_grad()
+def classify_images(classifier: MiniCanvasClassifier, images: list) -> dict[str, np.ndarray]:
+    """The judge's labels ("object", "style": index arrays) of PIL images."""
+    batch = to_tensor(np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    return {k: v.numpy() for k, v in classifier.predict(batch).items()}

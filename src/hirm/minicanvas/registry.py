@@ -28,6 +28,13 @@ def path(name: str) -> Path:
     return folder
 
 
+def require_minicanvas(model: str) -> None:
+    """A HirmError unless `model` names a shipped MiniCanvas model (the only ones with a judge)."""
+    if model not in NAMES:
+        raise HirmError(f"`hirm eval` scores MiniCanvas models ({', '.join(NAMES)}), which ship a judge "
+                        f"classifier; {model!r} is not one")
+
+
 def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
     from diffusers import DiffusionPipeline
 

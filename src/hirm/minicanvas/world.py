@@ -492,3 +492,15 @@ def concept_domain(concept: str) -> tuple[str, int]:
         return "style", STYLES.index(concept)
     raise HirmError(f"{concept!r} is not a MiniCanvas concept; objects: {', '.join(OBJECTS)}; "
                     f"styles: {', '.join(STYLES)}")
+
+
+def grid_prompts(concept: str) -> list[str]:
+    """The concept in four settings, then four prompts without it (the same for every method)."""
+    domain, _ = concept_domain(concept)
+    same = [c for c in (OBJECTS if domain == "object" else STYLES) if c != concept]
+    other = STYLES if domain == "object" else OBJECTS
+    def prompt(obj: str, sty: str) -> str:
+        return f"a {obj} image in {sty} style"
+    if domain == "object":
+        return [prompt(concept, s) for s in other[:4]] + [prompt(o, other[0]) for o in same[:4]]
+    return [prompt(o, concept) for o in other[:4]] + [prompt(other[0], s) for s in same[:4]]
