@@ -15,7 +15,7 @@ import time
 import torch
 
 import hirm
-from hirm.encoders import load_pipeline
+from hirm.encoders import find_text_encoders, load_pipeline
 from hirm.eval.minicanvas import evaluate, judged_as, score
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.world import concept_domain
@@ -33,11 +33,11 @@ def moved(pipe, patch, concept: str, keep: str) -> dict[str, float]:
              "others": [c for c in cells if keep not in c and concept not in c]}
     prompts = {k: [f"a {o} image in {s} style" for o, s in v] for k, v in named.items()}
 
+    (enc,) = find_text_encoders(pipe, which="text_encoder")
+
     def finals(texts: list[str]) -> torch.Tensor:
-        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
-            return pipe.text_encoder(input_ids=ids).last_hidden_state
+            return enc.model(input_ids=enc.tokenize(texts, truncate=True)).last_hidden_state
 
     before = {k: finals(v) for k, v in prompts.items()}
     with patch.applied(pipe):

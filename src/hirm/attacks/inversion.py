@@ -20,7 +20,7 @@ from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import concept_latents, denoising_loss, require_unet_pipeline
 from hirm.errors import HirmError
 from hirm.patch import all_applied
-from hirm.tokens import embeddings_at, frozen, nearest_tokens, positions, straight_through, with_slots
+from hirm.tokens import embeddings_at, frozen, nearest_tokens, positions, straight_through, vocabulary, with_slots
 
 
 @dataclass
@@ -61,8 +61,6 @@ def _ids(pipe, prompts: list[str]) -> torch.Tensor:
 
 def unlearndiff_probes(pipe, concept: str, patches: list, config: UnlearnDiffConfig,
                        progress: bool = True) -> list[Probe]:
-    from hirm.tokens import vocabulary
-
     require_unet_pipeline(pipe, "unlearndiff")
     latents = concept_latents(pipe, concept, config.images, config.seed)
     table = pipe.text_encoder.get_input_embeddings().weight.detach()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from hirm.encoders import TextEncoder, find_text_encoders
+from hirm.encoders import find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, optimise
 from hirm.erase.retain import default_retain_prompts
@@ -55,7 +55,7 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
     (enc,) = find_text_encoders(pipe, which="text_encoder")
     unet = pipe.unet
     names = trainable_parameter_names(enc, config.layers)
-    retain = list(config.retain_prompts) or _default_retain(enc, concept)
+    retain = list(config.retain_prompts or default_retain_prompts([enc], [concept]))
     rng = random.Random(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     k = config.prefix_tokens
@@ -105,7 +105,3 @@ def erase_advunlearn(pipe, concept: str, config: AdvUnlearnConfig, progress: boo
                  fingerprints={enc.name: fingerprint(enc.model)},
                  info={enc.name: {"loss_first": result.losses[0], "loss_last": result.losses[-1]}},
                  seconds={enc.name: result.seconds})
-
-
-def _default_retain(enc: TextEncoder, concept: str) -> list[str]:
-    return list(default_retain_prompts([enc], [concept]))

@@ -28,7 +28,16 @@ from hirm.erase.retain import default_retain_prompts, known_synonyms
 from hirm.erase.textenc import concept_span, representation, representation_and_final, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
-from hirm.tokens import embeddings_at, frozen, nearest_tokens, positions, straight_through, with_slots
+from hirm.tokens import (
+    embeddings_at,
+    frozen,
+    nearest_tokens,
+    positions,
+    straight_through,
+    typo,
+    vocabulary,
+    with_slots,
+)
 
 # The paper's target scale: Frobenius norm 5000 over a 77 x 768 (CLIP ViT-L/14) tensor. Other encoder shapes
 # get the same per-element scale, so the number keeps its meaning for CLIP-G (1280) or a small encoder.
@@ -411,8 +420,6 @@ def _typos(concept: str, config: HiRMConfig) -> list[str]:
     """`robust_typos` seeded one-letter misspellings of the concept (robust HiRM trains on them too)."""
     if not config.robust_rounds or not config.robust_typos:
         return []
-    from hirm.tokens import typo
-
     rng = random.Random(config.seed)
     out: list[str] = []
     for _ in range(20 * config.robust_typos):
@@ -430,8 +437,6 @@ def adversarial_prompts(enc: TextEncoder, tensors: dict[str, torch.Tensor], sour
     vocabulary tokens, prepended to a concept prompt or in place of the concept's words (`robust_slots`),
     searched in embedding space (straight-through projection to the nearest token, as UnlearnDiffAtk) so that the
     erased encoder's final hidden states of the prompt's tokens after the slots match the base encoder's."""
-    from hirm.tokens import vocabulary
-
     k = config.robust_tokens
     table = enc.model.get_input_embeddings().weight.detach()
     everything = vocabulary(enc.tokenizer, config.robust_vocabulary)
