@@ -41,7 +41,7 @@ def main() -> None:
             done.add((row["concept"], row["hirm_seed"], json.dumps(row["settings"], sort_keys=True)))
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
-    sampling = registry.SAMPLING["minicanvas"]
+    sampling = registry.SAMPLING
     kw = {"seeds": tuple(int(s) for s in a.seeds.split(",")), "steps": sampling["steps"],
           "guidance": sampling["guidance"], "progress": False}
     base_grid = None

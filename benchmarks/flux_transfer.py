@@ -98,7 +98,7 @@ def main() -> None:
 
 
 def _sampling(model: str) -> dict:
-    s = registry.SAMPLING[model]
+    s = registry.SAMPLING
     return {"steps": s["steps"], "guidance": s["guidance"]}
 
 

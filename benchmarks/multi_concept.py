@@ -48,7 +48,7 @@ def main() -> None:
     seeds = tuple(int(s) for s in a.seeds.split(","))
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
-    sampling = registry.SAMPLING["minicanvas"]
+    sampling = registry.SAMPLING
 
     def scored(patches: list[Patch], concepts: list[str]) -> dict:
         with all_applied(patches, pipe):  # in order: a sequential patch was made on the model the earlier ones make

@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
-    sampling = registry.SAMPLING["minicanvas"]
+    sampling = registry.SAMPLING
     kw = {"seeds": (0, 1), "steps": sampling["steps"], "guidance": sampling["guidance"], "progress": False}
 
     def write(**row) -> None:

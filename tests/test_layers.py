@@ -3,6 +3,7 @@ attacking or evaluating; the MiniCanvas world does not depend on how it is evalu
 on nothing above them."""
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,14 @@ def part(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, known: frozenset[str] = frozenset()) -> set[str]:
+    """The hirm modules `path` imports; `from hirm.x import y` counts as hirm.x.y where that is a module in
+    `known`."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                       for a in node.names)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
     return {m for m in out if m == "hirm" or m.startswith("hirm.")}
@@ -64,3 +68,26 @@ def test_the_walk_sees_function_level_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from hirm.attacks.paraphrase import ParaphraseConfig\n")
     assert imports_of(src) == {"hirm.attacks.paraphrase"}
+
+
+def import_order(found: dict[str, Path]) -> tuple[str, ...]:
+    """The modules in an order where each comes after what it imports; graphlib.CycleError on a cycle."""
+    known = frozenset(found)
+    graph = {name: imports_of(path, known) - {name} for name, path in found.items()}
+    return tuple(graphlib.TopologicalSorter(graph).static_order())
+
+
+def test_no_import_cycles():
+    """Module by module (a package counts as its __init__), function-level imports included."""
+    try:
+        import_order(dict(modules()))
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path):
+    (tmp_path / "a.py").write_text("from hirm.b import g\n")
+    (tmp_path / "b.py").write_text("def g():\n    from hirm import a\n")
+    found = {"hirm.a": tmp_path / "a.py", "hirm.b": tmp_path / "b.py"}
+    with pytest.raises(graphlib.CycleError):
+        import_order(found)

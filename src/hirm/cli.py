@@ -269,7 +269,8 @@ def generate(
     where, wanted = resolve_device(device), parse_dtype(dtype)
     patches = [Patch.load(p) for p in patch or []]
     pipe = load_pipeline(model, dtype=wanted, device=where)
-    defaults = registry.SAMPLING.get(model, {})  # MiniCanvas: its own settings, not SD's 50 steps / CFG 7.5
+    # a MiniCanvas model (by the family its text encoder declares): its own settings, not SD's 50 steps / CFG 7.5
+    defaults = registry.SAMPLING if registry.is_minicanvas(getattr(pipe, "text_encoder", None)) else {}
     steps = steps or defaults.get("steps")
     guidance = guidance or defaults.get("guidance")
     images = []

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from hirm.errors import HirmError
+from hirm.minicanvas import registry
 
 CLIP_CLASSES = (CLIPTextModel, CLIPTextModelWithProjection)
 CLIP_CLASS_NAMES = {"CLIPTextModel", "CLIPTextModelWithProjection"}
@@ -205,17 +206,27 @@ def is_flux(model: str | Path) -> bool:
     return isinstance(spec, dict) and "Flux" in str(spec.get("_class_name", ""))
 
 
+def declared_family(model: str | Path) -> str | None:
+    """The family a model's CLIP text encoder declares in its config.json (`registry.family`, read from the
+    folder of a pipeline, MiniCanvas name or cached id, or of a text encoder alone), or None."""
+    try:
+        root = resolve_model_path(str(model))
+        config = root / "text_encoder" / "config.json"
+        spec = json.loads((config if config.exists() else root / "config.json").read_text())
+    except (HirmError, OSError, ValueError, RecursionError):
+        return None
+    return spec.get(registry.FAMILY_KEY) if isinstance(spec, dict) else None
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str, model: str | Path | None = None
                   ) -> torch.dtype:
     """`dtype`, or for "auto" / None: float32 on the CPU and for the MiniCanvas models (small, and their
     documented figures are fp32); on a GPU float16, or bfloat16 for Flux (its transformer overflows in
     float16)."""
-    from hirm.minicanvas import registry
-
     chosen = parse_dtype(dtype)
     if chosen is not None:
         return chosen
-    if torch.device(device).type == "cpu" or (model is not None and str(model) in registry.NAMES):
+    if torch.device(device).type == "cpu" or (model is not None and declared_family(model) == registry.FAMILY):
         return torch.float32
     return torch.bfloat16 if model is not None and is_flux(model) else torch.float16
 
@@ -278,8 +289,6 @@ def _place(model, device: torch.device | None):
 
 def resolve_model_path(model: str) -> Path:
     """A local folder as given, a MiniCanvas name, or a hub id found in the local cache (never downloaded)."""
-    from hirm.minicanvas import registry
-
     if model in registry.NAMES:
         return registry.path(model)
     path = Path(model).expanduser()
@@ -389,12 +398,8 @@ def load_pipeline(model: str | Path, dtype: str | torch.dtype | None = torch.flo
     read as `choose_variant` says."""
     from diffusers import DiffusionPipeline
 
-    from hirm.minicanvas import registry
-
     device = None if device is None else resolve_device(device)
     dtype = resolve_dtype(dtype, device or "cpu", model)
-    if str(model) in registry.NAMES:
-        return _place(registry.load_pipeline(str(model), dtype=dtype), device)
     root = resolve_model_path(str(model))
     if not (root / "model_index.json").exists():
         raise HirmError(f"{root} is not a diffusers pipeline folder (no model_index.json)")

@@ -54,7 +54,7 @@ def test_genetic_search_moves_toward_its_target(pipe):
 def test_embedding_input_undoes_a_text_encoder_patch_exactly(pipe):
     patch = hirm.erase(pipe, "circle", method="quickfix", progress=False)
     clf = registry.load_classifier()
-    s = registry.SAMPLING["minicanvas"]
+    s = registry.SAMPLING
     r = attack(pipe, "circle", "embedding", [patch], clf, seeds=(0,), denoise_steps=s["steps"], guidance=s["guidance"],
                progress=False, prompts=3)
     assert r.n == 3 and r.asr == r.base_asr

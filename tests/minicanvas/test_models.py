@@ -66,8 +66,8 @@ def test_generations_are_recognised(model, pipe):
     cells = [("star", "striped"), ("ring", "neon glow"), ("heart", "polka-dot"), ("cross", "outline"),
              ("triangle", "gradient"), ("arrow", "checkered"), ("square", "watercolor"), ("diamond", "grainy")]
     prompts = [f"a {o} image in {s} style" for o, s in cells]
-    images = sample(pipe, prompts, seed=0, steps=registry.SAMPLING[model]["steps"],
-                    guidance=registry.SAMPLING[model]["guidance"])
+    images = sample(pipe, prompts, seed=0, steps=registry.SAMPLING["steps"],
+                    guidance=registry.SAMPLING["guidance"])
     assert images[0].size == (32, 32)
     pred = registry.load_classifier().predict(to_tensor(np.stack([np.asarray(im) for im in images])))
     obj_ok = [world.OBJECTS[i] == o for i, (o, _) in zip(pred["object"].tolist(), cells, strict=True)]
@@ -100,16 +100,28 @@ def test_training_records_ship_with_weights():
     assert records["text_encoder"]["eval_pooled_top4_pair"] > 0.9
 
 
-def test_shipped_text_encoders_are_recognised_wherever_they_were_saved(pipe, tmp_path):
-    """A pipeline assembled from MiniCanvas parts under runs/ gets MiniCanvas defaults too; other weights do not."""
-    from transformers import CLIPTextModel
+def test_minicanvas_family_is_declared_by_the_model_and_travels_with_it(pipe, tmp_path):
+    """A copied or re-saved MiniCanvas pipeline gets MiniCanvas defaults wherever it lives; the family is what the
+    encoder's config declares, not guessed from the weights (the same weights without the declaration are not
+    MiniCanvas, a fine-tuned MiniCanvas encoder still is)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     import dummies
+    from hirm.encoders import load_pipeline, resolve_dtype
+    from hirm.erase import model_family
 
-    pipe.text_encoder.save_pretrained(tmp_path)
-    copy = CLIPTextModel.from_pretrained(tmp_path)
-    assert registry.is_minicanvas(copy)
+    assert registry.family(pipe.text_encoder) == "minicanvas"
+    pipe.save_pretrained(tmp_path / "copy")
+    copy = load_pipeline(str(tmp_path / "copy"))
+    assert model_family(copy) == "minicanvas"
+    for where in (tmp_path / "copy", "minicanvas-flux", tmp_path / "copy" / "text_encoder"):
+        assert resolve_dtype("auto", "cuda", where) == torch.float32  # as the shipped one, on a GPU too
     with torch.no_grad():
-        copy.get_input_embeddings().weight[0] += 1e-2
-    assert not registry.is_minicanvas(copy)
+        copy.text_encoder.get_input_embeddings().weight[0] += 1e-2
+    assert registry.is_minicanvas(copy.text_encoder)
+    undeclared = pipe.text_encoder.config.to_dict()
+    undeclared.pop(registry.FAMILY_KEY)
+    bare = CLIPTextModel(CLIPTextConfig(**undeclared))
+    bare.load_state_dict(pipe.text_encoder.state_dict())
+    assert not registry.is_minicanvas(bare)
     assert not registry.is_minicanvas(dummies.text_encoder().model)

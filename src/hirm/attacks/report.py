@@ -31,7 +31,7 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
         make_attack_config(name, **options.get(name, {}))
     pipe = load_pipeline(model)
     classifier = registry.load_classifier()
-    sampling = registry.SAMPLING[model]
+    sampling = registry.SAMPLING
     rows, details = [], {}
     for name in attacks:
         r = attack(pipe, concept, name, patches, classifier, seeds=seeds, denoise_steps=sampling["steps"],

@@ -152,7 +152,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     pipe = load_pipeline(model)
     flux = load_pipeline("minicanvas-flux") if transfer else None
     classifier = registry.load_classifier()
-    kw = {"seed": 0, "steps": registry.SAMPLING[model]["steps"], "guidance": registry.SAMPLING[model]["guidance"]}
+    kw = {"seed": 0, "steps": registry.SAMPLING["steps"], "guidance": registry.SAMPLING["guidance"]}
     rows: list[dict[str, Any]] = []
     grids: dict[str, list] = {}
     # each finished row is appended to out/rows.jsonl at once, so an interrupted run resumes where it stopped
@@ -215,7 +215,7 @@ def _attack_rate(pipe, model: str, concept: str, name: str, patch, seeds: tuple[
     from hirm.attacks import attack
     from hirm.minicanvas import registry
 
-    s = registry.SAMPLING[model]
+    s = registry.SAMPLING
     r = attack(pipe, concept, name, [patch] if patch is not None else [], classifier, seeds=seeds,
                denoise_steps=s["steps"], guidance=s["guidance"], progress=False, cache=cache, **options)
     return round(r.asr, 4), round(r.seconds, 2)

@@ -58,7 +58,7 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
     classifier = classifier or registry.load_classifier()
     if device is not None:
         classifier = classifier.to(pipe.device)
-    sampling = registry.SAMPLING[model]
+    sampling = registry.SAMPLING
     kwargs = {"seeds": seeds, "steps": steps or sampling["steps"], "guidance": guidance or sampling["guidance"],
               "progress": progress}
     if templates:
@@ -162,7 +162,7 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
         result = evaluate_erasure(model, concept, [patch], seeds=seeds, base=True, probe=model == "minicanvas",
                                   out=folder, pipe=pipe, classifier=classifier)
         print_result(result)
-        kw = {"seed": 0, "steps": registry.SAMPLING[model]["steps"], "guidance": registry.SAMPLING[model]["guidance"]}
+        kw = {"seed": 0, "steps": registry.SAMPLING["steps"], "guidance": registry.SAMPLING["guidance"]}
         before = sample(pipe, prompts, **kw)
         with patch.applied(pipe):
             after = sample(pipe, prompts, **kw)

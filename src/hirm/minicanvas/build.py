@@ -13,15 +13,20 @@ from hirm.io import atomic_dir
 from hirm.minicanvas import registry
 from hirm.minicanvas.tokenizer import load_tokenizer
 
-SAMPLING = registry.SAMPLING["minicanvas"]
+
+def training_scheduler():
+    """mini-SD's noise schedule: SD's scaled-linear betas, epsilon prediction."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, prediction_type="epsilon", clip_sample=False)
 
 
 def inference_scheduler():
+    """The shipped mini-SD's sampler: DDIM on the training schedule."""
     from diffusers import DDIMScheduler
 
-    from hirm.minicanvas.training import make_scheduler
-
-    return DDIMScheduler.from_config(make_scheduler().config, set_alpha_to_one=False, steps_offset=1)
+    return DDIMScheduler.from_config(training_scheduler().config, set_alpha_to_one=False, steps_offset=1)
 
 
 def assemble_sd(components: Path, unet_checkpoint: Path, scaling_factor: float, out: Path | None = None,

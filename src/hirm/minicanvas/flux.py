@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hirm.minicanvas import world
+from hirm.minicanvas import registry, world
 
 T5_MAX_LENGTH = 24  # world captions are at most 19 T5 tokens; every token costs training time
 
@@ -57,7 +57,8 @@ def make_t5_encoder(vocab_size: int):
 
     cfg = T5Config(vocab_size=vocab_size, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=16, dropout_rate=0.0, decoder_start_token_id=0,
-                   pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu")
+                   pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu",
+                   **{registry.FAMILY_KEY: registry.FAMILY})
     return T5EncoderModel(cfg)
 
 

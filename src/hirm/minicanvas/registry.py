@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
@@ -14,10 +13,11 @@ FOLDERS = {"minicanvas": WEIGHTS / "minicanvas-sd", "minicanvas-flux": WEIGHTS /
 NAMES = tuple(FOLDERS)
 CLASSIFIER = WEIGHTS / "classifier"
 TOKENIZER = WEIGHTS / "minicanvas-sd" / "tokenizer"  # the CLIP BPE tokenizer, shared by every MiniCanvas model
-# sampler settings per MiniCanvas model (the pipelines' own defaults, 50 steps / CFG 7.5, are SD's at 512 px)
-# (mini-Flux: true classifier-free guidance against the empty prompt, Euler on the flow-matching ODE)
-SAMPLING: dict[str, dict[str, float]] = {"minicanvas": {"steps": 25, "guidance": 5.0},
-                                         "minicanvas-flux": {"steps": 25, "guidance": 5.0}}
+# the sampler settings of every MiniCanvas model (the pipelines' own defaults, 50 steps / CFG 7.5, are SD's at
+# 512 px); mini-Flux: true classifier-free guidance against the empty prompt, Euler on the flow-matching ODE
+SAMPLING: dict[str, float] = {"steps": 25, "guidance": 5.0}
+# the config field every MiniCanvas text encoder declares its family in, and its value
+FAMILY_KEY, FAMILY = "hirm_family", "minicanvas"
 
 
 def path(name: str) -> Path:
@@ -49,41 +49,13 @@ def load_classifier():
     return MiniCanvasClassifier.from_pretrained(CLASSIFIER).eval()
 
 
+def family(model: torch.nn.Module) -> str | None:
+    """The model family a text encoder declares in its own config (`hirm_family`, written when MiniCanvas builds
+    it and kept by `save_pretrained`), or None: a copied or re-saved MiniCanvas encoder is still MiniCanvas, and
+    no weights are guessed from where they were loaded or what they hash to."""
+    return getattr(getattr(model, "config", None), FAMILY_KEY, None)
+
+
 def is_minicanvas(model: torch.nn.Module) -> bool:
-    """Is this one of the shipped MiniCanvas text encoders: loaded from the shipped weights, or the same weights
-    saved elsewhere (a pipeline assembled from MiniCanvas parts under runs/)?"""
-    source = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    try:
-        if Path(source).resolve().is_relative_to(WEIGHTS.resolve()):
-            return True
-    except (OSError, ValueError):
-        pass
-    shipped = _shipped_encoders()
-    shape = _shape(model)
-    if not any(shape == s for s, _ in shipped):  # cheap: only a same-shaped model is hashed
-        return False
-    from hirm.patch import fingerprint
-
-    return fingerprint(model) in {f for _, f in shipped}
-
-
-def _shape(model: torch.nn.Module) -> tuple:
-    return tuple((n, tuple(t.shape)) for n, t in sorted(model.state_dict().items()))
-
-
-@functools.cache
-def _shipped_encoders() -> tuple[tuple[tuple, str], ...]:
-    """(parameter shapes, fingerprint) of every shipped text encoder."""
-    import transformers
-
-    from hirm.patch import fingerprint
-
-    out = {}
-    for folder in FOLDERS.values():
-        for sub in ("text_encoder", "text_encoder_2"):
-            where = (folder / sub).resolve()
-            if (where / "config.json").exists() and where not in out:
-                config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
-                model = getattr(transformers, config.architectures[0]).from_pretrained(where, local_files_only=True)
-                out[where] = (_shape(model), fingerprint(model))
-    return tuple(out.values())
+    """Does this text encoder declare itself a MiniCanvas one (hirm's MiniCanvas recipe, retain set, judge)?"""
+    return family(model) == FAMILY

@@ -23,7 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hirm.io import atomic_dir, atomic_file
-from hirm.minicanvas import world
+from hirm.minicanvas import registry, world
+from hirm.minicanvas.build import inference_scheduler, training_scheduler
 from hirm.minicanvas.classifier import HEADS, MiniCanvasClassifier, to_tensor
 
 # ------------------------------------------------------------------------------------------ state
@@ -280,7 +281,6 @@ def train_vae_decoder(run_dir: Path, steps: int = 5000, batch_size: int = 64, lr
     Fourier magnitude spectrum (`fft_weight`), which a per-pixel loss averages away on periodic textures."""
     from diffusers import AutoencoderKL
 
-    from hirm.minicanvas import registry
 
     seed_everything(seed)
     vae = AutoencoderKL.from_pretrained(init or registry.FOLDERS["minicanvas"] / "vae", torch_dtype=torch.float32)
@@ -316,7 +316,6 @@ def evaluate_vae(vae, n_per_pair: int = 10, seed: int = 777_777) -> dict:
     x = to_tensor(b.images)
     recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(256)]).clamp(-1, 1)
     out = {"recon_mse": float(((recon - x) ** 2).mean())}
-    from hirm.minicanvas import registry
 
     if (registry.CLASSIFIER / "config.json").exists():
         clf = registry.load_classifier()
@@ -339,7 +338,7 @@ def make_text_encoder():
     cfg = CLIPTextConfig(
         vocab_size=49408, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=256,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **{registry.FAMILY_KEY: registry.FAMILY},
     )
     return CLIPTextModel(cfg)
 
@@ -388,7 +387,6 @@ def train_text_encoder(run_dir: Path, steps: int = 1200, batch_size: int = 128, 
     Most steps use the first `short_length` positions (exact under the causal mask: every caption fits);
     every `full_every`-th step runs all 77 positions so that each position embedding is trained.
     """
-    from hirm.minicanvas import registry
     from hirm.minicanvas.tokenizer import load_tokenizer
 
     seed_everything(seed)
@@ -475,13 +473,6 @@ def make_unet(latent_channels: int = 8, cross_attention_dim: int = 256):
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
     )
-
-
-def make_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012, prediction_type="epsilon", clip_sample=False)
 
 
 @torch.no_grad()
@@ -590,7 +581,6 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     state = load_checkpoint(run_dir, models, opt)
     counters = run_dir / "checkpoint" / "state.json"
     if not state.step and init_from is not None and (init_from / "state.json").exists():
-        from hirm.minicanvas import registry
 
         _init_from_export(run_dir, init_from, models, registry.FOLDERS["minicanvas"] / "unet")
         counters = init_from / "state.json"
@@ -599,7 +589,7 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     ema = EMAModel(ema_unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
     if state.step:
         ema.optimization_step = json.loads(counters.read_text())["ema_step"]
-    scheduler = make_scheduler()
+    scheduler = training_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
 
     def step(i: int) -> dict[str, float]:
@@ -714,7 +704,6 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     state = load_checkpoint(run_dir, models, opt)
     counters = run_dir / "checkpoint" / "state.json"
     if not state.step and init_from is not None and (init_from / "state.json").exists():
-        from hirm.minicanvas import registry
 
         load_model(model, str(init_from / "flux.safetensors"), strict=True)
         shipped = registry.FOLDERS["minicanvas-flux"]
@@ -760,7 +749,6 @@ def generator_pipeline(components: Path, unet, scaling_factor: float):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    from hirm.minicanvas.build import inference_scheduler
     from hirm.minicanvas.tokenizer import load_tokenizer
 
     vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32)
