@@ -52,6 +52,30 @@ def test_fingerprint_ignores_load_dtype_but_not_weights():
     assert fingerprint(a) != fingerprint(dummies.clip_text_model(seed=1))
 
 
+def test_fingerprint_is_hashed_once_and_again_after_any_weight_change(monkeypatch):
+    import hirm.patch
+
+    a = dummies.clip_text_model(seed=0)
+    first = fingerprint(a)
+    hashed = []
+    real = hirm.patch.hashlib.sha256
+    monkeypatch.setattr(hirm.patch.hashlib, "sha256", lambda: hashed.append(1) or real())
+    assert fingerprint(a) == first and not hashed  # kept
+    weight = a.get_input_embeddings().weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1e-2)  # in place, as an optimiser step or a patch writes
+    assert fingerprint(a) != first and len(hashed) == 1
+    with torch.no_grad():
+        weight.copy_(saved)
+    assert fingerprint(a) == first
+    weight.data = saved + 1e-2  # replaced
+    assert fingerprint(a) != first
+    weight.data.copy_(saved)  # the one write PyTorch does not count: unseen until forgotten
+    hirm.patch.forget_fingerprints(a)
+    assert fingerprint(a) == first
+
+
 def test_wrong_encoder_refused(made):
     _, patch = made
     other = dummies.text_encoder(seed=1)

@@ -41,18 +41,37 @@ def fingerprint(module: torch.nn.Module, dtype: torch.dtype = torch.float16) -> 
     the same checkpoint has the same fingerprint, while any other weights do not. A bfloat16 load rounds
     differently (fewer mantissa bits): `dtype=torch.bfloat16` hashes the weights rounded to bfloat16 instead,
     which a bfloat16 load and an fp32 (or fp16-only) checkpoint share.
+
+    Hashed once per module: the answer is kept until a weight changes, which PyTorch tells by each tensor's
+    storage and version counter (bumped by every in-place write: optimiser steps, `copy_`, a patch applied or
+    removed; a tensor replaced has new storage). Only a write through `param.data`, which PyTorch does not
+    count, goes unseen: call `forget_fingerprints(module)` after one.
     """
+    tensors = [(n, t) for n, t in sorted(module.state_dict().items()) if torch.is_floating_point(t)]
+    key = tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device)) for n, t in tensors)
+    known = _FINGERPRINTS.setdefault(module, {})
+    if dtype in known and known[dtype][0] == key:
+        return known[dtype][1]
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        if not torch.is_floating_point(t):
-            continue
+    for name, t in tensors:
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         if dtype == torch.float16:
             h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
         else:
             h.update(_raw_bytes(t.detach().to("cpu", dtype)))
-    return h.hexdigest()
+    known[dtype] = (key, h.hexdigest())
+    return known[dtype][1]
+
+
+def forget_fingerprints(module: torch.nn.Module) -> None:
+    """Drop `module`'s kept fingerprints, so the next `fingerprint` reads its weights again."""
+    _FINGERPRINTS.pop(module, None)
+
+
+# module -> {hash dtype: (what its weights were when hashed, fingerprint)}
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, dict[torch.dtype, tuple[tuple, str]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype | None:
