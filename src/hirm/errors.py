@@ -1,8 +1,9 @@
 """The one error type hirm raises for bad input; the CLI prints its message on one line and exits 2."""
 
 
-class HirmError(Exception):
-    """A user-facing problem, with a message that names it and the fix."""
+class HirmError(ValueError):
+    """A user-facing problem, with a message that names it and the fix. A ValueError, as Python's convention for
+    bad input: code that catches ValueError to report foreign data must let a HirmError through first."""
 
 
 class Terminated(BaseException):

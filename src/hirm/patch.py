@@ -393,6 +393,8 @@ class Patch:
         except SafetensorError as e:
             raise HirmError(f"{path} is not a readable safetensors file ({e}): it is corrupt or truncated, "
                             "re-make or re-copy it") from e
+        except HirmError:  # already names the problem and the fix
+            raise
         except (OSError, ValueError, TypeError) as e:
             raise HirmError(f"cannot read patch {path}: {e}") from e
         missing = [k for k in ("concepts", "method", "config", "fingerprints") if k not in meta]

@@ -96,6 +96,16 @@ def test_metadata_of_the_wrong_types_is_one_line(tmp_path, fields, message):
     assert message in one_error_line(runner.invoke(app, ["inspect", str(path)]))
 
 
+def test_hirm_errors_are_value_errors_and_readers_do_not_rewrap_them(tmp_path):
+    """HirmError is a ValueError (Python's convention for bad input); the readers that turn a foreign file's
+    ValueError into a HirmError let hirm's own one-line message through unchanged."""
+    assert issubclass(HirmError, ValueError)
+    path = patch_file(tmp_path / "p.safetensors", format_version="2")
+    with pytest.raises(HirmError) as caught:
+        Patch.load(path)
+    assert str(caught.value).startswith(f"{path} is hirm patch format")
+
+
 @pytest.mark.parametrize("raw", ["[1, 2]", "null", "\"text\"", "{", "[" * 100000])
 def test_metadata_that_is_not_an_object_is_one_line(tmp_path, raw):
     path = patch_file(tmp_path / "p.safetensors", meta=raw)

@@ -89,6 +89,8 @@ def write_report(run_dir: Path, blur: bool = True, sample: int = 8) -> tuple[Pat
         raise HirmError(f"--sample {sample}: pass the number of prompts to show (0 or more)")
     try:
         return _write_report(run_dir, blur, sample)
+    except HirmError:  # already names the problem and the fix
+        raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as e:
         # a last line of defence: every field is checked, but a run folder can be edited in ways nobody foresaw
         raise HirmError(f"{run_dir} holds data hirm did not write ({type(e).__name__}: {str(e)[:120]}): re-run "
