@@ -11,7 +11,9 @@ runner = CliRunner()
 
 def test_eval_json_and_erasure_effect(tmp_path):
     patch = tmp_path / "star.safetensors"
-    r = runner.invoke(app, ["erase", "--model", "minicanvas", "--concept", "star", "--out", str(patch)])
+    # 50 steps: this test is about eval; the demo test below runs the default recipe end to end
+    r = runner.invoke(app, ["erase", "--model", "minicanvas", "--concept", "star", "--steps", "50",
+                            "--out", str(patch)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["eval", "--model", "minicanvas", "--patch", str(patch), "--seeds", "0", "--base",
                             "--probe", "--json", "--out", str(tmp_path / "eval")])

@@ -70,7 +70,7 @@ METHODS: dict[str, Method] = {
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "rece": {"epochs": 3},
     "hirm": {"supervise_module": "final", "margin": 1.0, "loss_scale": 1000.0, "templates": GENERIC_TEMPLATES,
-             "context_prompts": 8, "retain_weight": 1000.0, "lr": 1e-3, "steps": 50},
+             "context_prompts": 8, "retain_weight": 1000.0, "lr": 1e-3, "steps": 200},
 }
 
 
