@@ -54,9 +54,10 @@ def prepare(runs: Path, n_images: int, workers: int, device: str) -> None:
 def init_dir(runs: Path, what: str) -> Path:
     """A run's raw export if this checkout has it, else the shipped EMA weights with the shipped counters."""
     from hirm.minicanvas import flux
-    from hirm.minicanvas.training import FLUX_RESUME_DIR, RESUME_DIR
+    from hirm.minicanvas.training import RESUME_STATE
 
-    export_dir, shipped = (RESUME_DIR, "minicanvas-sd") if what == "unet" else (FLUX_RESUME_DIR, "minicanvas-flux")
+    export_dir = Path(__file__).resolve().parents[1] / RESUME_STATE[what]  # this checkout's committed state
+    shipped = "minicanvas-sd" if what == "unet" else "minicanvas-flux"
     if (export_dir / "state.json").exists():
         return export_dir
     init = runs / f"{what}-init"

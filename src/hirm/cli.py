@@ -551,16 +551,39 @@ def minicanvas_train(
     run_dir: Annotated[Path, typer.Option(help="checkpoint folder (resumes from it)")],
     steps: Annotated[int | None, typer.Option(help="total steps (default: the shipped models' count)")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads")] = 2,
+    device: Annotated[str | None, typer.Option(help="unet / flux: e.g. cuda on a leased accelerator")] = None,
+    workers: Annotated[int | None, typer.Option(help="unet / flux: processes rendering the training set")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="unet / flux: seconds; the schedule fits it")] = None,
+    resume_state: Annotated[Path | None, typer.Option(
+        help="unet / flux: a committed resume state a fresh --run-dir starts from (default: the checkout's "
+             "training/minicanvas-sd-unet or training/minicanvas-flux, where it exists)")] = None,
+    option: Annotated[list[str] | None, typer.Option("--set", help="any other argument of the trainer, "
+                                                     "KEY=VALUE (JSON values), e.g. --set lr=1e-4")] = None,
 ) -> None:
     """Train (or resume) one MiniCanvas model; checkpoints in --run-dir."""
+    import inspect
+
     import torch
 
+    from hirm.eval.compare import parse_assignment
     from hirm.minicanvas import training
 
     if what not in training.TRAINERS:
         raise HirmError(f"unknown model {what!r}: use one of {', '.join(training.TRAINERS)}")
+    trainer = training.TRAINERS[what]
+    kwargs = dict(parse_assignment(o) for o in option or [])
+    kwargs |= {k: v for k, v in (("steps", steps), ("device", device), ("workers", workers),
+                                 ("time_budget", time_budget)) if v is not None}
+    if what in training.RESUME_STATE:
+        default = training.RESUME_STATE[what]
+        kwargs["init_from"] = resume_state or (default if (default / "state.json").exists() else None)
+    accepted = set(inspect.signature(trainer).parameters) - {"run_dir"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise HirmError(f"`hirm minicanvas train {what}` takes no {unknown[0]!r}: options are "
+                        f"{', '.join(sorted(accepted))}")
     torch.set_num_threads(threads)
-    training.TRAINERS[what](run_dir, **({} if steps is None else {"steps": steps}))
+    trainer(run_dir, **kwargs)
 
 
 @minicanvas_app.command("build")
@@ -570,12 +593,15 @@ def minicanvas_build(
     run_dir: Annotated[Path | None, typer.Option(help="the run to ship (its EMA weights); default runs/unet or "
                                                      "runs/flux")] = None,
     components: Annotated[Path, typer.Option(help="folder with vae/ and text_encoder/ (sd)")] = Path("runs/components"),
+    resume_state: Annotated[Path | None, typer.Option(
+        help="where to write the run's resume state (raw weights + counters) for training elsewhere (default: "
+             "the checkout's training/minicanvas-sd-unet or training/minicanvas-flux)")] = None,
 ) -> None:
     """Assemble a shipped pipeline (fp16) from a training run: mini-SD (and its resume state) or mini-Flux."""
     from safetensors import safe_open
 
     from hirm.minicanvas.build import assemble_flux, assemble_sd
-    from hirm.minicanvas.training import export_flux_resume_state, export_unet_resume_state
+    from hirm.minicanvas.training import RESUME_STATE, export_flux_resume_state, export_unet_resume_state
 
     if what not in ("sd", "flux"):
         raise HirmError(f"unknown pipeline {what!r}: use sd or flux")
@@ -590,7 +616,7 @@ def minicanvas_build(
         if metrics.exists():
             records["flux"]["generations"] = json.loads(metrics.read_text())
         out = assemble_flux(run_dir / "checkpoint" / "ema_flux.safetensors", records=records)
-        typer.echo(f"wrote {out} and {export_flux_resume_state(run_dir)}")
+        typer.echo(f"wrote {out} and {export_flux_resume_state(run_dir, resume_state or RESUME_STATE['flux'])}")
         return
     records = {name: json.loads((components / name / "training.json").read_text())
                for name in ("vae", "text_encoder") if (components / name / "training.json").exists()}
@@ -600,7 +626,7 @@ def minicanvas_build(
     with safe_open(str(run_dir / "data.safetensors"), "pt") as f:
         scaling = float(f.metadata()["scaling_factor"])
     out = assemble_sd(components, run_dir / "checkpoint" / "ema_unet", scaling, records=records)
-    resume = export_unet_resume_state(run_dir)
+    resume = export_unet_resume_state(run_dir, resume_state or RESUME_STATE["unet"])
     typer.echo(f"wrote {out} and {resume}")
 
 

@@ -1,6 +1,7 @@
 """Training loops: resumable (a killed run resumes to the same weights), seeded, safetensors only."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,25 @@ def test_unet_run_encodes_its_set_once(tmp_path, monkeypatch):
     _, state = training.train_unet(run, steps=2, batch_size=2, n_images=4, save_every=1, components=shipped,
                                    init_from=None)
     assert state.step == 2
+
+
+def test_train_command_passes_trainer_options_and_refuses_unknown_ones(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hirm.cli import app
+
+    seen = {}
+    monkeypatch.setitem(training.TRAINERS, "unet", lambda run_dir, steps=1, lr=1.0, init_from=None, device="cpu":
+                        seen.update(run_dir=run_dir, steps=steps, lr=lr, init_from=init_from, device=device))
+    monkeypatch.chdir(tmp_path)  # no training/ folder here: a fresh run starts from nothing, not the package's
+    runner = CliRunner()
+    r = runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r", "--steps", "3", "--set", "lr=1e-4"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"run_dir": Path("r"), "steps": 3, "lr": 1e-4,
+                    "init_from": None, "device": "cpu"}
+    (tmp_path / "training" / "minicanvas-sd-unet").mkdir(parents=True)
+    (tmp_path / "training" / "minicanvas-sd-unet" / "state.json").write_text("{}")
+    assert runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r"]).exit_code == 0
+    assert seen["init_from"] == training.RESUME_STATE["unet"]  # the checkout's committed state, where it exists
+    r = runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r", "--workers", "4"])
+    assert r.exit_code == 2 and "takes no 'workers'" in r.output and "options are" in r.output

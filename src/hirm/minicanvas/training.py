@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -519,10 +518,13 @@ def _data_chunks(n: int, seed: int) -> list[tuple[int, int]]:
     return [(min(500, n - k), seed * 7919 + k) for k in range(0, n, 500)]
 
 
-RESUME_DIR = Path(__file__).resolve().parents[3] / "training" / "minicanvas-sd-unet"
+# where a checkout keeps each generator's committed resume state (raw weights + counters), relative to its root:
+# training goes on across machines from there (`hirm minicanvas train/build --resume-state`); an installed
+# package has no such folder, so the library functions take the path and default to none
+RESUME_STATE = {"unet": Path("training/minicanvas-sd-unet"), "flux": Path("training/minicanvas-flux")}
 
 
-def export_unet_resume_state(run_dir: Path, out: Path = RESUME_DIR) -> Path:
+def export_unet_resume_state(run_dir: Path, out: Path) -> Path:
     """The part of a UNet run worth committing to resume it elsewhere: raw weights in fp16 and the counters
     (the EMA weights are the shipped pipeline's UNet; Adam restarts with a short warm-up)."""
     from diffusers import UNet2DConditionModel
@@ -544,7 +546,7 @@ def _init_from_export(run_dir: Path, init_from: Path, models: dict[str, nn.Modul
 
 def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
                n_images: int = 80000, caption_dropout: float = 0.1, ema_decay: float = 0.999,
-               save_every: int = 250, components: Path | None = None, init_from: Path | None = RESUME_DIR,
+               save_every: int = 250, components: Path | None = None, init_from: Path | None = None,
                device: str = "cpu", workers: int = 1, time_budget: float | None = None):
     """mini-SD: a UNet2DConditionModel on 8x8 VAE latents, conditioned on the frozen text encoder, with
     caption dropout for classifier-free guidance. Trains from a fixed rendered set (latents and caption
@@ -654,10 +656,7 @@ def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int, wor
         save_file(tensors, str(tmp))
 
 
-FLUX_RESUME_DIR = RESUME_DIR.parent / "minicanvas-flux"
-
-
-def export_flux_resume_state(run_dir: Path, out: Path = FLUX_RESUME_DIR) -> Path:
+def export_flux_resume_state(run_dir: Path, out: Path) -> Path:
     """Raw (non-EMA) mini-Flux weights in fp16 and the counters, to resume training on another machine (the
     EMA weights are the shipped pipeline's; Adam restarts with a short warm-up)."""
     ckpt = run_dir / "checkpoint"
@@ -671,7 +670,7 @@ def export_flux_resume_state(run_dir: Path, out: Path = FLUX_RESUME_DIR) -> Path
 def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
                caption_dropout: float = 0.1, sequence_dropout: float = 0.0, pooled_dropout: float = 0.0,
                ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None,
-               init_from: Path | None = FLUX_RESUME_DIR, device: str = "cpu", workers: int = 1,
+               init_from: Path | None = None, device: str = "cpu", workers: int = 1,
                time_budget: float | None = None):
     """mini-Flux: FluxTransformer2DModel + T5 encoder, rectified flow on the mini-SD training set.
 
@@ -764,30 +763,3 @@ def generator_pipeline(components: Path, unet, scaling_factor: float):
 # what `hirm minicanvas train WHAT` runs
 TRAINERS = {"classifier": train_classifier, "vae": train_vae, "vae-decoder": train_vae_decoder,
             "text": train_text_encoder, "unet": train_unet, "flux": train_flux}
-
-
-def main() -> None:  # pragma: no cover - manual entry for background runs
-    import argparse
-
-    p = argparse.ArgumentParser()
-    p.add_argument("what")
-    p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=int(os.environ.get("HIRM_THREADS", "2")))
-    p.add_argument("--set", action="append", default=[], help="extra keyword, e.g. --set edge_weight=1.0")
-    p.add_argument("--device", default=None, help="unet / flux: cuda on a leased accelerator")
-    p.add_argument("--workers", type=int, default=None, help="unet / flux: processes rendering the training set")
-    p.add_argument("--time-budget", type=float, default=None, help="unet / flux: seconds; the schedule fits it")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    kw = {} if a.steps is None else {"steps": a.steps}
-    kw |= {k: v for k, v in (("device", a.device), ("workers", a.workers), ("time_budget", a.time_budget))
-           if v is not None}
-    for item in a.set:
-        key, value = item.split("=", 1)
-        kw[key] = float(value) if "." in value or "e" in value else int(value)
-    TRAINERS[a.what](a.run_dir, **kw)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
