@@ -1,9 +1,10 @@
-# Two commands on a fresh machine: `make demo` (runs the MiniCanvas demo) and `make test` (the test suite).
+# Two commands on a fresh machine: `make demo` (runs the MiniCanvas demo) and `make test` (the fast test tier;
+# `make test-all` adds the slow MiniCanvas end-to-end tests).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-all lint bench
 
 $(BIN)/hirm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +19,13 @@ install: $(BIN)/hirm
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/hirm demo --out hirm-demo
 
+# the fast tier: unit tests and dummy-pipeline tests (a few minutes on 2 cores)
 test: install
+	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# everything, with the MiniCanvas end-to-end tests (`@pytest.mark.slow`); what CI runs
+test-all: install
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 

@@ -199,6 +199,7 @@ def test_hub_id_resolved_from_local_cache_only(tmp_path, monkeypatch):
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_bench_prints_measured_figures():
     r = run("bench", "--shape", "clip-l", "--steps", "1", "--threads", "1")
     assert r.exit_code == 0, r.output

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from hirm.cli import app
@@ -9,6 +10,7 @@ from hirm.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_eval_json_and_erasure_effect(tmp_path):
     patch = tmp_path / "star.safetensors"
     # 50 steps: this test is about eval; the demo test below runs the default recipe end to end
@@ -54,6 +56,7 @@ def test_eval_rejects_unknown_concept_and_model():
     assert r.exit_code == 2 and "scores MiniCanvas models" in r.output
 
 
+@pytest.mark.slow
 def test_demo_writes_report_grid_and_patch(tmp_path):
     out = tmp_path / "demo"
     r = runner.invoke(app, ["demo", "--out", str(out)])

@@ -13,6 +13,7 @@ from hirm.eval.compare import markdown, parse_options, peak_memory, summarise
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_compare_json_schema_and_files(tmp_path):
     out = tmp_path / "cmp"
     r = runner.invoke(app, ["compare", "--concepts", "star", "--methods", "hirm-r,uce,esd-x,hirm-r+uce",
@@ -35,6 +36,7 @@ def test_compare_json_schema_and_files(tmp_path):
     assert len(list((out / "patches").glob("*.safetensors"))) == 4
 
 
+@pytest.mark.slow
 def test_compare_transfer_scores_text_encoder_patches_on_mini_flux(tmp_path):
     r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "hirm-r,uce", "--transfer", "--json"])
     assert r.exit_code == 0, r.output
@@ -46,6 +48,7 @@ def test_compare_transfer_scores_text_encoder_patches_on_mini_flux(tmp_path):
     assert r.exit_code == 2 and "--transfer" in r.output
 
 
+@pytest.mark.slow
 def test_compare_attacks_add_asr_columns():
     r = runner.invoke(app, ["compare", "--concepts", "circle", "--methods", "quickfix,uce,quickfix/weak",
                             "--option", "quickfix/weak.lamb=1000", "--attacks", "embedding",
