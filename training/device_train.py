@@ -87,7 +87,7 @@ def train(what: str, run_dir: str, kwargs: dict) -> None:
     torch.backends.cudnn.allow_tf32 = True
     from hirm.minicanvas import training
 
-    training.TRAINERS[what](Path(run_dir), **kwargs)
+    training.TRAINERS[what].run(Path(run_dir), **kwargs)
 
 
 def export(runs: Path, out: Path) -> dict:

@@ -111,12 +111,12 @@ def test_attack_cli_bad_input(tmp_path):
 def test_inversion_attacks_learn_against_the_erased_denoiser(pipe, name):
     """A few steps on the shipped mini-SD: prompts come back, the learned embedding is in place only while a
     CCE probe generates, and the pipeline's weights are untouched afterwards."""
-    from hirm.attacks import ATTACKS, make_attack_config
+    from hirm.attacks import ATTACKS
     from hirm.patch import fingerprint
 
     patch = hirm.erase(pipe, "circle", method="quickfix", progress=False)
     before = fingerprint(pipe.text_encoder), fingerprint(pipe.unet)
-    cfg = make_attack_config(name, prompts=2, steps=3, images=4, batch=2)
+    cfg = ATTACKS.config(name, {"prompts": 2, "steps": 3, "images": 4, "batch": 2})
     probes = ATTACKS[name].run(pipe, "circle", [patch], cfg, progress=False)
     assert len(probes) == 2 and all(p.kind == name for p in probes)
     assert (fingerprint(pipe.text_encoder), fingerprint(pipe.unet)) == before

@@ -179,7 +179,7 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     assert configs["hirm-r"].lr == configs["esd-x"].lr == 1e-3  # the combination's own options reach both
     _erase(pipe, "striped", "hirm-s", ["hirm-s"], {})
     assert configs["hirm-s"].target == "a pattern"
-    with pytest.raises(HirmError, match="--option uce/x: uce has no option 'robust_rounds'"):
+    with pytest.raises(HirmError, match="--option uce/x: method uce has no option 'robust_rounds'"):
         _erase(pipe, "striped", "uce/x", ["uce"], {"uce/x": {"robust_rounds": 2}})
     # the same scoping in the library's entry point (and the CLI's --set esd-x.steps=...)
     hirm.erase(pipe, "striped", method="hirm-r+esd-x", lr=1e-3, **{"esd-x.steps": 7})

@@ -355,7 +355,7 @@ def test_unlearncanvas_protocol_end_to_end(sd_folder, patch, classifiers, tmp_pa
     (("--protocol", "coco", "--out", "{tmp}/r", "--prompts", "{csv}"), "needs --clip-model PATH"),
     (("--protocol", "unlearncanvas", "--out", "{tmp}/r", "--prompts", "{csv}"), "needs --style-classifier"),
     (("--protocol", "unlearncanvas", "--out", "{tmp}/r", "--concept", "Vang Gogh"), "not an UnlearnCanvas class"),
-    (("--protocol", "mmlu", "--out", "{tmp}/r"), "--protocol 'mmlu': choose one of nudity, coco, unlearncanvas"),
+    (("--protocol", "mmlu", "--out", "{tmp}/r"), "unknown protocol 'mmlu'; available: nudity, coco, unlearncanvas"),
     (("--prompts", "{csv}"), "--prompts applies to --protocol runs only"),
 ])
 def test_protocol_errors(sd_folder, i2p, tmp_path, args, message):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hirm.minicanvas import training
+from hirm.registry import Entry
 
 
 def _weights(path):
@@ -121,8 +122,10 @@ def test_train_command_passes_trainer_options_and_refuses_unknown_ones(tmp_path,
     from hirm.cli import app
 
     seen = {}
-    monkeypatch.setitem(training.TRAINERS, "unet", lambda run_dir, steps=1, lr=1.0, init_from=None, device="cpu":
-                        seen.update(run_dir=run_dir, steps=steps, lr=lr, init_from=init_from, device=device))
+    def fake_unet(run_dir, steps=1, lr=1.0, init_from=None, device="cpu"):
+        seen.update(run_dir=run_dir, steps=steps, lr=lr, init_from=init_from, device=device)
+
+    monkeypatch.setitem(training.TRAINERS, "unet", Entry("unet", None, fake_unet, "a stand-in"))
     monkeypatch.chdir(tmp_path)  # no training/ folder here: a fresh run starts from nothing, not the package's
     runner = CliRunner()
     r = runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r", "--steps", "3", "--set", "lr=1e-4"])
@@ -134,4 +137,7 @@ def test_train_command_passes_trainer_options_and_refuses_unknown_ones(tmp_path,
     assert runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r"]).exit_code == 0
     assert seen["init_from"] == training.RESUME_STATE["unet"]  # the checkout's committed state, where it exists
     r = runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r", "--workers", "4"])
-    assert r.exit_code == 2 and "takes no 'workers'" in r.output and "options are" in r.output
+    assert r.exit_code == 2
+    assert "trainer unet has no option 'workers'; options: device, init_from, lr, steps" in r.output
+    r = runner.invoke(app, ["minicanvas", "train", "unet2", "--run-dir", "r"])
+    assert r.exit_code == 2 and "unknown trainer 'unet2'; available: classifier, vae" in r.output

@@ -9,9 +9,7 @@ says whether the concept came back. ASR = fraction of (probe, seed) images class
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,31 +21,29 @@ from hirm.attacks.probe import Probe
 from hirm.attacks.ringabell import RingABellConfig, ringabell_probes
 from hirm.errors import HirmError
 from hirm.patch import all_applied
+from hirm.registry import Entry, Registry
 
 
 @dataclass(frozen=True)
-class Attack:
-    name: str
-    config_cls: type
-    run: Callable[..., list[Probe]]  # (pipe, concept, patches, config, progress) -> probes
-    summary: str
+class Attack(Entry):
+    """An attack: `run(pipe, concept, patches, config, progress=...) -> list[Probe]`."""
+
     needs_erased_model: bool = False  # False: the probes depend only on the base model, so they can be reused
 
 
-ATTACKS: dict[str, Attack] = {
-    "paraphrase": Attack("paraphrase", ParaphraseConfig, paraphrase_probes,
-                         "the concept said other ways: synonyms, unseen templates, typos, inside a longer sentence"),
-    "embedding": Attack("embedding", EmbeddingConfig, embedding_probes,
-                        "the base encoder's embeddings fed directly, bypassing any text-encoder edit"),
-    "ringabell": Attack("ringabell", RingABellConfig, ringabell_probes,
-                        "Ring-A-Bell: concept vector on the base encoder, prompt tokens found by a genetic search"),
-    "unlearndiff": Attack("unlearndiff", UnlearnDiffConfig, unlearndiff_probes,
-                          "UnlearnDiffAtk: prepended tokens optimised against the erased model's denoising loss",
-                          needs_erased_model=True),
-    "cce": Attack("cce", CCEConfig, cce_probes,
-                  "CCE: a token embedding learned by textual inversion against the erased model",
-                  needs_erased_model=True),
-}
+ATTACKS: Registry[Attack] = Registry("attack", [
+    Attack("paraphrase", ParaphraseConfig, paraphrase_probes,
+           "the concept said other ways: synonyms, unseen templates, typos, inside a longer sentence"),
+    Attack("embedding", EmbeddingConfig, embedding_probes,
+           "the base encoder's embeddings fed directly, bypassing any text-encoder edit"),
+    Attack("ringabell", RingABellConfig, ringabell_probes,
+           "Ring-A-Bell: concept vector on the base encoder, prompt tokens found by a genetic search"),
+    Attack("unlearndiff", UnlearnDiffConfig, unlearndiff_probes,
+           "UnlearnDiffAtk: prepended tokens optimised against the erased model's denoising loss",
+           needs_erased_model=True),
+    Attack("cce", CCEConfig, cce_probes, "CCE: a token embedding learned by textual inversion against the erased model",
+           needs_erased_model=True),
+])
 
 
 @dataclass
@@ -66,17 +62,6 @@ class AttackResult:
                 "base_asr": round(self.base_asr, 4), "n": self.n, "seconds": round(self.seconds, 2)}
 
 
-def make_attack_config(name: str, **overrides: Any):
-    if name not in ATTACKS:
-        raise HirmError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
-    cls = ATTACKS[name].config_cls
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise HirmError(f"attack {name} has no option {unknown[0]!r}; options: {', '.join(sorted(fields))}")
-    return cls(**{k: v for k, v in overrides.items() if v is not None})
-
-
 def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tuple[int, ...] = (0, 1),
            denoise_steps: int | None = None, guidance: float | None = None, progress: bool = True,
            cache: dict | None = None, **overrides: Any) -> AttackResult:
@@ -88,7 +73,7 @@ def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tupl
     from hirm.minicanvas.world import concept_domain
 
     domain, index = concept_domain(concept)
-    config = make_attack_config(name, **overrides)
+    config = ATTACKS.config(name, overrides)
     sampling = {"steps": denoise_steps, "guidance": guidance, "seeds": tuple(seeds)}
     start = time.perf_counter()
     reusable = cache is not None and not ATTACKS[name].needs_erased_model
@@ -142,4 +127,4 @@ def _view(patch, probe: Probe):
     return patch.only([c for c in patch.components if not c.startswith("text_encoder")])
 
 
-__all__ = ["ATTACKS", "AttackResult", "Probe", "attack", "make_attack_config"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Probe", "attack"]

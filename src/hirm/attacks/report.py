@@ -14,7 +14,7 @@ from hirm.images import save_atomic, write_text_atomic
 def run_attacks(model: str, concept: str, patches: list, attacks: list[str], seeds: tuple[int, ...],
                 options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
                 progress: bool = True) -> dict[str, Any]:
-    from hirm.attacks import ATTACKS, attack, make_attack_config
+    from hirm.attacks import ATTACKS, attack
     from hirm.encoders import load_pipeline
     from hirm.minicanvas import registry
     from hirm.minicanvas.world import concept_domain
@@ -24,11 +24,10 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
     options = options or {}
     if not attacks:
         raise HirmError("give at least one --attacks, e.g. paraphrase,embedding")
-    for name in [*attacks, *options]:
-        if name not in ATTACKS:
-            raise HirmError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+    for name in options:
+        ATTACKS.lookup(name)
     for name in attacks:  # option names checked before minutes of work
-        make_attack_config(name, **options.get(name, {}))
+        ATTACKS.config(name, options.get(name, {}))
     pipe = load_pipeline(model)
     classifier = registry.load_classifier()
     sampling = registry.SAMPLING

@@ -8,12 +8,13 @@ the patches.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from hirm.encoders import TextEncoder, find_text_encoders, load_text_encoders
+from hirm.erase import fewshot
+from hirm.erase import hirm as hirm_method
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
 from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.fewshot import FewShotConfig, erase_fewshot
@@ -22,99 +23,81 @@ from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
 from hirm.erase.uce import UCEConfig, erase_uce
 from hirm.errors import HirmError
 from hirm.patch import Patch
+from hirm.registry import Entry, Registry
 
 
 @dataclass(frozen=True)
-class Method:
-    name: str
-    config_cls: type
-    run: Callable[..., Patch]
-    fixed: dict[str, Any]  # config values that define the method (e.g. HiRM's variant)
-    summary: str
+class Method(Entry):
+    """An erasure method: `run(encoders_or_pipe, concept, config, progress=...) -> Patch`."""
+
     takes: str = "encoders"  # what `run` takes: "encoders" (the CLIP encoders) or "pipeline" (e.g. to use the UNet)
     edits_t5: bool = False  # whether `run` also works on T5 encoders (--encoder all / a T5 component name)
     many_concepts: bool = False  # whether `run` erases a list of concepts in one optimisation
+    # defaults that are not the config dataclass's (e.g. RECE shares UCE's config with more rounds)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    # hirm's recipe where it departs from the paper's, by model family (`paper_defaults` drops it)
+    family_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the config values for a concept kind ("object", "style", "nudity"); None: the kind changes nothing
+    preset: Callable[[str], dict] | None = None
     # fills the config's model-dependent defaults (e.g. HiRM's retain set) from the encoders and concepts
     prepare: Callable[[Any, list[TextEncoder], list[str]], Any] | None = None
 
 
-METHODS: dict[str, Method] = {
-    "hirm": Method("hirm", HiRMConfig, erase_hirm, {"variant": "u"},
-                   "HiRM, hirm's default: final hidden states misdirected past the prompt's own concept-free version",
-                   edits_t5=True, many_concepts=True, prepare=prepare_hirm),
-    "hirm-r": Method("hirm-r", HiRMConfig, erase_hirm, {"variant": "r"},
-                     "HiRM, final-layer representation misdirected to a random target", edits_t5=True,
-                     many_concepts=True, prepare=prepare_hirm),
-    "hirm-s": Method("hirm-s", HiRMConfig, erase_hirm, {"variant": "s"},
-                     "HiRM, final-layer representation misdirected to a semantic prompt (--target)", edits_t5=True,
-                     many_concepts=True, prepare=prepare_hirm),
-    "quickfix": Method("quickfix", QuickFixConfig, erase_quickfix, {},
-                       "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
-    "esd-x": Method("esd-x", ESDConfig, erase_esd, {"train": "xattn"},
-                    "ESD-x: UNet cross-attention fine-tuned with negative guidance", "pipeline"),
-    "esd-u": Method("esd-u", ESDConfig, erase_esd, {"train": "noxattn"},
-                    "ESD-u: UNet non-cross-attention weights fine-tuned with negative guidance", "pipeline"),
-    "uce": Method("uce", UCEConfig, erase_uce, {"epochs": 0},
-                  "UCE: closed-form edit of cross-attention keys/values, other concepts preserved", "pipeline"),
-    "rece": Method("rece", UCEConfig, erase_uce, {},
-                   "RECE: UCE plus closed-form removal of adversarial embeddings (--epochs rounds)", "pipeline"),
-    "advunlearn": Method("advunlearn", AdvUnlearnConfig, erase_advunlearn, {},
-                         "AdvUnlearn: text encoder trained against adversarial prefix tokens, with a retain term",
-                         "pipeline"),
-    "fewshot": Method("fewshot", FewShotConfig, erase_fewshot, {},
-                      "Few-shot erasing: text encoder trained to raise the denoising loss on a few concept images",
-                      "pipeline"),
-}
-# method-specific defaults that are not the dataclass's (RECE shares UCE's config)
-# (hirm's own method: its whole recipe, on every encoder; measured on MiniCanvas, docs/erasure.md)
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "rece": {"epochs": 3},
-    "hirm": {"supervise_module": "final", "margin": 1.0, "loss_scale": 1000.0, "templates": GENERIC_TEMPLATES,
-             "context_prompts": 8, "retain_weight": 1000.0, "lr": 1e-3, "steps": 200},
-}
-
-
-# hirm's recipe where it departs from the paper's, per model family (the config dataclasses' defaults and the
-# kind presets are the papers' values); `paper_defaults=True` / `--paper-defaults` drops these. Real CLIP
-# encoders get the paper's recipe, under which the paper measured local erasure; the small MiniCanvas encoder
-# needs a retain term to be local. See docs/locality.md for the measurements.
+# Real CLIP encoders get the paper's HiRM recipe, under which the paper measured local erasure; the small
+# MiniCanvas encoder needs a retain term to be local (docs/locality.md).
 _MINICANVAS_HIRM = {"retain_weight": 1000.0, "lr": 1e-3, "steps": 50, "robust_vocabulary": "world"}
-HIRM_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "minicanvas": {"hirm-r": _MINICANVAS_HIRM, "hirm-s": _MINICANVAS_HIRM, "hirm": {"robust_vocabulary": "world"}},
-}
+_HIRM = {"config_cls": HiRMConfig, "run": erase_hirm, "edits_t5": True, "many_concepts": True,
+         "prepare": prepare_hirm}
+
+METHODS: Registry[Method] = Registry("method", [
+    # hirm's own method: its whole recipe, on every encoder; measured on MiniCanvas, docs/erasure.md
+    Method("hirm", **_HIRM, fixed={"variant": "u"},
+           summary="HiRM, hirm's default: final hidden states misdirected past the prompt's own concept-free version",
+           defaults={"supervise_module": "final", "margin": 1.0, "loss_scale": 1000.0,
+                     "templates": GENERIC_TEMPLATES, "context_prompts": 8, "retain_weight": 1000.0, "lr": 1e-3,
+                     "steps": 200},
+           family_defaults={"minicanvas": {"robust_vocabulary": "world"}}, preset=hirm_method.no_kind_preset),
+    Method("hirm-r", **_HIRM, fixed={"variant": "r"},
+           summary="HiRM, final-layer representation misdirected to a random target",
+           family_defaults={"minicanvas": _MINICANVAS_HIRM}, preset=hirm_method.kind_preset),
+    Method("hirm-s", **_HIRM, fixed={"variant": "s"},
+           summary="HiRM, final-layer representation misdirected to a semantic prompt (--target)",
+           family_defaults={"minicanvas": _MINICANVAS_HIRM}, preset=hirm_method.kind_preset),
+    Method("quickfix", QuickFixConfig, erase_quickfix,
+           "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
+    Method("esd-x", ESDConfig, erase_esd, "ESD-x: UNet cross-attention fine-tuned with negative guidance",
+           fixed={"train": "xattn"}, takes="pipeline"),
+    Method("esd-u", ESDConfig, erase_esd, "ESD-u: UNet non-cross-attention weights fine-tuned with negative guidance",
+           fixed={"train": "noxattn"}, takes="pipeline"),
+    Method("uce", UCEConfig, erase_uce,
+           "UCE: closed-form edit of cross-attention keys/values, other concepts preserved",
+           fixed={"epochs": 0}, takes="pipeline"),
+    Method("rece", UCEConfig, erase_uce,
+           "RECE: UCE plus closed-form removal of adversarial embeddings (--epochs rounds)", takes="pipeline",
+           defaults={"epochs": 3}),
+    Method("advunlearn", AdvUnlearnConfig, erase_advunlearn,
+           "AdvUnlearn: text encoder trained against adversarial prefix tokens, with a retain term", takes="pipeline"),
+    Method("fewshot", FewShotConfig, erase_fewshot,
+           "Few-shot erasing: text encoder trained to raise the denoising loss on a few concept images",
+           takes="pipeline", preset=fewshot.kind_preset),
+])
 
 
 def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, family: str | None = None,
                 **overrides: Any):
     """The method's config: the paper's defaults, its preset for the concept `kind`, hirm's recipe for the
     model `family` (unless `paper_defaults`), then explicit overrides."""
-    if method not in METHODS:
-        raise HirmError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    spec = METHODS[method]
-    values: dict[str, Any] = dict(METHOD_DEFAULTS.get(method, {}))
+    spec = METHODS.lookup(method)
+    values: dict[str, Any] = dict(spec.defaults)
     if kind is not None:
         if kind not in KIND_DEFAULTS:
             raise HirmError(f"--kind {kind!r}: use one of {', '.join(KIND_DEFAULTS)}")
-        if method == "hirm":
-            raise HirmError(f"--kind {kind} sets the paper's per-kind steps and lr of hirm-r / hirm-s; hirm's "
-                            "default method has one recipe for every kind: drop --kind, or pass --method hirm-r")
-        if spec.config_cls is HiRMConfig:
-            values.update(KIND_DEFAULTS[kind])
-        elif spec.config_cls is FewShotConfig and kind in ("object", "style"):
-            values["concept_type"] = kind  # its prompt templates
+        if spec.preset is not None:
+            values.update(spec.preset(kind))
     if not paper_defaults and family is not None:
-        values.update(HIRM_DEFAULTS.get(family, {}).get(method, {}))
+        values.update(spec.family_defaults.get(family, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    clash = sorted(k for k, v in spec.fixed.items() if k in values and values[k] != v)
-    if clash:
-        raise HirmError(f"{method} fixes {clash[0]}={spec.fixed[clash[0]]!r} (it is what makes it {method}): drop "
-                        "that option, or choose the method with the value you want (`hirm methods` lists them)")
-    values.update(spec.fixed)
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise HirmError(f"{method} has no option {unknown[0]!r}; options: {', '.join(sorted(fields))}")
-    return spec.config_cls(**values)
+    return METHODS.config(method, values)
 
 
 def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,
@@ -145,7 +128,7 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
             raise HirmError(f"option {key!r}: {part!r} is not part of {method}")
         scoped.setdefault(part, {})[field] = overrides.pop(key)
     if len(parts) > 1:
-        fields = {p: {f.name for f in dataclasses.fields(METHODS[p].config_cls)} for p in parts}
+        fields = {p: set(METHODS[p].options()) for p in parts}
         unused = sorted(k for k, v in overrides.items() if v is not None and not any(k in f for f in fields.values()))
         if unused:
             raise HirmError(f"{method} has no option {unused[0]!r}")

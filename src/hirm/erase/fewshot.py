@@ -127,6 +127,11 @@ def concept_images_latents(pipe, concept: str, config: FewShotConfig) -> torch.T
     return image_latents(pipe, pixels)
 
 
+def kind_preset(kind: str) -> dict:
+    """Few-shot erasing's prompt templates for an object or a style (other kinds keep "auto")."""
+    return {"concept_type": kind} if kind in ("object", "style") else {}
+
+
 def _concept_type(concept: str, config: FewShotConfig) -> str:
     if config.concept_type != "auto":
         return config.concept_type

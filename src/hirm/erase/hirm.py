@@ -539,3 +539,14 @@ KIND_DEFAULTS: dict[str, dict] = {
     "nudity": {"steps": 50, "lr": 1e-4, "safe_pairs": NUDITY_SAFE_PAIRS},
 }
 
+
+def kind_preset(kind: str) -> dict:
+    """HiRM-R / HiRM-S: the paper's steps and lr for a concept kind."""
+    return dict(KIND_DEFAULTS[kind])
+
+
+def no_kind_preset(kind: str) -> dict:
+    """hirm's default method: one recipe for every kind."""
+    raise HirmError(f"--kind {kind} sets the paper's per-kind steps and lr of hirm-r / hirm-s; hirm's default "
+                    "method has one recipe for every kind: drop --kind, or pass --method hirm-r")
+

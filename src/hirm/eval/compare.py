@@ -144,10 +144,10 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     if unknown:
         raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods or --attacks")
     if attacks:
-        from hirm.attacks import make_attack_config
+        from hirm.attacks import ATTACKS
 
         for name in attacks:
-            make_attack_config(name, **options.get(name, {}))
+            ATTACKS.config(name, options.get(name, {}))
     method_options = {k: v for k, v in options.items() if k not in attacks}
     pipe = load_pipeline(model)
     flux = load_pipeline("minicanvas-flux") if transfer else None

@@ -25,6 +25,7 @@ from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.build import inference_scheduler, training_scheduler
 from hirm.minicanvas.classifier import HEADS, MiniCanvasClassifier, to_tensor
+from hirm.registry import Entry, Registry
 
 # ------------------------------------------------------------------------------------------ state
 
@@ -760,6 +761,12 @@ def generator_pipeline(components: Path, unet, scaling_factor: float):
     )
 
 
-# what `hirm minicanvas train WHAT` runs
-TRAINERS = {"classifier": train_classifier, "vae": train_vae, "vae-decoder": train_vae_decoder,
-            "text": train_text_encoder, "unet": train_unet, "flux": train_flux}
+# what `hirm minicanvas train WHAT` runs; a trainer's options are its keyword arguments
+TRAINERS: Registry[Entry] = Registry("trainer", [
+    Entry("classifier", None, train_classifier, "the judge: object and style heads on rendered images"),
+    Entry("vae", None, train_vae, "mini-SD's AutoencoderKL on rendered images"),
+    Entry("vae-decoder", None, train_vae_decoder, "the VAE's decoder alone (its latent space kept)"),
+    Entry("text", None, train_text_encoder, "the CLIPTextModel, trained contrastively against the frozen judge (LiT)"),
+    Entry("unet", None, train_unet, "mini-SD's UNet2DConditionModel on 8x8 VAE latents"),
+    Entry("flux", None, train_flux, "mini-Flux: FluxTransformer2DModel + T5, rectified flow"),
+])

@@ -6,31 +6,15 @@ generates, scores, shards and resumes for all of them; `report.write_report` tur
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any
-
-from hirm.errors import HirmError
 from hirm.eval.protocols.base import Protocol
 from hirm.eval.protocols.coco import Coco
 from hirm.eval.protocols.nudity import Nudity
 from hirm.eval.protocols.unlearncanvas import UnlearnCanvas
+from hirm.registry import Entry, Registry
 
-PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (Nudity, Coco, UnlearnCanvas)}
-
-
-def make_protocol(name: str, **options: Any) -> Protocol:
-    """The protocol `name` with the given options; options it does not take are an error, not silently dropped."""
-    if name not in PROTOCOLS:
-        raise HirmError(f"--protocol {name!r}: choose one of {', '.join(PROTOCOLS)}")
-    cls = PROTOCOLS[name]
-    names = {f.name for f in fields(cls)}
-    given = {k: v for k, v in options.items() if v is not None}
-    extra = sorted(k for k in given if k not in names)
-    if extra:
-        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-        raise HirmError(f"{flags} does not apply to --protocol {name} (it takes: "
-                        f"{', '.join('--' + f.replace('_', '-') for f in sorted(names)) or 'no options'})")
-    return cls(**given)
+# a protocol's dataclass is its config (its options are `hirm eval` flags); `runner.run_protocol` runs any of them
+PROTOCOLS: Registry[Entry] = Registry(
+    "protocol", [Entry(p.name, p, None, p.summary) for p in (Nudity, Coco, UnlearnCanvas)], flags=True)
 
 
-__all__ = ["PROTOCOLS", "Protocol", "make_protocol"]
+__all__ = ["PROTOCOLS", "Protocol"]
