@@ -1,0 +1,7 @@
+"""`python -m hirm.cli`: the `hirm` command."""
+
+import sys
+
+from hirm.cli import main
+
+sys.exit(main())

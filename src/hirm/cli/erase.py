@@ -1,0 +1,247 @@
+"""`hirm erase`, `apply`, `generate`, `inspect`, `methods`: making a patch and using it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hirm.cli.base import (
+    DEVICE_HELP,
+    Device,
+    Model,
+    app,
+    handles_errors,
+    one_line,
+    quiet_libraries,
+    read_lines,
+)
+from hirm.errors import HirmError
+from hirm.io import check_output_dir, check_output_file
+
+
+@app.command()
+@handles_errors
+def erase(
+    model: Model,
+    out: Annotated[Path, typer.Option(help="patch file to write (.safetensors)")],
+    concept: Annotated[list[str] | None, typer.Option(help="the concept to erase, e.g. 'Van Gogh' (repeatable: "
+                                                      "hirm, hirm-r/-s erase several in one optimisation)")] = None,
+    concepts_file: Annotated[Path | None, typer.Option(help="text file with one concept per line (# comments)")] = None,
+    method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm",
+    target: Annotated[str | None, typer.Option(help="what the concept becomes: hirm, the words put in its place "
+                                                    "in every prompt, e.g. 'hexagon'; hirm-s, a semantic target "
+                                                    "prompt, e.g. 'a painting'")] = None,
+    kind: Annotated[str | None, typer.Option(help="object | style | nudity: the paper's steps/lr for it")] = None,
+    encoder: Annotated[str, typer.Option(help="text encoder(s) to edit: clip (every CLIP encoder), all (T5 too), "
+                                              "or a component name: text_encoder, text_encoder_2, ...")] = "clip",
+    steps: Annotated[int | None, typer.Option(help="optimisation steps")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the random target and the optimisation")] = None,
+    layers: Annotated[str | None, typer.Option(help="trained layers: 0 | 0,1 | first-attn | mlp-only | attn-only "
+                                               "| final-attn | mix-attn | all")] = None,
+    target_norm: Annotated[float | None, typer.Option(help="hirm-r target norm (on a 77x768 encoder)")] = None,
+    scale: Annotated[float | None, typer.Option(help="hirm-s: multiplier c of the semantic target")] = None,
+    supervise_layer: Annotated[int | None, typer.Option(help="layer whose output is supervised (-1: last)")] = None,
+    supervise_module: Annotated[str | None, typer.Option(help="module in that layer (self_attn.out_proj, "
+                                                         "mlp.fc2, output), or final: the final hidden "
+                                                         "states (hirm's default)")] = None,
+    template: Annotated[list[str] | None, typer.Option(help="prompt template with {} (repeatable)")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="other names of the concept (repeatable)")] = None,
+    truncate: Annotated[bool, typer.Option(help="cut prompts longer than the encoder instead of failing")] = False,
+    positions: Annotated[str | None, typer.Option(help="supervised positions: all (paper) | no-bos | concept | "
+                                                  "concept+eos")] = None,
+    train_biases: Annotated[bool | None, typer.Option("--train-biases/--no-train-biases",
+                                                      help="train layer biases too (paper: yes)")] = None,
+    retain_weight: Annotated[float | None, typer.Option(help="weight of the retain term (paper: 0)")] = None,
+    retain_prompt: Annotated[list[str] | None, typer.Option(help="prompt whose final representation must stay "
+                                                            "(repeatable)")] = None,
+    preserve: Annotated[list[str] | None, typer.Option(help="a concept or prompt to keep as it is, e.g. 'a cat' "
+                                                       "(repeatable; hirm-r/-s, uce, rece)")] = None,
+    preserve_file: Annotated[Path | None, typer.Option(help="text file with one concept or prompt to keep per "
+                                                       "line (# comments)")] = None,
+    safe_pair: Annotated[list[str] | None, typer.Option(help="hirm-s safe direction: 'WITH CONCEPT|WITHOUT' "
+                                                        "prompt pair (repeatable)")] = None,
+    paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
+                                                 "this model")] = False,
+    robust: Annotated[bool, typer.Option(help="robust HiRM: rounds of attack (prompts that bring the concept back "
+                                         "through the erased encoder), then erase again with them; typos and "
+                                         "known synonyms too")] = False,
+    option: Annotated[list[str] | None, typer.Option("--set", help="any config field of the method, KEY=VALUE "
+                                                     "(JSON values), e.g. --set preserve='[\"circle\"]'; "
+                                                     "for one part of a+b: --set esd-x.steps=200")] = None,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="precision the model is read in: auto (float32), float32, float16 "
+                                            "(reads fp16 variant files), bfloat16; the trained weights are always "
+                                            "float32 copies, and the patch applies to float16/float32 loads (and "
+                                            "bfloat16 ones)")] = "auto",
+) -> None:
+    """Erase a concept; write its safety patch."""
+    quiet_libraries()
+    from hirm.api import erase as run_erase
+    from hirm.encoders import parse_dtype, resolve_device
+    from hirm.erase.hirm import ROBUST_ROUNDS
+    from hirm.eval.compare import parse_assignment
+
+    pairs = None
+    if safe_pair:
+        if not all(p.count("|") == 1 for p in safe_pair):
+            raise HirmError("--safe-pair takes 'PROMPT WITH CONCEPT|SAME PROMPT WITHOUT IT' (one '|')")
+        pairs = tuple(tuple(x.strip() for x in p.split("|")) for p in safe_pair)
+    if out.suffix != ".safetensors":
+        raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
+    check_output_file(out)  # before minutes of training, not after
+    where, read_as = resolve_device(device), parse_dtype(dtype)  # a device this machine lacks: before loading
+    concepts = list(concept or []) + (read_lines(concepts_file, "--concepts-file") if concepts_file else [])
+    if not concepts:
+        raise HirmError("no concept given: pass --concept 'Van Gogh' (repeatable) or --concepts-file FILE")
+    settings = dict(parse_assignment(o) for o in option or [])
+    kept = list(preserve or []) + (read_lines(preserve_file, "--preserve-file") if preserve_file else [])
+    if kept:
+        settings["preserve"] = tuple(dict.fromkeys(kept))
+    if robust:
+        if not method.startswith("hirm-") or "+" in method:
+            raise HirmError(f"--robust is a HiRM option; {method} has its own defences (e.g. advunlearn)")
+        settings.setdefault("robust_rounds", ROBUST_ROUNDS)
+    patch = run_erase(
+        model, concepts if len(concepts) > 1 else concepts[0], method=method, encoder=encoder, kind=kind,
+        paper_defaults=paper_defaults, target=target,
+        steps=steps, lr=lr, seed=seed, layers=layers, target_norm=target_norm, scale=scale,
+        supervise_layer=supervise_layer, supervise_module=supervise_module,
+        templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
+        truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
+        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, device=where,
+        dtype=read_as, **settings,
+    )
+    patch.save(out)
+    for name, seconds in patch.seconds.items():
+        i = patch.info.get(name, {})
+        detail = (f", loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}" if "loss_first" in i else "") + (
+            f", cosine to target {i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}"
+            if "cos_to_target_after" in i else "")
+        typer.echo(f"{name}: {seconds:.2f}s{detail}")
+    typer.echo(f"wrote {out} ({patch.nbytes / 1e6:.2f} MB, {len(patch.tensors)} tensors, id {patch.id})")
+
+
+
+
+@app.command()
+@handles_errors
+def apply(
+    model: Model,
+    patch: Annotated[list[Path], typer.Option(help="patch file(s), applied in order")],
+    out: Annotated[Path, typer.Option(help="folder to save the patched pipeline to")],
+    device: Annotated[str, typer.Option(help="where the pipeline is loaded to be patched (cpu: nothing is "
+                                        "computed); " + DEVICE_HELP)] = "cpu",
+    dtype: Annotated[str, typer.Option(help="precision the pipeline is loaded and saved in: auto (as its text "
+                                            "encoder is stored), float32, float16, bfloat16")] = "auto",
+) -> None:
+    """Apply patch(es) to a pipeline and save the result (save_pretrained)."""
+    quiet_libraries()
+    from hirm.encoders import load_pipeline, parse_dtype, resolve_device, stored_dtype
+    from hirm.patch import Patch
+    from hirm.saving import save_pretrained_atomic
+
+    check_output_dir(out, empty=True)
+    where, wanted = resolve_device(device), parse_dtype(dtype)
+    patches = [Patch.load(p) for p in patch]
+    pipe = load_pipeline(model, dtype=wanted or stored_dtype(model), device=where)
+    for p in patches:
+        p.apply(pipe)
+    save_pretrained_atomic(pipe, out)
+    typer.echo(f"saved patched pipeline to {out} ({', '.join(str(p) for p in patch)})")
+
+
+@app.command()
+@handles_errors
+def generate(
+    model: Model,
+    prompt: Annotated[str, typer.Option(help="text prompt")],
+    out: Annotated[Path, typer.Option(help="image grid to write (.png)")],
+    patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) to apply first")] = None,
+    seed: Annotated[int, typer.Option(help="seed of image 0; image i uses seed + i")] = 0,
+    n: Annotated[int, typer.Option("-n", "--num-images", help="number of images")] = 4,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (pipeline default if unset)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="classifier-free guidance scale")] = None,
+    compare: Annotated[bool, typer.Option(help="with --patch: top row unpatched, bottom row patched")] = False,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="sampling precision: auto (float16 on a GPU, bfloat16 for Flux; "
+                                            "float32 on the CPU and for MiniCanvas), float32, float16, bfloat16")]
+    = "auto",
+) -> None:
+    """Generate images, optionally with patches applied; save a grid."""
+    quiet_libraries()
+    from hirm.encoders import load_pipeline, parse_dtype, resolve_device
+    from hirm.generate import sample
+    from hirm.images import grid, save_atomic
+    from hirm.minicanvas import registry
+    from hirm.patch import Patch
+
+    if n < 1:
+        raise HirmError(f"-n {n}: need at least one image")
+    from hirm.images import image_format
+
+    image_format(out)
+    check_output_file(out)
+    where, wanted = resolve_device(device), parse_dtype(dtype)
+    patches = [Patch.load(p) for p in patch or []]
+    pipe = load_pipeline(model, dtype=wanted, device=where)
+    # a MiniCanvas model (by the family its text encoder declares): its own settings, not SD's 50 steps / CFG 7.5
+    defaults = registry.SAMPLING if registry.is_minicanvas(getattr(pipe, "text_encoder", None)) else {}
+    steps = steps or defaults.get("steps")
+    guidance = guidance or defaults.get("guidance")
+    images = []
+    if compare and patches:
+        images += sample(pipe, [prompt] * n, seed=seed, steps=steps, guidance=guidance)
+    for p in patches:
+        p.apply(pipe)
+    images += sample(pipe, [prompt] * n, seed=seed, steps=steps, guidance=guidance)
+    scale = max(1, 128 // images[0].size[0])
+    save_atomic(grid(images, cols=n, scale=scale), out)
+    typer.echo(f"wrote {out} ({len(images)} images)")
+
+
+@app.command()
+@handles_errors
+def inspect(
+    patch: Annotated[Path, typer.Argument(help="patch file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show what a patch holds: concept, method, encoders, fingerprints, size."""
+    from hirm.patch import Patch
+
+    p = Patch.load(patch)
+    s = p.summary()
+    if as_json:
+        typer.echo(json.dumps(s, indent=1))
+        return
+    say = lambda text: typer.echo(one_line(text))  # noqa: E731 (the file's strings, control characters escaped)
+    say(f"patch      {patch} (id {s['id']})")
+    say(f"concepts   {', '.join(s['concepts'])}")
+    say(f"method     {s['method']}")
+    for c, v in s["components"].items():
+        say(f"component  {c}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
+    say(f"size       {s['bytes'] / 1e6:.2f} MB ({', '.join(s['dtype'])})")
+    configs = s["config"] if "+" in s["method"] else {s["method"]: s["config"]}
+    for name, cfg in configs.items():  # scalar options only; --json has everything
+        if isinstance(cfg, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if v is None or isinstance(v, int | float | str))
+            say(f"config     {name}: {shown}")
+    keys = ("loss_first", "loss_last", "cos_to_target_before", "cos_to_target_after")
+    for c, i in s["info"].items():
+        if isinstance(i, dict) and all(isinstance(i.get(k), int | float) for k in keys):
+            say(f"trained    {c}: loss {i['loss_first']:.4g} -> {i['loss_last']:.4g}, cosine to target "
+                f"{i['cos_to_target_before']:.3f} -> {i['cos_to_target_after']:.3f}")
+
+
+
+
+@app.command()
+def methods() -> None:
+    """List the erasure methods."""
+    from hirm.erase import METHODS
+
+    for m in METHODS.values():
+        typer.echo(f"{m.name:10s} {m.summary}")
