@@ -8,7 +8,7 @@ from hirm.attacks import ATTACKS
 from hirm.erase import METHODS
 from hirm.errors import HirmError
 from hirm.eval.protocols import PROTOCOLS
-from hirm.minicanvas.training import TRAINERS
+from hirm.minicanvas.train import TRAINERS
 from hirm.registry import Entry, Registry
 
 

@@ -33,7 +33,7 @@ def prepare(runs: Path, n_images: int, workers: int, device: str) -> None:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    from hirm.minicanvas import training
+    from hirm.minicanvas import train as mc_train
     from hirm.minicanvas.tokenizer import load_tokenizer
 
     components = runs / "components"
@@ -44,8 +44,8 @@ def prepare(runs: Path, n_images: int, workers: int, device: str) -> None:
     vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval().to(device)
     encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval().to(device)
     unet_data = runs / "unet" / "data.safetensors"
-    training.prepare_generator_data(unet_data, vae, encoder, load_tokenizer(), n_images, seed=0, workers=workers)
-    training.prepare_flux_data(runs / "flux" / "data.safetensors", unet_data, n_images, seed=0, workers=workers)
+    mc_train.prepare_generator_data(unet_data, vae, encoder, load_tokenizer(), n_images, seed=0, workers=workers)
+    mc_train.prepare_flux_data(runs / "flux" / "data.safetensors", unet_data, n_images, seed=0, workers=workers)
     (runs / "flux-pooled").mkdir(exist_ok=True)
     if not (runs / "flux-pooled" / "data.safetensors").exists():
         (runs / "flux-pooled" / "data.safetensors").symlink_to(runs / "flux" / "data.safetensors")
@@ -54,7 +54,7 @@ def prepare(runs: Path, n_images: int, workers: int, device: str) -> None:
 def init_dir(runs: Path, what: str) -> Path:
     """A run's raw export if this checkout has it, else the shipped EMA weights with the shipped counters."""
     from hirm.minicanvas import flux
-    from hirm.minicanvas.training import RESUME_STATE
+    from hirm.minicanvas.train import RESUME_STATE
 
     export_dir = Path(__file__).resolve().parents[1] / RESUME_STATE[what]  # this checkout's committed state
     shipped = "minicanvas-sd" if what == "unet" else "minicanvas-flux"
@@ -85,9 +85,9 @@ def train(what: str, run_dir: str, kwargs: dict) -> None:
     torch.set_num_threads(2)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    from hirm.minicanvas import training
+    from hirm.minicanvas import train as mc_train
 
-    training.TRAINERS[what].run(Path(run_dir), **kwargs)
+    mc_train.TRAINERS[what].run(Path(run_dir), **kwargs)
 
 
 def export(runs: Path, out: Path) -> dict:

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from hirm.minicanvas.training import RunState, load_checkpoint, save_checkpoint
+from hirm.minicanvas.train import RunState, load_checkpoint, save_checkpoint
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -38,7 +38,7 @@ def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
 
     from safetensors.torch import save_file
 
-    from hirm.minicanvas import training
+    from hirm.minicanvas.train import flux as flux_training
 
     n = 8
     unet_run = tmp_path / "unet"
@@ -47,12 +47,12 @@ def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
                "empty": torch.randn(1, 77, 256).half()}, str(unet_run / "data.safetensors"),
               metadata={"scaling_factor": "1.0"})
     run = tmp_path / "flux"
-    training.train_flux(run, steps=2, batch_size=4, save_every=2, unet_run=unet_run, init_from=None)
-    training.train_flux(run, steps=3, batch_size=4, save_every=1, unet_run=unet_run, init_from=None)
+    flux_training.train_flux(run, steps=2, batch_size=4, save_every=2, unet_run=unet_run, init_from=None)
+    flux_training.train_flux(run, steps=3, batch_size=4, save_every=1, unet_run=unet_run, init_from=None)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and state["ema_step"] == 3
     # the committed export (raw weights in fp16 + counters) seeds a fresh run elsewhere, which goes on counting
-    export = training.export_flux_resume_state(run, tmp_path / "export")
+    export = flux_training.export_flux_resume_state(run, tmp_path / "export")
     elsewhere = tmp_path / "flux-elsewhere"
-    training.train_flux(elsewhere, steps=4, batch_size=4, save_every=1, unet_run=unet_run, init_from=export)
+    flux_training.train_flux(elsewhere, steps=4, batch_size=4, save_every=1, unet_run=unet_run, init_from=export)
     assert json.loads((elsewhere / "checkpoint" / "state.json").read_text())["step"] == 4

@@ -1,12 +1,15 @@
 """Training loops: resumable (a killed run resumes to the same weights), seeded, safetensors only."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from hirm.minicanvas import training
+from hirm.minicanvas import train
+from hirm.minicanvas.train import loop, text
+from hirm.minicanvas.train import vae as vae_training
 from hirm.registry import Entry
 
 
@@ -18,10 +21,10 @@ def _weights(path):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    training.train_classifier(straight, steps=4, batch_size=8, save_every=2)
-    training.train_classifier(resumed, steps=2, batch_size=8, save_every=2)  # "killed" after step 2
+    train.train_classifier(straight, steps=4, batch_size=8, save_every=2)
+    train.train_classifier(resumed, steps=2, batch_size=8, save_every=2)  # "killed" after step 2
     assert json.loads((resumed / "checkpoint" / "state.json").read_text())["step"] == 2
-    training.train_classifier(resumed, steps=4, batch_size=8, save_every=2)
+    train.train_classifier(resumed, steps=4, batch_size=8, save_every=2)
     a, b = _weights(straight), _weights(resumed)
     # same batches (seeded by step), same optimizer state restored from safetensors
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -30,8 +33,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_multi_positive_nce_prefers_matching_pairs():
     pos = torch.eye(4, dtype=torch.bool)
-    good = training.multi_positive_nce(10 * torch.eye(4), pos)
-    bad = training.multi_positive_nce(10 * (1 - torch.eye(4)), pos)
+    good = text.multi_positive_nce(10 * torch.eye(4), pos)
+    bad = text.multi_positive_nce(10 * (1 - torch.eye(4)), pos)
     assert good < 0.01 < bad
 
 
@@ -39,7 +42,7 @@ def test_compatibility_uses_only_mentioned_attributes():
     from hirm.minicanvas import world
 
     b = world.render_batch(64, seed=3)
-    ok = training.compatibility(b)
+    ok = text.compatibility(b)
     assert ok.diagonal().all()
     labels = b.labels()
     for i, names in enumerate(b.mentioned):
@@ -48,10 +51,10 @@ def test_compatibility_uses_only_mentioned_attributes():
 
 
 def test_vae_decoder_finetune_keeps_the_encoder(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "evaluate_vae", lambda vae: {})  # the judge's evaluation is minutes; not here
+    monkeypatch.setattr(vae_training, "evaluate_vae", lambda vae: {})  # the judge's evaluation is minutes; not here
     init = tmp_path / "init"
-    training.make_vae().save_pretrained(init)
-    vae = training.train_vae_decoder(tmp_path / "run", steps=2, batch_size=4, init=init, save_every=2)
+    vae_training.make_vae().save_pretrained(init)
+    vae = train.train_vae_decoder(tmp_path / "run", steps=2, batch_size=4, init=init, save_every=2)
     from diffusers import AutoencoderKL
 
     before = AutoencoderKL.from_pretrained(init).state_dict()
@@ -80,7 +83,7 @@ class FakeClock:
 def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, clock, expected):
     """A run with a time budget shortens its cosine schedule to what fits, stops at 1.05 x the budget whatever
     the schedule, and saves where it stops."""
-    monkeypatch.setattr(training.time, "time", clock)
+    monkeypatch.setattr(time, "time", clock)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     lrs = []
@@ -89,7 +92,7 @@ def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, 
         lrs.append(opt.param_groups[0]["lr"])
         return {"batch": 1}
 
-    state = training.run_loop(tmp_path, {"m": model}, opt, 1_000_000, step, base_lr=0.1, save_every=10_000,
+    state = loop.run_loop(tmp_path, {"m": model}, opt, 1_000_000, step, base_lr=0.1, save_every=10_000,
                               warmup=10, time_budget=1.0)
     assert state.step in expected
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == state.step
@@ -104,14 +107,14 @@ def test_unet_run_encodes_its_set_once(tmp_path, monkeypatch):
 
     run = tmp_path / "unet"
     shipped = registry.path("minicanvas")
-    training.train_unet(run, steps=1, batch_size=2, n_images=4, save_every=1, components=shipped, init_from=None)
+    train.train_unet(run, steps=1, batch_size=2, n_images=4, save_every=1, components=shipped, init_from=None)
     assert (run / "data.safetensors").exists()
 
     def no_vae(*a, **k):
         raise AssertionError("the rendered set is already encoded: the VAE is not needed")
 
     monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", no_vae)
-    _, state = training.train_unet(run, steps=2, batch_size=2, n_images=4, save_every=1, components=shipped,
+    _, state = train.train_unet(run, steps=2, batch_size=2, n_images=4, save_every=1, components=shipped,
                                    init_from=None)
     assert state.step == 2
 
@@ -125,7 +128,7 @@ def test_train_command_passes_trainer_options_and_refuses_unknown_ones(tmp_path,
     def fake_unet(run_dir, steps=1, lr=1.0, init_from=None, device="cpu"):
         seen.update(run_dir=run_dir, steps=steps, lr=lr, init_from=init_from, device=device)
 
-    monkeypatch.setitem(training.TRAINERS, "unet", Entry("unet", None, fake_unet, "a stand-in"))
+    monkeypatch.setitem(train.TRAINERS, "unet", Entry("unet", None, fake_unet, "a stand-in"))
     monkeypatch.chdir(tmp_path)  # no training/ folder here: a fresh run starts from nothing, not the package's
     runner = CliRunner()
     r = runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r", "--steps", "3", "--set", "lr=1e-4"])
@@ -135,7 +138,7 @@ def test_train_command_passes_trainer_options_and_refuses_unknown_ones(tmp_path,
     (tmp_path / "training" / "minicanvas-sd-unet").mkdir(parents=True)
     (tmp_path / "training" / "minicanvas-sd-unet" / "state.json").write_text("{}")
     assert runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r"]).exit_code == 0
-    assert seen["init_from"] == training.RESUME_STATE["unet"]  # the checkout's committed state, where it exists
+    assert seen["init_from"] == train.RESUME_STATE["unet"]  # the checkout's committed state, where it exists
     r = runner.invoke(app, ["minicanvas", "train", "unet", "--run-dir", "r", "--workers", "4"])
     assert r.exit_code == 2
     assert "trainer unet has no option 'workers'; options: device, init_from, lr, steps" in r.output

@@ -39,16 +39,16 @@ def minicanvas_train(
     import torch
 
     from hirm.eval.compare import parse_assignment
-    from hirm.minicanvas import training
+    from hirm.minicanvas import train
 
-    trainer = training.TRAINERS.lookup(what)
+    trainer = train.TRAINERS.lookup(what)
     kwargs = dict(parse_assignment(o) for o in option or [])
     kwargs |= {k: v for k, v in (("steps", steps), ("device", device), ("workers", workers),
                                  ("time_budget", time_budget)) if v is not None}
-    if what in training.RESUME_STATE:
-        default = training.RESUME_STATE[what]
+    if what in train.RESUME_STATE:
+        default = train.RESUME_STATE[what]
         kwargs["init_from"] = resume_state or (default if (default / "state.json").exists() else None)
-    kwargs = training.TRAINERS.config(what, kwargs)
+    kwargs = train.TRAINERS.config(what, kwargs)
     torch.set_num_threads(threads)
     trainer.run(run_dir, **kwargs)
 
@@ -68,7 +68,7 @@ def minicanvas_build(
     from safetensors import safe_open
 
     from hirm.minicanvas.build import assemble_flux, assemble_sd
-    from hirm.minicanvas.training import RESUME_STATE, export_flux_resume_state, export_unet_resume_state
+    from hirm.minicanvas.train import RESUME_STATE, export_flux_resume_state, export_unet_resume_state
 
     if what not in ("sd", "flux"):
         raise HirmError(f"unknown pipeline {what!r}: use sd or flux")

@@ -1,0 +1,139 @@
+"""mini-Flux: FluxTransformer2DModel + T5 by rectified flow on the mini-SD training set; its resume state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file
+
+from hirm.io import atomic_dir, atomic_file
+from hirm.minicanvas import registry, world
+from hirm.minicanvas.train.loop import (
+    RunState,
+    load_checkpoint,
+    run_loop,
+    seed_everything,
+    update,
+)
+from hirm.minicanvas.train.unet import data_chunks
+
+
+@torch.no_grad()
+def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int, workers: int = 1) -> None:
+    """Pooled CLIP vectors and T5 token ids for the same rendered set as mini-SD's (whose latents and text
+    states it reads: the pooled vector is the text state at the EOS token, as CLIPTextModel.pooler_output)."""
+    from hirm.minicanvas import flux
+    from hirm.minicanvas.tokenizer import load_tokenizer
+
+    if path.exists():
+        return
+    clip_tok, t5_tok = load_tokenizer(), flux.make_t5_tokenizer()
+    # the captions of prepare_generator_data, re-drawn from the same seeds
+    captions = [c for b in world.render_batches(data_chunks(n_images, seed), workers) for c in b.captions]
+    data = load_file(str(unet_data))
+    ids = clip_tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
+    eos = (ids == clip_tok.eos_token_id).int().argmax(-1)
+    empty_ids = clip_tok([""], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    empty_eos = int((empty_ids == clip_tok.eos_token_id).int().argmax(-1))
+
+    def t5(texts: list[str]) -> torch.Tensor:
+        return t5_tok(texts, padding="max_length", max_length=flux.T5_MAX_LENGTH, truncation=True,
+                      return_tensors="pt")["input_ids"].int()
+
+    tensors = {
+        "pooled": data["text"][torch.arange(len(captions)), eos].contiguous(),
+        "empty_pooled": data["empty"][0, empty_eos][None].contiguous(),
+        "t5_ids": t5(captions),
+        "empty_t5_ids": t5([""]),
+    }
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def export_flux_resume_state(run_dir: Path, out: Path) -> Path:
+    """Raw (non-EMA) mini-Flux weights in fp16 and the counters, to resume training on another machine (the
+    EMA weights are the shipped pipeline's; Adam restarts with a short warm-up)."""
+    ckpt = run_dir / "checkpoint"
+    with atomic_dir(out, replace=True) as tmp:
+        save_file({k: v.half().contiguous() for k, v in load_file(str(ckpt / "flux.safetensors")).items()},
+                  str(tmp / "flux.safetensors"))
+        (tmp / "state.json").write_text((ckpt / "state.json").read_text())
+    return out
+
+
+def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float = 3e-4, seed: int = 0,
+               caption_dropout: float = 0.1, sequence_dropout: float = 0.0, pooled_dropout: float = 0.0,
+               ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None,
+               init_from: Path | None = None, device: str = "cpu", workers: int = 1,
+               time_budget: float | None = None):
+    """mini-Flux: FluxTransformer2DModel + T5 encoder, rectified flow on the mini-SD training set.
+
+    `caption_dropout` drops both conditionings (for true CFG); `sequence_dropout` / `pooled_dropout` drop
+    only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway. A fresh
+    `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one.
+    `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
+    from diffusers.training_utils import EMAModel
+    from safetensors import safe_open
+
+    from hirm.minicanvas import flux
+
+    seed_everything(seed)
+    unet_run = unet_run or run_dir.parent / "unet"
+    unet_data = unet_run / "data.safetensors"
+    if not unet_data.exists():
+        raise FileNotFoundError(f"{unet_data}: mini-Flux trains on mini-SD's rendered set; prepare it first")
+    with safe_open(str(unet_data), "pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
+        latents = f.get_tensor("latents").to(device)
+    prepare_flux_data(run_dir / "data.safetensors", unet_data, len(latents), seed, workers)
+    data = load_file(str(run_dir / "data.safetensors"), device=device)
+    vocab = len(flux.make_t5_tokenizer())
+    model = flux.FluxTrainer(vocab, latent_channels=latents.shape[1], pooled_dim=data["pooled"].shape[-1])
+    ema_model = flux.FluxTrainer(vocab, latent_channels=latents.shape[1], pooled_dim=data["pooled"].shape[-1])
+    model.to(device)
+    ema_model.to(device).load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    models = {"flux": model, "ema_flux": ema_model}
+    state = load_checkpoint(run_dir, models, opt)
+    counters = run_dir / "checkpoint" / "state.json"
+    if not state.step and init_from is not None and (init_from / "state.json").exists():
+
+        load_model(model, str(init_from / "flux.safetensors"), strict=True)
+        shipped = registry.FOLDERS["minicanvas-flux"]
+        ema_model.transformer.load_state_dict(type(ema_model.transformer).from_pretrained(
+            shipped / "transformer", torch_dtype=torch.float32).state_dict())
+        ema_model.t5.load_state_dict(type(ema_model.t5).from_pretrained(
+            shipped / "text_encoder_2", dtype=torch.float32).state_dict())
+        counters = init_from / "state.json"
+        raw = json.loads(counters.read_text())
+        state = RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
+    ema = EMAModel(ema_model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
+    if state.step:
+        ema.optimization_step = json.loads(counters.read_text())["ema_step"]
+
+    def step(i: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        idx = torch.randint(0, len(latents), (batch_size,), generator=g).to(device)
+        x0 = latents[idx].float() * scaling
+        pooled = data["pooled"][idx].float()
+        ids = data["t5_ids"][idx].long()
+        r = torch.rand(batch_size, generator=g)
+        drop_all = r < caption_dropout
+        drop_seq = drop_all | ((r >= caption_dropout) & (torch.rand(batch_size, generator=g) < sequence_dropout))
+        drop_pool = drop_all | ((r >= caption_dropout) & (torch.rand(batch_size, generator=g) < pooled_dropout))
+        drop_seq, drop_pool = drop_seq.to(device), drop_pool.to(device)
+        ids[drop_seq] = data["empty_t5_ids"].long()
+        pooled[drop_pool] = data["empty_pooled"].float()
+        loss = flux.flow_matching_loss(model, x0, pooled, ids, g)
+        update(loss, model, opt, ema)
+        return {"loss": float(loss.detach()), "batch": batch_size}
+
+    def sync_ema() -> dict:
+        ema.copy_to(ema_model.parameters())
+        return {"ema_step": ema.optimization_step, "scaling_factor": scaling,
+                "sequence_dropout": sequence_dropout, "pooled_dropout": pooled_dropout}
+
+    return run_loop(run_dir, models, opt, steps, step, lr, save_every, desc="flux", before_save=sync_ema,
+                    warmup=200, state=state, time_budget=time_budget)
