@@ -11,8 +11,8 @@ import json
 
 import hirm
 from hirm.encoders import load_text_encoders
-from hirm.eval.probe import locality_probe
-from hirm.eval.report import probe_prompts
+from hirm.eval.erasure import probe_prompts
+from hirm.eval.locality import locality_probe
 from hirm.minicanvas import world
 
 RECIPES = {

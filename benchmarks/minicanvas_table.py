@@ -18,7 +18,7 @@ import torch
 
 import hirm
 from hirm.encoders import load_pipeline
-from hirm.eval.report import evaluate_erasure
+from hirm.eval.erasure import evaluate_erasure
 from hirm.images import write_text_atomic
 from hirm.minicanvas import registry, world
 

@@ -247,7 +247,7 @@ def test_nudity_kind_brings_safe_pairs_and_paper_lr():
 
 
 def test_retain_term_keeps_unrelated_prompts_closer():
-    from hirm.eval.probe import final_states
+    from hirm.eval.locality import final_states
 
     enc = dummies.text_encoder()
     others = ["a blue circle", "a photo of a cat", "a red painting"]
@@ -308,7 +308,7 @@ def test_representation_stops_the_forward_at_the_supervised_module():
 def _projection(enc, patch, prompts: list[str], unnamed: list[str]) -> torch.Tensor:
     """Each prompt's final hidden states, with `patch` applied, projected on its concept direction (base
     prompt minus the same prompt with the concept left out): 1 = untouched, 0 = as if the word were not there."""
-    from hirm.eval.probe import final_states
+    from hirm.eval.locality import final_states
 
     base, _ = final_states(enc, prompts)
     left_out, _ = final_states(enc, unnamed)
@@ -354,7 +354,7 @@ def test_preserved_concept_keeps_its_representation():
     # the shipped MiniCanvas encoder: a random tiny encoder gives every prompt nearly the same states, so nothing
     # there can move one prompt and keep another
     from hirm.encoders import load_text_encoders
-    from hirm.eval.probe import final_states
+    from hirm.eval.locality import final_states
     from hirm.minicanvas import registry
 
     enc = load_text_encoders(registry.path("minicanvas"))[0]
@@ -416,7 +416,7 @@ def test_target_concept_draws_the_prompts_to_it():
     # on the shipped MiniCanvas encoder: unseen star prompts end far nearer the same prompts with "hexagon" than
     # the originals
     from hirm.encoders import load_text_encoders
-    from hirm.eval.probe import final_states
+    from hirm.eval.locality import final_states
     from hirm.minicanvas import registry
 
     enc = load_text_encoders(registry.path("minicanvas"))[0]
@@ -463,7 +463,7 @@ def test_default_method_moves_unseen_prompts_past_the_unnamed_point_and_keeps_ot
     assert bool((projection < 0.1).all()), projection
 
     def drift(prompts):
-        from hirm.eval.probe import final_states
+        from hirm.eval.locality import final_states
 
         base, _ = final_states(enc, prompts)
         with patch.applied([enc]):

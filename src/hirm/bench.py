@@ -156,7 +156,7 @@ def cost_at_equal_ua(concept: str = "striped", methods: tuple[str, ...] = ("esd-
     from hirm.encoders import load_pipeline
     from hirm.erase import METHODS, method_parts
     from hirm.errors import HirmError
-    from hirm.eval.report import evaluate_erasure
+    from hirm.eval.erasure import evaluate_erasure
     from hirm.minicanvas import registry
 
     pipe = load_pipeline("minicanvas")

@@ -195,14 +195,14 @@ def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, mon
     from PIL import Image
 
     import hirm.eval.compare as cmp
-    import hirm.eval.report as report
+    import hirm.eval.erasure as erasure_eval
     from hirm import generate
 
     erased, attacked = [], []
     real_erase = cmp._erase
     monkeypatch.setattr(cmp, "_erase", lambda pipe, concept, label, *a: erased.append(label) or real_erase(
         pipe, concept, label, *a))
-    monkeypatch.setattr(report, "evaluate_erasure", lambda model, concept, patches, **kw: {
+    monkeypatch.setattr(erasure_eval, "evaluate_erasure", lambda model, concept, patches, **kw: {
         "domain": "object", "ua": float(bool(patches)), "ira": 0.9, "cra": 0.9, "n_images": 1})
     monkeypatch.setattr(cmp, "_attack_rate", lambda pipe, model, concept, name, patch, *a: attacked.append(
         (name, None if patch is None else patch.method)) or (0.5, 2.0))

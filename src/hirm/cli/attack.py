@@ -38,7 +38,7 @@ def attack(
     quiet_libraries()
     if out is not None:
         check_output_dir(out)
-    from hirm.attacks.report import print_table, run_attacks
+    from hirm.attacks.runner import print_table, run_attacks
     from hirm.eval.compare import parse_options
 
     patches = load_patches(patch)

@@ -147,7 +147,7 @@ def eval_cmd(
     given = [k for k, v in protocol_only.items() if v is not None]
     if given:
         raise HirmError(f"{given[0]} applies to --protocol runs only: add --protocol nudity|coco|unlearncanvas")
-    from hirm.eval.report import evaluate_erasure
+    from hirm.eval.erasure import evaluate_erasure
 
     result = evaluate_erasure(model, concept, load_patches(patch), seeds=parse_seeds(seeds or "0,1"),
                               templates=tuple(templates) if templates else None, base=base, probe=probe,
@@ -156,7 +156,7 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        from hirm.eval.report import print_result
+        from hirm.eval.erasure import print_result
 
         print_result(result)
 
@@ -225,7 +225,7 @@ def demo(
     """Erase one concept from MiniCanvas with hirm's default method; before/after metrics, image grid and report."""
     quiet_libraries()
     check_output_dir(out)
-    from hirm.eval.report import run_demo
+    from hirm.eval.erasure import run_demo
 
     run_demo(out, concept, parse_seeds(seeds))
 

@@ -124,7 +124,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     `options` holds method options and, keyed by attack name, attack options."""
     from hirm.encoders import load_pipeline
     from hirm.erase import method_parts
-    from hirm.eval.report import evaluate_erasure
+    from hirm.eval.erasure import evaluate_erasure
     from hirm.generate import sample
     from hirm.minicanvas import registry
     from hirm.minicanvas.world import concept_domain
@@ -199,7 +199,7 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
 def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifier) -> dict[str, float | None]:
     """UA / IRA / CRA of the patch applied unchanged to mini-Flux; None where it edits a part mini-Flux lacks
     (a UNet)."""
-    from hirm.eval.report import evaluate_erasure
+    from hirm.eval.erasure import evaluate_erasure
     from hirm.patch import components_of
 
     if patch is not None and any(c not in components_of(flux) for c in patch.components):

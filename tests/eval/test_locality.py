@@ -1,6 +1,6 @@
 import dummies
 import hirm
-from hirm.eval.probe import locality_probe
+from hirm.eval.locality import locality_probe
 
 
 def test_probe_reports_in_out_change_per_region():

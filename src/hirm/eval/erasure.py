@@ -80,7 +80,7 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
             raise HirmError("--probe compares the encoder with and without a patch: pass --patch")
         encoder = find_text_encoders(pipe)[0]
         in_p, out_p = probe_prompts(concept)
-        from hirm.eval.probe import locality_probe
+        from hirm.eval.locality import locality_probe
 
         patch = next(p for p in patches if encoder.name in p.components)
         result["probe"] = locality_probe(encoder, patch, in_p, out_p)
