@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,8 +10,7 @@ from safetensors.torch import load_file, load_model, save_file
 from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.train.loop import (
-    RunState,
-    load_checkpoint,
+    resume_with_ema,
     run_loop,
     seed_everything,
     update,
@@ -74,7 +72,6 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway. A fresh
     `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one.
     `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
-    from diffusers.training_utils import EMAModel
     from safetensors import safe_open
 
     from hirm.minicanvas import flux
@@ -96,22 +93,16 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     ema_model.to(device).load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     models = {"flux": model, "ema_flux": ema_model}
-    state = load_checkpoint(run_dir, models, opt)
-    counters = run_dir / "checkpoint" / "state.json"
-    if not state.step and init_from is not None and (init_from / "state.json").exists():
 
-        load_model(model, str(init_from / "flux.safetensors"), strict=True)
+    def seed_from_export(export: Path) -> None:  # the raw weights; the EMA from the shipped model
+        load_model(model, str(export / "flux.safetensors"), strict=True)
         shipped = registry.FOLDERS["minicanvas-flux"]
         ema_model.transformer.load_state_dict(type(ema_model.transformer).from_pretrained(
             shipped / "transformer", torch_dtype=torch.float32).state_dict())
         ema_model.t5.load_state_dict(type(ema_model.t5).from_pretrained(
             shipped / "text_encoder_2", dtype=torch.float32).state_dict())
-        counters = init_from / "state.json"
-        raw = json.loads(counters.read_text())
-        state = RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
-    ema = EMAModel(ema_model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
-    if state.step:
-        ema.optimization_step = json.loads(counters.read_text())["ema_step"]
+
+    state, ema = resume_with_ema(run_dir, models, opt, ema_model, ema_decay, init_from, seed_from_export)
 
     def step(i: int) -> dict[str, float]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)

@@ -76,6 +76,25 @@ def load_checkpoint(run_dir: Path, models: dict[str, nn.Module], opt: torch.opti
     return RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
 
 
+def resume_with_ema(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optimizer, ema_model: nn.Module,
+                    ema_decay: float, init_from: Path | None, seed_from_export: Callable[[Path], None]):
+    """The run's state and EMA: from its own checkpoint, or, for a fresh run with a committed export at
+    `init_from` (raw weights + counters), from that export (`seed_from_export` loads its weights)."""
+    from diffusers.training_utils import EMAModel
+
+    state = load_checkpoint(run_dir, models, opt)
+    counters = run_dir / "checkpoint" / "state.json"
+    if not state.step and init_from is not None and (init_from / "state.json").exists():
+        seed_from_export(init_from)
+        counters = init_from / "state.json"
+        raw = json.loads(counters.read_text())
+        state = RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
+    ema = EMAModel(ema_model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
+    if state.step:
+        ema.optimization_step = json.loads(counters.read_text())["ema_step"]
+    return state, ema
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.05) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,8 +15,7 @@ from hirm.minicanvas import registry, world
 from hirm.minicanvas.build import training_scheduler
 from hirm.minicanvas.classifier import to_tensor
 from hirm.minicanvas.train.loop import (
-    RunState,
-    load_checkpoint,
+    resume_with_ema,
     run_loop,
     seed_everything,
     update,
@@ -94,7 +92,7 @@ def export_unet_resume_state(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def _init_from_export(run_dir: Path, init_from: Path, models: dict[str, nn.Module], ema_source: Path) -> None:
+def _init_from_export(init_from: Path, models: dict[str, nn.Module], ema_source: Path) -> None:
     """Seed an empty run dir's models from a committed export (see `export_unet_resume_state`)."""
     from diffusers import UNet2DConditionModel
 
@@ -113,7 +111,6 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     A fresh `run_dir` starts from the committed export in `init_from` when there is one, so training goes on
     across machines. `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
     from diffusers import AutoencoderKL
-    from diffusers.training_utils import EMAModel
     from safetensors import safe_open
     from transformers import CLIPTextModel
 
@@ -138,17 +135,8 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     ema_unet.to(device).load_state_dict(unet.state_dict())
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     models = {"unet": unet, "ema_unet": ema_unet}
-    state = load_checkpoint(run_dir, models, opt)
-    counters = run_dir / "checkpoint" / "state.json"
-    if not state.step and init_from is not None and (init_from / "state.json").exists():
-
-        _init_from_export(run_dir, init_from, models, registry.FOLDERS["minicanvas"] / "unet")
-        counters = init_from / "state.json"
-        raw = json.loads(counters.read_text())
-        state = RunState(**{k: raw[k] for k in ("step", "seconds", "images_seen")})
-    ema = EMAModel(ema_unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
-    if state.step:
-        ema.optimization_step = json.loads(counters.read_text())["ema_step"]
+    state, ema = resume_with_ema(run_dir, models, opt, ema_unet, ema_decay, init_from, lambda export: _init_from_export(
+        export, models, registry.FOLDERS["minicanvas"] / "unet"))
     scheduler = training_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
 
