@@ -22,6 +22,7 @@ FORBIDDEN = {
     "hirm.registry": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch",
                       "hirm.tokens", "hirm.io", "hirm.generate", "hirm.cli"},
     "hirm.io": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch"},
+    "hirm.export": {"hirm.attacks", "hirm.cli", "hirm.bench"},
     "hirm.generate": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.cli"},
 }
 

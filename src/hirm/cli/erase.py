@@ -239,6 +239,59 @@ def inspect(
 
 
 @app.command()
+@handles_errors
+def export(
+    patch: Annotated[Path, typer.Argument(help="the patch file (.safetensors)")],
+    model: Model,
+    out: Annotated[Path, typer.Option(help="clip: a new folder (one file per encoder); lora: the LoRA file")],
+    file_format: Annotated[str, typer.Option(
+        "--format", help="clip: the patched text encoders alone (ComfyUI's CLIPLoader / DualCLIPLoader); lora: a "
+                         "text-encoder LoRA (AUTOMATIC1111 / Forge, ComfyUI's LoraLoader, diffusers' "
+                         "load_lora_weights)")] = "clip",
+    rank: Annotated[int, typer.Option(help="lora: rank of the truncated SVD of each weight change")] = 16,
+    lora_layout: Annotated[str, typer.Option(help="lora: key layout, kohya (read by all three) or diffusers")]
+    = "kohya",
+    dtype: Annotated[str, typer.Option(help="clip: precision of the written encoders: auto (as stored), float32, "
+                                            "float16, bfloat16")] = "auto",
+) -> None:
+    """Write a patch in a format other tools load: the patched CLIP encoders, or a text-encoder LoRA."""
+    quiet_libraries()
+    from hirm.encoders import load_text_encoders, parse_dtype, stored_dtype
+    from hirm.export import FORMATS, export_clip, export_lora, text_components
+    from hirm.patch import Patch
+
+    if file_format not in FORMATS:
+        raise HirmError(f"--format {file_format!r}: use one of {', '.join(FORMATS)}")
+    if file_format == "lora":
+        if out.suffix != ".safetensors":
+            raise HirmError(f"--out {out}: a LoRA is a safetensors file; use a name ending in .safetensors")
+        check_output_file(out)
+    else:
+        check_output_dir(out, empty=True)
+    written_as = parse_dtype(dtype)  # a bad name: before anything is loaded
+    loaded = Patch.load(patch)
+    if file_format == "lora":  # the weight changes are measured in float32
+        written_as = None
+    encoders = load_text_encoders(model, which=loaded.components,
+                                  dtype=written_as or (stored_dtype(model) if file_format == "clip" else "float32"))
+    if file_format == "clip":
+        result = export_clip(loaded, encoders, out)
+    else:
+        result = export_lora(loaded, encoders, text_components(model), out, rank=rank, layout=lora_layout)
+    for component, info in result.info.items():
+        if file_format == "clip":
+            typer.echo(f"{component}: {info['file']} ({info['tensors']} tensors, {info['dtype']})")
+        else:
+            typer.echo(f"{component}: rank {info['rank']}, {info['weights']} weights, weight change error "
+                       f"{info['weight_error']:.2e}; final representations off by "
+                       f"{info['representation_error_concept']:.1%} (concept prompts) / "
+                       f"{info['representation_error_other']:.1%} (others) of the patch's change; "
+                       f"{len(info['dropped'])} bias changes left out (that alone: "
+                       f"{info['representation_error_without_biases']:.1%})")
+    typer.echo(f"wrote {', '.join(str(f) for f in result.files)}")
+
+
+@app.command()
 def methods() -> None:
     """List the erasure methods."""
     from hirm.erase import METHODS

@@ -1,0 +1,147 @@
+"""`hirm export`: a patch as the patched CLIP encoders alone (ComfyUI's layout) or as a text-encoder LoRA, each
+loaded back by the consumer's own loader where it is installable here (transformers, diffusers + peft)."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from typer.testing import CliRunner
+
+import dummies
+import hirm
+from hirm.encoders import find_text_encoders
+from hirm.errors import HirmError
+from hirm.eval.locality import final_states
+from hirm.export import export_clip, export_lora, lora_prefixes, low_rank, read_export_metadata
+
+PROMPTS = ["a photo of a cat", "a red star", "a city at night"]
+
+
+def states(pipe, name: str = "text_encoder") -> torch.Tensor:
+    enc = next(e for e in find_text_encoders(pipe, which="all") if e.name == name)
+    with torch.no_grad():
+        return final_states(enc, PROMPTS)[0]
+
+
+@pytest.fixture(scope="module")
+def sdxl_patch():
+    pipe = dummies.sdxl_pipeline()
+    return hirm.erase(pipe, "cat", method="hirm-r", steps=3, progress=False)
+
+
+def test_clip_export_is_the_patched_encoder_in_transformers_layout(tmp_path, sdxl_patch):
+    pipe = dummies.sdxl_pipeline()
+    result = export_clip(sdxl_patch, find_text_encoders(pipe), tmp_path / "clip")
+    assert sorted(f.name for f in result.files) == ["text_encoder.safetensors", "text_encoder_2.safetensors"]
+    with sdxl_patch.applied(pipe):
+        want = {n: states(pipe, n) for n in ("text_encoder", "text_encoder_2")}
+    for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        file = tmp_path / "clip" / f"{name}.safetensors"
+        with safe_open(str(file), "pt") as f:
+            keys, meta = set(f.keys()), f.metadata()
+        # the key layout ComfyUI's CLIPLoader detects and reads (and transformers' files keep)
+        assert "text_model.encoder.layers.0.mlp.fc1.weight" in keys and "text_model.final_layer_norm.weight" in keys
+        assert ("text_projection.weight" in keys) == (cls is CLIPTextModelWithProjection)
+        assert meta["format"] == "pt"
+        info = read_export_metadata(file)
+        assert info["patch"]["fingerprints"] == sdxl_patch.fingerprints and info["export"]["component"] == name
+        # loaded back by transformers from the file alone, it encodes as the patched pipeline does
+        folder = tmp_path / f"load-{name}"
+        getattr(pipe, name).config.save_pretrained(folder)
+        file.rename(folder / "model.safetensors")
+        loaded = cls.from_pretrained(folder).eval()
+        fresh = dummies.sdxl_pipeline()
+        fresh.register_modules(**{name: loaded})
+        assert torch.allclose(states(fresh, name), want[name], atol=1e-5)
+    assert not torch.allclose(want["text_encoder"], states(pipe))  # the export is not the base encoder
+
+
+def test_export_refuses_other_weights_and_writes_nothing(tmp_path, sdxl_patch):
+    other = dummies.sdxl_pipeline(seed=7)
+    with pytest.raises(HirmError, match="fingerprint"):
+        export_clip(sdxl_patch, find_text_encoders(other), tmp_path / "clip")
+    with pytest.raises(HirmError, match="fingerprint"):
+        export_lora(sdxl_patch, find_text_encoders(other), ["text_encoder", "text_encoder_2"],
+                    tmp_path / "l.safetensors")
+    assert not any(tmp_path.iterdir())
+
+
+def test_low_rank_is_the_truncated_svd():
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(12, 5, generator=g) @ torch.randn(5, 9, generator=g)  # rank 5
+    up, down = low_rank(delta, 5)
+    assert up.shape == (12, 5) and down.shape == (5, 9)
+    assert torch.allclose(up @ down, delta, atol=1e-4)
+    errors = [float((delta - u @ d).norm()) for u, d in (low_rank(delta, r) for r in (1, 2, 4))]
+    assert errors[0] > errors[1] > errors[2] > 0
+
+
+def test_kohya_and_diffusers_prefixes():
+    assert lora_prefixes(["text_encoder"], ["text_encoder"], "kohya") == {"text_encoder": "lora_te_"}
+    both = ["text_encoder", "text_encoder_2"]
+    assert lora_prefixes(both, both, "kohya") == {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    assert lora_prefixes(["text_encoder"], ["text_encoder", "text_encoder_2"], "diffusers") == {
+        "text_encoder": "text_encoder."}
+
+
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_lora_loads_in_diffusers_and_at_full_rank_is_the_patch(tmp_path, layout):
+    """Without bias changes and at a rank that covers every weight change, the LoRA is the patch; diffusers'
+    `load_lora_weights` (peft) reads both key layouts."""
+    pipe = dummies.sdxl_pipeline()
+    patch = hirm.erase(pipe, "cat", method="hirm-r", steps=3, progress=False, train_biases=False)
+    out = tmp_path / "cat-lora.safetensors"
+    result = export_lora(patch, find_text_encoders(pipe), ["text_encoder", "text_encoder_2"], out, rank=64,
+                         layout=layout)
+    assert all(i["weight_error"] < 1e-5 and not i["dropped"] for i in result.info.values())
+    with safe_open(str(out), "pt") as f:
+        keys = set(f.keys())
+    first = ("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" if layout == "kohya" else
+             "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight")
+    assert first in keys
+    with patch.applied(pipe):
+        want = {n: states(pipe, n) for n in ("text_encoder", "text_encoder_2")}
+    fresh = dummies.sdxl_pipeline()
+    fresh.load_lora_weights(str(out))
+    for name in want:
+        assert torch.allclose(states(fresh, name), want[name], atol=1e-4), name
+
+
+def test_low_rank_lora_reports_what_it_misses(tmp_path, sdxl_patch):
+    pipe = dummies.sdxl_pipeline()
+    low = export_lora(sdxl_patch, find_text_encoders(pipe), ["text_encoder", "text_encoder_2"],
+                      tmp_path / "r1.safetensors", rank=1).info["text_encoder"]
+    high = export_lora(sdxl_patch, find_text_encoders(pipe), ["text_encoder", "text_encoder_2"],
+                       tmp_path / "r32.safetensors", rank=32).info["text_encoder"]
+    assert low["weight_error"] > high["weight_error"]
+    assert low["dropped"] and all(n.endswith("bias") for n in low["dropped"])  # the patch trained biases
+    assert high["representation_error_concept"] >= 0 and high["representation_error_without_biases"] > 0
+    fresh = dummies.sdxl_pipeline()
+    fresh.load_lora_weights(str(tmp_path / "r1.safetensors"))  # a rank-1 file loads as well
+
+
+def test_export_cli(tmp_path):
+    from hirm.cli import app
+
+    runner = CliRunner()
+    folder = tmp_path / "sd"
+    dummies.sd_pipeline().save_pretrained(folder)
+    patch = tmp_path / "p.safetensors"
+    assert runner.invoke(app, ["erase", "--model", str(folder), "--concept", "cat", "--out", str(patch),
+                               "--steps", "2"]).exit_code == 0
+    r = runner.invoke(app, ["export", str(patch), "--model", str(folder), "--format", "lora", "--rank", "4",
+                            "--out", str(tmp_path / "l.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert "rank 4" in r.output and "bias changes left out" in r.output
+    meta = read_export_metadata(tmp_path / "l.safetensors")
+    assert meta["export"] == {"format": "lora", "layout": "kohya", "rank": 4, "components": ["text_encoder"]}
+    r = runner.invoke(app, ["export", str(patch), "--model", str(folder), "--out", str(tmp_path / "clip")])
+    assert r.exit_code == 0, r.output
+    assert read_export_metadata(tmp_path / "clip" / "text_encoder.safetensors")["export"]["format"] == "clip"
+    for args, message in ((["--format", "ckpt"], "--format 'ckpt': use one of clip, lora"),
+                          (["--format", "lora", "--out", str(tmp_path / "x.pt")], "a LoRA is a safetensors file"),
+                          (["--dtype", "float8"], "--dtype 'float8'")):
+        base = ["export", str(patch), "--model", str(folder), "--out", str(tmp_path / "new")]
+        r = runner.invoke(app, base[:-2] + args if "--out" in args else base + args)
+        assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "new").exists() and not (tmp_path / "x.pt").exists()
