@@ -19,6 +19,7 @@ FORBIDDEN = {
     "hirm.minicanvas": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.cli", "hirm.bench"},
     "hirm.tokens": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.encoders", "hirm.patch", "hirm.cli"},
     "hirm.errors": {"hirm"},
+    "hirm.compat": {"hirm"},
     "hirm.registry": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch",
                       "hirm.tokens", "hirm.io", "hirm.generate", "hirm.cli"},
     "hirm.io": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch"},

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hirm.compat import diffusers_dtype
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "hirm" / "minicanvas" / "weights"
 
@@ -41,7 +43,7 @@ def prepare(runs: Path, n_images: int, workers: int, device: str) -> None:
     for name in ("vae", "text_encoder"):
         if not (components / name).exists():
             (components / name).symlink_to(WEIGHTS / "minicanvas-sd" / name)
-    vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval().to(device)
+    vae = AutoencoderKL.from_pretrained(components / "vae", **diffusers_dtype(torch.float32)).eval().to(device)
     encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval().to(device)
     unet_data = runs / "unet" / "data.safetensors"
     mc_train.prepare_generator_data(unet_data, vae, encoder, load_tokenizer(), n_images, seed=0, workers=workers)
@@ -70,7 +72,7 @@ def init_dir(runs: Path, what: str) -> Path:
 
         model = flux.FluxTrainer(len(flux.make_t5_tokenizer()))
         model.transformer.load_state_dict(type(model.transformer).from_pretrained(
-            WEIGHTS / shipped / "transformer", torch_dtype=torch.float32).state_dict())
+            WEIGHTS / shipped / "transformer", **diffusers_dtype(torch.float32)).state_dict())
         model.t5.load_state_dict(type(model.t5).from_pretrained(
             WEIGHTS / shipped / "text_encoder_2", dtype=torch.float32).state_dict())
         init.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from hirm.compat import diffusers_dtype
 from hirm.errors import HirmError
 from hirm.minicanvas import registry
 
@@ -406,7 +407,7 @@ def load_pipeline(model: str | Path, dtype: str | torch.dtype | None = torch.flo
     spec = _read_json(root / "model_index.json")
     folders = [root / name for name, value in spec.items() if not name.startswith("_") and isinstance(value, list)]
     with _loading(root):
-        pipe = DiffusionPipeline.from_pretrained(root, torch_dtype=dtype, variant=choose_variant(folders, dtype),
+        pipe = DiffusionPipeline.from_pretrained(root, **diffusers_dtype(dtype), variant=choose_variant(folders, dtype),
                                                  local_files_only=True)
     return _place(pipe, device)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from hirm.compat import diffusers_dtype
 from hirm.errors import HirmError
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -38,7 +39,7 @@ def require_minicanvas(model: str) -> None:
 def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(path(name), torch_dtype=dtype, local_files_only=True)
+    return DiffusionPipeline.from_pretrained(path(name), **diffusers_dtype(dtype), local_files_only=True)
 
 
 def load_classifier():

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file
 
+from hirm.compat import diffusers_dtype
 from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.train.loop import (
@@ -98,7 +99,7 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
         load_model(model, str(export / "flux.safetensors"), strict=True)
         shipped = registry.FOLDERS["minicanvas-flux"]
         ema_model.transformer.load_state_dict(type(ema_model.transformer).from_pretrained(
-            shipped / "transformer", torch_dtype=torch.float32).state_dict())
+            shipped / "transformer", **diffusers_dtype(torch.float32)).state_dict())
         ema_model.t5.load_state_dict(type(ema_model.t5).from_pretrained(
             shipped / "text_encoder_2", dtype=torch.float32).state_dict())
 

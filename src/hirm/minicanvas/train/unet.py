@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from hirm.compat import diffusers_dtype
 from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.build import training_scheduler
@@ -121,7 +122,7 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     data_path = run_dir / "data.safetensors"
     if not data_path.exists():  # the VAE and text encoder only encode the rendered set, once
         # fp32 whatever the files hold: shipped components are fp16, and fp16 matmuls on CPU are much slower
-        vae = AutoencoderKL.from_pretrained(components / "vae", torch_dtype=torch.float32).eval().to(device)
+        vae = AutoencoderKL.from_pretrained(components / "vae", **diffusers_dtype(torch.float32)).eval().to(device)
         encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32)
         prepare_generator_data(data_path, vae, encoder.eval().to(device), load_tokenizer(), n_images, seed, workers)
         del vae, encoder

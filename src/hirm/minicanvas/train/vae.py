@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from hirm.compat import diffusers_dtype
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.classifier import to_tensor
 from hirm.minicanvas.train.loop import (
@@ -84,7 +85,8 @@ def train_vae_decoder(run_dir: Path, steps: int = 5000, batch_size: int = 64, lr
 
 
     seed_everything(seed)
-    vae = AutoencoderKL.from_pretrained(init or registry.FOLDERS["minicanvas"] / "vae", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(init or registry.FOLDERS["minicanvas"] / "vae",
+                                        **diffusers_dtype(torch.float32))
     vae.requires_grad_(False)
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for q in trained:
