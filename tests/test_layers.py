@@ -95,3 +95,31 @@ def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path):
     found = {"hirm.a": tmp_path / "a.py", "hirm.b": tmp_path / "b.py"}
     with pytest.raises(graphlib.CycleError):
         import_order(found)
+
+
+def terminal_output_in(path: Path) -> list[str]:
+    """Where a module writes to the terminal itself: print(), typer, rich's Console."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            found.append(f"print() at line {node.lineno}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("typer", "rich"):
+            found.append(f"from {node.module} import at line {node.lineno}")
+        elif isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("typer", "rich") for a in node.names):
+            found.append(f"import typer/rich at line {node.lineno}")
+    return found
+
+
+def test_the_library_logs_and_the_cli_decides_what_the_terminal_shows():
+    """No print, typer or rich outside the command line (`cli/`, and `bench.py`, `hirm bench`'s own report):
+    library code logs (`logging.getLogger(__name__)`) and returns what it measured."""
+    for name, path in modules():
+        if name.startswith("hirm.cli") or name == "hirm.bench":
+            continue
+        assert not terminal_output_in(path), f"{name}: {terminal_output_in(path)}"
+
+
+def test_the_terminal_check_sees_a_print(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from rich.console import Console\n    print(1)\n")
+    assert len(terminal_output_in(src)) == 2

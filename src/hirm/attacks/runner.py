@@ -50,13 +50,3 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
     return table
 
 
-def print_table(table: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{table['model']}: attacks on the erased {table['concept']!r}")
-    for col in ("attack", "ASR", "base ASR", "n", "seconds"):
-        t.add_column(col, justify="left" if col == "attack" else "right")
-    for r in table["rows"]:
-        t.add_row(r["attack"], f"{r['asr']:.3f}", f"{r['base_asr']:.3f}", str(r["n"]), f"{r['seconds']:.1f}")
-    Console().print(t)

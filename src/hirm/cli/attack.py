@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from hirm.cli.base import (
     Model,
@@ -18,6 +20,15 @@ from hirm.cli.base import (
 )
 from hirm.errors import HirmError
 from hirm.io import check_output_dir
+
+
+def print_table(table: dict[str, Any]) -> None:
+    t = Table(title=f"{table['model']}: attacks on the erased {table['concept']!r}")
+    for col in ("attack", "ASR", "base ASR", "n", "seconds"):
+        t.add_column(col, justify="left" if col == "attack" else "right")
+    for r in table["rows"]:
+        t.add_row(r["attack"], f"{r['asr']:.3f}", f"{r['base_asr']:.3f}", str(r["n"]), f"{r['seconds']:.1f}")
+    Console().print(t)
 
 
 @app.command()
@@ -38,7 +49,7 @@ def attack(
     quiet_libraries()
     if out is not None:
         check_output_dir(out)
-    from hirm.attacks.runner import print_table, run_attacks
+    from hirm.attacks.runner import run_attacks
     from hirm.eval.compare import parse_options
 
     patches = load_patches(patch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -25,10 +26,25 @@ _DEBUG = {"on": False}
 _RESUMABLE = {"eval_cmd", "compare", "attack", "demo", "report", "minicanvas_train"}
 
 
+class _EchoHandler(logging.Handler):
+    """hirm's log records on stderr, one message per line: the library logs, the CLI decides where it shows
+    (stderr, so that --json keeps stdout to the JSON)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(one_line(self.format(record)), err=True)
+
+
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="on a failure, also print the traceback")]
+             = False,
+             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress messages (errors still show)")]
              = False) -> None:
     _DEBUG["on"] = debug or os.environ.get("HIRM_DEBUG", "") not in ("", "0")
+    log = logging.getLogger("hirm")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+        log.propagate = False
+    log.setLevel(logging.DEBUG if _DEBUG["on"] else logging.WARNING if quiet else logging.INFO)
 
 
 def one_line(message: str) -> str:

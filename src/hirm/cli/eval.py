@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from hirm.cli.base import (
     DEVICE_HELP,
@@ -19,6 +21,49 @@ from hirm.cli.base import (
 )
 from hirm.errors import HirmError
 from hirm.io import check_output_dir
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """One erasure's UA / IRA / CRA table (and the erased-concepts line and the locality probe where measured)."""
+    from hirm.eval.erasure import METRICS
+
+    table = Table(title=f"{result['model']}: erasing {result.get('concept', '-')} "
+                        f"({result['n_images']} images, {result['seconds']:.0f}s)")
+    table.add_column("model")
+    for m in (*METRICS, "object_acc", "style_acc"):
+        table.add_column(m.upper() if m in METRICS else m, justify="right")
+    rows = [("base", result["base"])] if "base" in result else []
+    rows.append(("patched" if result["patches"] else "model", result))
+    for name, r in rows:
+        table.add_row(name, *(f"{r[m]:.3f}" if m in r else "-" for m in (*METRICS, "object_acc", "style_acc")))
+    Console().print(table)
+    if "erased" in result:
+        e = result["erased"]
+        Console().print(f"{len(e['concepts'])} erased concepts: UA {e['ua']:.3f} ("
+                        + ", ".join(f"{c} {v:.2f}" for c, v in e["ua_per_concept"].items())
+                        + f"); accuracy of the others where no erased concept appears {e['kept_acc']:.3f}")
+    if "probe" in result:
+        p = result["probe"]
+        Console().print("locality probe (relative change of final representations, median; IN/OUT ratio): " + ", ".join(
+            f"{r} {p[r]['in']:.3f}/{p[r]['out']:.3f} ({p[r]['ratio']:.1f}x)" for r in ("content", "eos", "padding")))
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """The headline figures, one line per variant."""
+    rows = metrics["variants"]
+    first = next(iter(rows.values()))
+    keys = [k for k, v in first.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    table = Table(title=f"{metrics['protocol']} ({metrics['n_prompts']} prompts)")
+    table.add_column("variant")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for variant, row in rows.items():
+        table.add_row(variant, *(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    console = Console()
+    console.print(table)
+    for k, v in metrics.items():
+        if k not in ("protocol", "n_prompts", "variants"):
+            console.print(f"{k}: {v}")
 
 
 @app.command()
@@ -156,8 +201,6 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        from hirm.eval.erasure import print_result
-
         print_result(result)
 
 
@@ -191,8 +234,6 @@ def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
-        from hirm.eval.protocols.runner import print_metrics
-
         print_metrics(metrics)
         typer.echo(f"wrote {out}/metrics.json; `hirm report {out}` writes the HTML report")
 
@@ -227,7 +268,7 @@ def demo(
     check_output_dir(out)
     from hirm.eval.erasure import run_demo
 
-    run_demo(out, concept, parse_seeds(seeds))
+    run_demo(out, concept, parse_seeds(seeds), show=print_result)
 
 
 

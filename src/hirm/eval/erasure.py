@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hirm.images import save_atomic, write_text_atomic
 from hirm.minicanvas import registry, world
 
 METRICS = ("ua", "ira", "cra")
+logger = logging.getLogger(__name__)
 
 
 def probe_prompts(concept: str, per_template: int = 3) -> tuple[list[str], list[str]]:
@@ -97,41 +100,16 @@ def _grid_image(g):
     return image_grid(g.images[::per_cell], cols=len(world.STYLES), scale=2)
 
 
-def print_result(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result['model']}: erasing {result.get('concept', '-')} "
-                        f"({result['n_images']} images, {result['seconds']:.0f}s)")
-    table.add_column("model")
-    for m in (*METRICS, "object_acc", "style_acc"):
-        table.add_column(m.upper() if m in METRICS else m, justify="right")
-    rows = [("base", result["base"])] if "base" in result else []
-    rows.append(("patched" if result["patches"] else "model", result))
-    for name, r in rows:
-        table.add_row(name, *(f"{r[m]:.3f}" if m in r else "-" for m in (*METRICS, "object_acc", "style_acc")))
-    Console().print(table)
-    if "erased" in result:
-        e = result["erased"]
-        Console().print(f"{len(e['concepts'])} erased concepts: UA {e['ua']:.3f} ("
-                        + ", ".join(f"{c} {v:.2f}" for c, v in e["ua_per_concept"].items())
-                        + f"); accuracy of the others where no erased concept appears {e['kept_acc']:.3f}")
-    if "probe" in result:
-        p = result["probe"]
-        Console().print("locality probe (relative change of final representations, median; IN/OUT ratio): " + ", ".join(
-            f"{r} {p[r]['in']:.3f}/{p[r]['out']:.3f} ({p[r]['ratio']:.1f}x)" for r in ("content", "eos", "padding")))
-
-
 def available_models() -> list[str]:
     """The MiniCanvas generators in this install (mini-Flux ships beside mini-SD once trained)."""
     return [m for m in registry.NAMES if (registry.FOLDERS[m] / "model_index.json").exists()]
 
 
-def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
+def run_demo(out: Path, concept: str, seeds: tuple[int, ...],
+             show: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Erase `concept` from mini-SD with hirm's default method; score the patch on mini-SD and, unchanged, on
-    mini-Flux (the same CLIP encoder); print before/after UA/IRA/CRA, save grids and a report."""
-    import typer
-
+    mini-Flux (the same CLIP encoder); save grids and a report. `show` gets each model's scores as they come
+    (the CLI prints them); progress is logged."""
     import hirm
     from hirm.encoders import load_pipeline
     from hirm.generate import sample
@@ -142,10 +120,10 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
     out = Path(out)
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
-    typer.echo(f"erasing {concept!r} ({domain}) from mini-SD with HiRM (hirm's default recipe) ...")
+    logger.info("erasing %r (%s) from mini-SD with HiRM (hirm's default recipe) ...", concept, domain)
     patch = hirm.erase(pipe, concept, progress=False)
     patch_path = patch.save(out / f"{concept.replace(' ', '-')}.safetensors")
-    typer.echo(f"patch {patch_path} ({patch.nbytes / 1e6:.2f} MB) made in {sum(patch.seconds.values()):.1f}s")
+    logger.info("patch %s (%.2f MB) made in %.1fs", patch_path, patch.nbytes / 1e6, sum(patch.seconds.values()))
     # before/after: the concept in every other-domain setting, then unrelated prompts
     others = world.STYLES if domain == "object" else world.OBJECTS
     same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept][:5]
@@ -156,12 +134,13 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
     results, lines, files = {}, [], []
     for model in available_models():
         if model != "minicanvas":
-            typer.echo(f"the same patch, unchanged, on {model} ...")
+            logger.info("the same patch, unchanged, on %s ...", model)
             pipe = load_pipeline(model)
         folder = out if model == "minicanvas" else out / model
         result = evaluate_erasure(model, concept, [patch], seeds=seeds, base=True, probe=model == "minicanvas",
                                   out=folder, pipe=pipe, classifier=classifier)
-        print_result(result)
+        if show is not None:
+            show(result)
         kw = {"seed": 0, "steps": registry.SAMPLING["steps"], "guidance": registry.SAMPLING["guidance"]}
         before = sample(pipe, prompts, **kw)
         with patch.applied(pipe):
@@ -183,6 +162,6 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...]) -> dict[str, Any]:
         f"Total demo time: {seconds:.0f}s.",
     ]
     write_text_atomic("\n".join(report) + "\n", out / "report.md")
-    typer.echo(f"wrote {out}/: report.md, {', '.join(files)}, grid-*.png, metrics.json, {patch_path.name} "
-               f"({seconds:.0f}s in all)")
+    logger.info("wrote %s/: report.md, %s, grid-*.png, metrics.json, %s (%.0fs in all)", out, ", ".join(files),
+                patch_path.name, seconds)
     return results["minicanvas"]

@@ -315,22 +315,3 @@ def aggregate(protocol: Protocol, out: Path, items: list[Item], variants: list[s
     return metrics
 
 
-def print_metrics(metrics: dict[str, Any]) -> None:
-    """The headline figures, one line per variant."""
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = metrics["variants"]
-    first = next(iter(rows.values()))
-    keys = [k for k, v in first.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-    table = Table(title=f"{metrics['protocol']} ({metrics['n_prompts']} prompts)")
-    table.add_column("variant")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for variant, row in rows.items():
-        table.add_row(variant, *(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    console = Console()
-    console.print(table)
-    for k, v in metrics.items():
-        if k not in ("protocol", "n_prompts", "variants"):
-            console.print(f"{k}: {v}")
