@@ -145,3 +145,34 @@ def test_export_cli(tmp_path):
         r = runner.invoke(app, base[:-2] + args if "--out" in args else base + args)
         assert r.exit_code == 2 and message in r.output, r.output
     assert not (tmp_path / "new").exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_erase_as_a_lora_is_a_low_rank_patch_that_exports_exactly(tmp_path):
+    """`--lora-rank`: peft adapters on the trained weights; the patch changes each weight by rank <= R and no
+    bias, the model is left as it was (no adapter modules, same weights), the same seed gives the same patch,
+    and the LoRA export at that rank is exact."""
+    from hirm.patch import fingerprint
+
+    pipe = dummies.sdxl_pipeline()
+    before = {n: fingerprint(getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2")}
+    types = {n: type(m) for n, m in pipe.text_encoder.named_modules()}
+    patch = hirm.erase(pipe, "cat", method="hirm-r", steps=3, lr=1e-2, progress=False, lora_rank=2)
+    again = hirm.erase(pipe, "cat", method="hirm-r", steps=3, lr=1e-2, progress=False, lora_rank=2)
+    assert patch.id == again.id
+    assert {n: fingerprint(getattr(pipe, n)) for n in before} == before
+    assert {n: type(m) for n, m in pipe.text_encoder.named_modules()} == types  # adapters unloaded
+    assert patch.tensors and not any(k.endswith(".bias") for k in patch.tensors)
+    for component in patch.components:
+        params = dict(getattr(pipe, component).named_parameters())
+        for name, new in patch.component_tensors(component).items():
+            delta = new - params[name].detach()
+            # W + B A - W in float32: rank 2 up to the rounding of the sum
+            assert 0 < torch.linalg.matrix_rank(delta, rtol=1e-3) <= 2, name
+    with patch.applied(pipe):
+        erased = states(pipe)
+    assert not torch.allclose(erased, states(pipe))  # it erases something
+    info = export_lora(patch, find_text_encoders(pipe), ["text_encoder", "text_encoder_2"],
+                       tmp_path / "r2.safetensors", rank=2).info
+    assert all(i["weight_error"] < 1e-4 and not i["dropped"] for i in info.values())
+    with pytest.raises(HirmError, match="method uce has no option 'lora_rank'"):
+        hirm.erase(pipe, "cat", method="uce", lora_rank=2, progress=False)

@@ -66,6 +66,9 @@ def erase(
                                                         "prompt pair (repeatable)")] = None,
     paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
                                                  "this model")] = False,
+    lora_rank: Annotated[int | None, typer.Option(help="HiRM: train peft LoRA adapters of this rank on the trained "
+                                                       "weights instead of the weights (biases kept), so the patch "
+                                                       "exports exactly as a LoRA")] = None,
     robust: Annotated[bool, typer.Option(help="robust HiRM: rounds of attack (prompts that bring the concept back "
                                          "through the erased encoder), then erase again with them; typos and "
                                          "known synonyms too")] = False,
@@ -112,7 +115,8 @@ def erase(
         supervise_layer=supervise_layer, supervise_module=supervise_module,
         templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
         truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
-        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, device=where,
+        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, lora_rank=lora_rank,
+        device=where,
         dtype=read_as, **settings,
     )
     patch.save(out)

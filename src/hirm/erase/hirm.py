@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from hirm.encoders import TextEncoder
 from hirm.erase.loop import LoopResult, OptimConfig, optimise, temporarily
+from hirm.erase.lora import lora_adapters
 from hirm.erase.retain import default_retain_prompts, known_synonyms
 from hirm.erase.textenc import concept_span, representation, representation_and_final, trainable_parameter_names
 from hirm.errors import HirmError
@@ -137,6 +138,10 @@ class HiRMConfig:
     robust_typos: int = 2
     robust_vocabulary: str = "all"  # "all" tokens of the tokenizer, or "world" (MiniCanvas caption tokens)
     robust_slots: str = "prefix"
+    # Beyond the paper: > 0 trains peft LoRA adapters of this rank on the trained layers' weight matrices instead
+    # of the weights themselves (biases stay), so the patch is a rank-`lora_rank` change and exports exactly as a
+    # LoRA (`hirm export --format lora --rank R`).
+    lora_rank: int = 0
 
     def validate(self) -> None:
         if self.variant not in ("r", "s", "u"):
@@ -147,6 +152,8 @@ class HiRMConfig:
                             "(or --safe-pair 'WITH|WITHOUT' for a safe direction)")
         if self.steps < 1:
             raise HirmError(f"--steps {self.steps}: need at least 1")
+        if self.lora_rank < 0:
+            raise HirmError(f"--lora-rank {self.lora_rank}: give a positive rank, or 0 to train the full weights")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise HirmError(f"--lr {self.lr}: need a positive learning rate")
         if not all("{}" in t for t in self.templates):
@@ -398,11 +405,16 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
                 loss = loss + config.retain_weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
         return loss
 
-    torch.manual_seed(config.seed)
-
     def done() -> bool:
         return reached[0]
 
+    if config.lora_rank:
+        with lora_adapters(enc.model, names, config.lora_rank, config.seed) as (adapters, merged):
+            torch.manual_seed(config.seed)
+            result = optimise(enc.model, adapters, loss_fn, _optim(config), desc=desc, progress=progress,
+                              done=done if config.away_weight > 0 else None)
+            return dataclasses.replace(result, tensors=merged(result.tensors))
+    torch.manual_seed(config.seed)
     return optimise(enc.model, names, loss_fn, _optim(config), desc=desc, progress=progress,
                     done=done if config.away_weight > 0 else None)
 
