@@ -22,7 +22,7 @@ def lora_adapters(model: torch.nn.Module, weight_names: list[str], rank: int, se
         from peft import LoraConfig
         from peft.tuners.lora import LoraModel
     except ImportError:
-        raise HirmError("--lora-rank trains peft LoRA adapters: pip install peft") from None
+        raise HirmError("--lora-rank trains peft LoRA adapters: pip install 'hirm-erase[lora]' (or peft)") from None
     if rank < 1:
         raise HirmError(f"--lora-rank {rank}: give a positive rank, e.g. 16 (0: train the full weights)")
     modules = [n.removesuffix(".weight") for n in weight_names if n.endswith(".weight")]
