@@ -138,8 +138,8 @@ def test_export_cli(tmp_path):
     r = runner.invoke(app, ["export", str(patch), "--model", str(folder), "--out", str(tmp_path / "clip")])
     assert r.exit_code == 0, r.output
     assert read_export_metadata(tmp_path / "clip" / "text_encoder.safetensors")["export"]["format"] == "clip"
-    for args, message in ((["--format", "ckpt"], "--format 'ckpt': use one of clip, lora"),
-                          (["--format", "lora", "--out", str(tmp_path / "x.pt")], "a LoRA is a safetensors file"),
+    for args, message in ((["--format", "ckpt"], "--format 'ckpt': use one of clip, lora, checkpoint"),
+                          (["--format", "lora", "--out", str(tmp_path / "x.pt")], "a lora is a safetensors file"),
                           (["--dtype", "float8"], "--dtype 'float8'")):
         base = ["export", str(patch), "--model", str(folder), "--out", str(tmp_path / "new")]
         r = runner.invoke(app, base[:-2] + args if "--out" in args else base + args)
@@ -176,3 +176,47 @@ def test_erase_as_a_lora_is_a_low_rank_patch_that_exports_exactly(tmp_path):
     assert all(i["weight_error"] < 1e-4 and not i["dropped"] for i in info.values())
     with pytest.raises(HirmError, match="method uce has no option 'lora_rank'"):
         hirm.erase(pipe, "cat", method="uce", lora_rank=2, progress=False)
+
+
+def test_checkpoint_export_writes_the_patch_into_the_single_file_checkpoint(tmp_path):
+    """An SD 1.x single-file checkpoint (its text encoder under `cond_stage_model.transformer.`) gets the patched
+    tensors in place: diffusers' own single-file loader reads back the patched encoder, every other tensor is as
+    it was; a checkpoint of other weights is refused and nothing is written."""
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from safetensors.torch import load_file, save_file
+
+    from hirm.export import export_checkpoint
+
+    folder = tmp_path / "sd"
+    dummies.sd_pipeline().save_pretrained(folder)
+    pipe = dummies.sd_pipeline()
+    prefix = "cond_stage_model.transformer.text_model."
+    original = {prefix + k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    original["model.diffusion_model.out.2.weight"] = torch.randn(4, 8, 3, 3)  # stands for the rest of the file
+    ckpt = tmp_path / "sd-v1.safetensors"
+    save_file(original, str(ckpt), metadata={"format": "pt", "trainer": "someone"})
+    patch = hirm.erase(pipe, "cat", method="hirm-r", steps=3, lr=1e-2, progress=False)
+    out = tmp_path / "sd-v1-without-cat.safetensors"
+    result = export_checkpoint(patch, find_text_encoders(pipe), folder, ckpt, out)
+    assert result.info["text_encoder"]["tensors"] == len(patch.tensors)
+    written = load_file(str(out))
+    assert set(written) == set(original)
+    changed = {k for k in original if not torch.equal(original[k], written[k])}
+    assert changed == {prefix + n for n in patch.component_tensors("text_encoder")}
+    meta = read_export_metadata(out)
+    assert meta["export"]["format"] == "checkpoint" and meta["patch"]["fingerprints"] == patch.fingerprints
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["trainer"] == "someone"  # the checkpoint's own metadata is kept
+    loaded = create_diffusers_clip_model_from_ldm(CLIPTextModel, written, subfolder="text_encoder",
+                                                  config=str(folder), local_files_only=True).eval()
+    with patch.applied(pipe):
+        want = states(pipe)
+    fresh = dummies.sd_pipeline()
+    fresh.register_modules(text_encoder=loaded)
+    assert torch.allclose(states(fresh), want, atol=1e-5)
+    other = {k: v + 0.01 if "layers.1." in k else v for k, v in original.items()}
+    save_file(other, str(tmp_path / "other.safetensors"))
+    with pytest.raises(HirmError, match="not the one the patch was made from"):
+        export_checkpoint(patch, find_text_encoders(pipe), folder, tmp_path / "other.safetensors",
+                          tmp_path / "never.safetensors")
+    assert not (tmp_path / "never.safetensors").exists()

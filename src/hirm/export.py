@@ -8,6 +8,11 @@
   ComfyUI's LoraLoader and diffusers' `load_lora_weights`) or diffusers' (`text_encoder.text_model...lora_A
   .weight`). A LoRA holds no bias: the patch's bias changes are left out, and the export says what that costs.
 
+- `checkpoint`: a single-file checkpoint in the original (non-diffusers) layout, AUTOMATIC1111 / Forge's and
+  ComfyUI's CheckpointLoader's input: the user's own checkpoint (`--checkpoint`) with the patched tensors
+  written in place. Which of its keys hold a patched tensor is found by running diffusers' own single-file
+  conversion (the one `from_single_file` uses) on index-valued copies of them, so no key table is written here.
+
 Every file carries `format: pt`, the patch's own metadata (its concepts, method and the base fingerprints) and
 what the export did; the export refuses a model whose weights are not the ones the patch was made from.
 """
@@ -20,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from hirm.encoders import TextEncoder, resolve_model_path
 from hirm.errors import HirmError
 from hirm.io import atomic_dir, atomic_file
 from hirm.patch import FORMAT, Patch
 
-FORMATS = ("clip", "lora")
+FORMATS = ("clip", "lora", "checkpoint")
 LORA_LAYOUTS = ("kohya", "diffusers")
 # ComfyUI tells CLIP text encoders apart by depth (detect_te_model: layer 30 -> bigG, layer 22 -> ViT-H)
 _CLIP_NAMES = {(768, 12): "clip_l", (1024, 24): "clip_h", (1280, 32): "clip_g"}
@@ -183,6 +188,95 @@ def _representation_error(enc: TextEncoder, params: dict[str, torch.nn.Parameter
     return (approx - full).flatten(1).norm(dim=1) / moved
 
 
+# single-file prefixes of CLIP text encoders, by the converter of diffusers' single-file loading that reads them
+_LDM_OPEN_CLIP_PREFIXES = ("cond_stage_model.model.", "conditioner.embedders.1.model.",
+                           "conditioner.embedders.0.model.")
+_LDM_CLIP_EXTRA_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.")
+_INDEX_BITS = 40  # a probe value: key number << 40 | flat position
+
+
+def _single_file_sources(checkpoint: dict[str, torch.Tensor], encoder: TextEncoder,
+                         names: list[str]) -> dict[str, tuple[str, torch.Tensor]]:
+    """For each of `names` (the encoder's parameter names), the checkpoint key holding it and the flat positions
+    of its elements there, found by converting index-valued copies of the checkpoint's layer tensors with
+    diffusers' single-file converters and keeping the conversion that yields all of `names` at their shapes."""
+    from diffusers.loaders import single_file_utils as sf
+
+    params = dict(encoder.model.named_parameters())
+    wanted = {_module_name(n): n for n in names}
+    layers = {int(n.split("layers.")[1].split(".")[0]) for n in names if "layers." in n}
+    marks = tuple(f"layers.{i}." for i in layers) + tuple(f"resblocks.{i}." for i in layers)
+    keys = [k for k in checkpoint if any(m in k for m in marks)]
+    probe: dict[str, torch.Tensor] = {k: v for k, v in checkpoint.items() if k.endswith("text_projection")}
+    for i, k in enumerate(keys):
+        probe[k] = (torch.arange(checkpoint[k].numel(), dtype=torch.int64) + (i << _INDEX_BITS)).view(
+            checkpoint[k].shape)
+    conversions = [sf.convert_ldm_clip_checkpoint(probe, p) for p in _LDM_CLIP_EXTRA_PREFIXES]
+    conversions += [sf.convert_open_clip_checkpoint(encoder.model, probe, prefix=p) for p in _LDM_OPEN_CLIP_PREFIXES
+                    if any(k.startswith(p) for k in probe)]
+    if any(k.startswith(tuple(sf.LDM_CLIP_PREFIX_TO_REMOVE)) for k in probe):
+        conversions.append(sf.convert_ldm_clip_checkpoint(probe))
+    for converted in conversions:
+        if all(k in converted and converted[k].shape == params[n].shape and converted[k].dtype == torch.int64
+               for k, n in wanted.items()):
+            out = {}
+            for k, n in wanted.items():
+                index = converted[k].flatten()
+                source = {int(v) >> _INDEX_BITS for v in index.unique()}
+                if len(source) != 1:
+                    raise HirmError(f"{encoder.name}: {n} comes from several checkpoint tensors; not supported")
+                key = keys[source.pop()]
+                out[n] = (key, index & ((1 << _INDEX_BITS) - 1))
+            return out
+    raise HirmError(f"the checkpoint holds no text encoder with {encoder.name}'s layer shapes (diffusers' "
+                    "single-file conversion finds none): pass the checkpoint this model was converted from")
+
+
+def export_checkpoint(patch: Patch, encoders: list[TextEncoder], model_root: Path, checkpoint: Path,
+                      out: Path) -> ExportResult:
+    """Write `checkpoint` (a single-file safetensors checkpoint of the model) with the patched tensors in place.
+    Refused unless diffusers' own single-file loader builds, from the checkpoint, text encoders with the weights
+    the patch was made from (its fingerprints)."""
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from safetensors import SafetensorError, safe_open
+
+    from hirm.patch import fingerprint
+
+    if checkpoint.suffix != ".safetensors":
+        raise HirmError(f"--checkpoint {checkpoint}: give a .safetensors single-file checkpoint (never pickle)")
+    try:
+        with safe_open(str(checkpoint), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(checkpoint))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise HirmError(f"--checkpoint {checkpoint}: not a readable safetensors file ({e})") from None
+    info: dict[str, Any] = {}
+    for enc in encoders:
+        if not enc.is_clip:
+            raise HirmError(f"the patch edits the T5 encoder {enc.name!r}: a checkpoint export covers CLIP encoders")
+        try:  # what from_single_file would load for this component
+            loaded = create_diffusers_clip_model_from_ldm(type(enc.model), tensors, subfolder=enc.name,
+                                                          config=str(model_root), local_files_only=True)
+        except (ValueError, KeyError, OSError) as e:
+            raise HirmError(f"diffusers cannot read {enc.name} from --checkpoint {checkpoint}: {e}") from None
+        got = fingerprint(loaded.float())
+        if got != patch.fingerprints.get(enc.name):
+            raise HirmError(f"--checkpoint {checkpoint}: its {enc.name} is not the one the patch was made from "
+                            "(fingerprints differ): pass the checkpoint of the model the patch was made on")
+        changed = patch.component_tensors(enc.name)
+        sources = _single_file_sources(tensors, enc, list(changed))
+        for name, value in changed.items():
+            key, positions = sources[name]
+            target = tensors[key].clone()
+            target.view(-1)[positions] = value.flatten().to(target.dtype)
+            tensors[key] = target
+        info[enc.name] = {"keys": sorted({k for k, _ in sources.values()}), "tensors": len(changed)}
+    export = {"format": "checkpoint", "source": checkpoint.name, "components": sorted(info)}
+    with atomic_file(out) as tmp:
+        save_file(tensors, str(tmp), metadata={**meta, **_metadata(patch, export)})
+    return ExportResult([out], info)
+
+
 def text_components(model: Any) -> list[str]:
     """The names of a model's text encoders: from a pipeline folder's model_index.json, or an in-memory pipeline."""
     if isinstance(model, (str, Path)):
@@ -206,6 +300,7 @@ __all__ = [
     "FORMATS",
     "LORA_LAYOUTS",
     "ExportResult",
+    "export_checkpoint",
     "export_clip",
     "export_lora",
     "lora_prefixes",

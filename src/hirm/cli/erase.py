@@ -253,38 +253,49 @@ def export(
                          "text-encoder LoRA (AUTOMATIC1111 / Forge, ComfyUI's LoraLoader, diffusers' "
                          "load_lora_weights)")] = "clip",
     rank: Annotated[int, typer.Option(help="lora: rank of the truncated SVD of each weight change")] = 16,
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint: the model's single-file .safetensors "
+                                                         "checkpoint, written again with the patch in it")] = None,
     lora_layout: Annotated[str, typer.Option(help="lora: key layout, kohya (read by all three) or diffusers")]
     = "kohya",
     dtype: Annotated[str, typer.Option(help="clip: precision of the written encoders: auto (as stored), float32, "
                                             "float16, bfloat16")] = "auto",
 ) -> None:
-    """Write a patch in a format other tools load: the patched CLIP encoders, or a text-encoder LoRA."""
+    """Write a patch in a format other tools load: the patched CLIP encoders, a text-encoder LoRA, or a
+    single-file checkpoint."""
     quiet_libraries()
-    from hirm.encoders import load_text_encoders, parse_dtype, stored_dtype
-    from hirm.export import FORMATS, export_clip, export_lora, text_components
+    from hirm.encoders import load_text_encoders, parse_dtype, resolve_model_path, stored_dtype
+    from hirm.export import FORMATS, export_checkpoint, export_clip, export_lora, text_components
     from hirm.patch import Patch
 
     if file_format not in FORMATS:
         raise HirmError(f"--format {file_format!r}: use one of {', '.join(FORMATS)}")
-    if file_format == "lora":
+    if file_format == "checkpoint" and checkpoint is None:
+        raise HirmError("--format checkpoint needs --checkpoint FILE: the model's own single-file checkpoint")
+    if checkpoint is not None and file_format != "checkpoint":
+        raise HirmError("--checkpoint goes with --format checkpoint")
+    if file_format in ("lora", "checkpoint"):
         if out.suffix != ".safetensors":
-            raise HirmError(f"--out {out}: a LoRA is a safetensors file; use a name ending in .safetensors")
+            raise HirmError(f"--out {out}: a {file_format} is a safetensors file; use a name ending in .safetensors")
         check_output_file(out)
     else:
         check_output_dir(out, empty=True)
     written_as = parse_dtype(dtype)  # a bad name: before anything is loaded
     loaded = Patch.load(patch)
-    if file_format == "lora":  # the weight changes are measured in float32
+    if file_format != "clip":  # compared and measured in float32; a checkpoint keeps its own dtypes
         written_as = None
     encoders = load_text_encoders(model, which=loaded.components,
                                   dtype=written_as or (stored_dtype(model) if file_format == "clip" else "float32"))
     if file_format == "clip":
         result = export_clip(loaded, encoders, out)
+    elif file_format == "checkpoint":
+        result = export_checkpoint(loaded, encoders, resolve_model_path(str(model)), checkpoint, out)
     else:
         result = export_lora(loaded, encoders, text_components(model), out, rank=rank, layout=lora_layout)
     for component, info in result.info.items():
         if file_format == "clip":
             typer.echo(f"{component}: {info['file']} ({info['tensors']} tensors, {info['dtype']})")
+        elif file_format == "checkpoint":
+            typer.echo(f"{component}: {info['tensors']} tensors written into {', '.join(info['keys'])}")
         else:
             typer.echo(f"{component}: rank {info['rank']}, {info['weights']} weights, weight change error "
                        f"{info['weight_error']:.2e}; final representations off by "
