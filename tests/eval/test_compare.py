@@ -177,6 +177,9 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     assert (configs["hirm-r"].steps, configs["hirm-r"].lr, configs["hirm-r"].retain_weight) == (50, 5e-5, 10.0)
     _erase(pipe, "striped", "hirm-r+esd-x", ["hirm-r", "esd-x"], {"hirm-r+esd-x": {"lr": 1e-3}})
     assert configs["hirm-r"].lr == configs["esd-x"].lr == 1e-3  # the combination's own options reach both
+    _erase(pipe, "striped", "esd-x/fast", ["esd-x"], {"esd-x": {"steps": 200, "lr": 1e-4},
+                                                      "esd-x/fast": {"lr": 3e-4}})
+    assert (configs["esd-x"].steps, configs["esd-x"].lr) == (200, 3e-4)  # the label's option beats the part's
     _erase(pipe, "striped", "hirm-s", ["hirm-s"], {})
     assert configs["hirm-s"].target == "a pattern"
     with pytest.raises(HirmError, match="--option uce/x: method uce has no option 'robust_rounds'"):

@@ -104,9 +104,14 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
     `hirm-r+esd-x.lr`) go to the parts that have them. HiRM-S targets the world's super-category unless told
     otherwise, as in the paper."""
     import hirm
+    from hirm.erase import METHODS
 
     kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
-    kw.update(options.get(label, {}) if label not in parts else {})  # "hirm-r/robust", "hirm-r+esd-x"
+    # "hirm-r/robust", "hirm-r+esd-x": the label's own options beat its parts' (esd-x/lr3e-4 next to esd-x's
+    # budget); scoped to each part that has the option, left unscoped where none has it (erase then says so)
+    for k, v in (options.get(label, {}) if label not in parts else {}).items():
+        owners = [part for part in parts if k in METHODS[part].options()]
+        kw.update({f"{part}.{k}": v for part in owners} if owners else {k: v})
     if "hirm-s" in parts and "target" not in kw and "hirm-s.target" not in kw:
         kw["hirm-s.target"] = world.supercategory(concept)
     try:
