@@ -62,7 +62,7 @@ def clip_state_dict(encoder: TextEncoder) -> dict[str, torch.Tensor]:
     layout ComfyUI reads; transformers 5 keeps it when saving CLIPTextModelWithProjection, not CLIPTextModel."""
     if not encoder.is_clip:
         return {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
-    return {k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k: v.detach().cpu().contiguous()
+    return {k if k.startswith("text_projection.") else _module_name(k): v.detach().cpu().contiguous()
             for k, v in encoder.model.state_dict().items()}
 
 

@@ -104,7 +104,6 @@ def quiet_libraries() -> None:
     dlog.disable_progress_bar()
 
 
-
 def read_lines(path: Path, option: str) -> list[str]:
     """The non-empty lines of a list file, `#` comments dropped."""
     try:
@@ -117,7 +116,6 @@ def read_lines(path: Path, option: str) -> list[str]:
     if not any(entries):
         raise HirmError(f"{option} {path}: nothing in it (one entry per line)")
     return [e for e in entries if e]
-
 
 
 def load_patches(paths: list[Path] | None) -> list:

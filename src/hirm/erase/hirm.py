@@ -408,15 +408,16 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
     def done() -> bool:
         return reached[0]
 
+    def train(trained: list[str]) -> LoopResult:
+        torch.manual_seed(config.seed)
+        return optimise(enc.model, trained, loss_fn, _optim(config), desc=desc, progress=progress,
+                        done=done if config.away_weight > 0 else None)
+
     if config.lora_rank:
         with lora_adapters(enc.model, names, config.lora_rank, config.seed) as (adapters, merged):
-            torch.manual_seed(config.seed)
-            result = optimise(enc.model, adapters, loss_fn, _optim(config), desc=desc, progress=progress,
-                              done=done if config.away_weight > 0 else None)
+            result = train(adapters)
             return dataclasses.replace(result, tensors=merged(result.tensors))
-    torch.manual_seed(config.seed)
-    return optimise(enc.model, names, loss_fn, _optim(config), desc=desc, progress=progress,
-                    done=done if config.away_weight > 0 else None)
+    return train(names)
 
 
 def _per_concept_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: torch.Tensor,
