@@ -81,7 +81,7 @@ class TextEncoder:
                 if n > self.max_length:
                     raise HirmError(
                         f"prompt {p[:40]!r}... is {n} tokens, longer than the encoder's {self.max_length}: "
-                        "shorten it, or pass --truncate to cut it"
+                        "shorten it, or cut it (hirm erase --set truncate=true)"
                     )
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                              return_tensors="pt")["input_ids"]

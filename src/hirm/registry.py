@@ -18,6 +18,12 @@ from typing import Any, Generic, TypeVar
 from hirm.errors import HirmError
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text, shown by `hirm methods NAME` (transformers' and peft's configs declare
+    theirs the same way: `field(default=..., metadata={"help": ...})`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Entry:
     """A registered thing: its name, what it runs, a one-line summary, and where its options come from."""
@@ -34,6 +40,20 @@ class Entry:
         if self.run is None:
             return []
         return sorted(p.name for p in inspect.signature(self.run).parameters.values() if p.default is not p.empty)
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The entry's own values over its config class's defaults: what it fixes."""
+        return dict(self.fixed)
+
+    def option_help(self) -> list[tuple[str, Any, str]]:
+        """(option, default, help) of every option, in declaration order: a config class's fields with their
+        `help` metadata and the entry's own defaults on top, or `run`'s keyword arguments."""
+        if self.config_cls is None:
+            params = inspect.signature(self.run).parameters.values() if self.run is not None else []
+            return [(p.name, p.default, "") for p in params if p.default is not p.empty]
+        own = self.option_defaults()
+        return [(f.name, own.get(f.name, f.default), f.metadata.get("help", ""))
+                for f in dataclasses.fields(self.config_cls)]
 
 
 E = TypeVar("E", bound=Entry)

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from hirm.cli.base import (
     DEVICE_HELP,
@@ -42,28 +45,10 @@ def erase(
     seed: Annotated[int | None, typer.Option(help="seed of the random target and the optimisation")] = None,
     layers: Annotated[str | None, typer.Option(help="trained layers: 0 | 0,1 | first-attn | mlp-only | attn-only "
                                                "| final-attn | mix-attn | all")] = None,
-    target_norm: Annotated[float | None, typer.Option(help="hirm-r target norm (on a 77x768 encoder)")] = None,
-    scale: Annotated[float | None, typer.Option(help="hirm-s: multiplier c of the semantic target")] = None,
-    supervise_layer: Annotated[int | None, typer.Option(help="layer whose output is supervised (-1: last)")] = None,
-    supervise_module: Annotated[str | None, typer.Option(help="module in that layer (self_attn.out_proj, "
-                                                         "mlp.fc2, output), or final: the final hidden "
-                                                         "states (hirm's default)")] = None,
-    template: Annotated[list[str] | None, typer.Option(help="prompt template with {} (repeatable)")] = None,
-    variant: Annotated[list[str] | None, typer.Option(help="other names of the concept (repeatable)")] = None,
-    truncate: Annotated[bool, typer.Option(help="cut prompts longer than the encoder instead of failing")] = False,
-    positions: Annotated[str | None, typer.Option(help="supervised positions: all (paper) | no-bos | concept | "
-                                                  "concept+eos")] = None,
-    train_biases: Annotated[bool | None, typer.Option("--train-biases/--no-train-biases",
-                                                      help="train layer biases too (paper: yes)")] = None,
-    retain_weight: Annotated[float | None, typer.Option(help="weight of the retain term (paper: 0)")] = None,
-    retain_prompt: Annotated[list[str] | None, typer.Option(help="prompt whose final representation must stay "
-                                                            "(repeatable)")] = None,
     preserve: Annotated[list[str] | None, typer.Option(help="a concept or prompt to keep as it is, e.g. 'a cat' "
                                                        "(repeatable; hirm-r/-s, uce, rece)")] = None,
     preserve_file: Annotated[Path | None, typer.Option(help="text file with one concept or prompt to keep per "
                                                        "line (# comments)")] = None,
-    safe_pair: Annotated[list[str] | None, typer.Option(help="hirm-s safe direction: 'WITH CONCEPT|WITHOUT' "
-                                                        "prompt pair (repeatable)")] = None,
     paper_defaults: Annotated[bool, typer.Option(help="the paper's recipe exactly, ignoring hirm's defaults for "
                                                  "this model")] = False,
     lora_rank: Annotated[int | None, typer.Option(help="HiRM: train peft LoRA adapters of this rank on the trained "
@@ -72,9 +57,11 @@ def erase(
     robust: Annotated[bool, typer.Option(help="robust HiRM: rounds of attack (prompts that bring the concept back "
                                          "through the erased encoder), then erase again with them; typos and "
                                          "known synonyms too")] = False,
-    option: Annotated[list[str] | None, typer.Option("--set", help="any config field of the method, KEY=VALUE "
-                                                     "(JSON values), e.g. --set preserve='[\"circle\"]'; "
-                                                     "for one part of a+b: --set esd-x.steps=200")] = None,
+    option: Annotated[list[str] | None, typer.Option("--set", help="any other config field of the method, KEY=VALUE "
+                                                     "(JSON values), e.g. --set retain_weight=500 --set "
+                                                     "templates='[\"a {}\", \"a photo of {}\"]'; `hirm methods "
+                                                     "METHOD` lists them with defaults; for one part of a+b: --set "
+                                                     "esd-x.steps=200")] = None,
     device: Device = "auto",
     dtype: Annotated[str, typer.Option(help="precision the model is read in: auto (float32), float32, float16 "
                                             "(reads fp16 variant files), bfloat16; the trained weights are always "
@@ -85,14 +72,10 @@ def erase(
     quiet_libraries()
     from hirm.api import erase as run_erase
     from hirm.encoders import parse_dtype, resolve_device
+    from hirm.erase import METHODS
     from hirm.erase.hirm import ROBUST_ROUNDS
     from hirm.eval.compare import parse_assignment
 
-    pairs = None
-    if safe_pair:
-        if not all(p.count("|") == 1 for p in safe_pair):
-            raise HirmError("--safe-pair takes 'PROMPT WITH CONCEPT|SAME PROMPT WITHOUT IT' (one '|')")
-        pairs = tuple(tuple(x.strip() for x in p.split("|")) for p in safe_pair)
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
     check_output_file(out)  # before minutes of training, not after
@@ -105,19 +88,13 @@ def erase(
     if kept:
         settings["preserve"] = tuple(dict.fromkeys(kept))
     if robust:
-        if not method.startswith("hirm-") or "+" in method:
+        if "+" in method or "robust_rounds" not in METHODS.lookup(method).options():
             raise HirmError(f"--robust is a HiRM option; {method} has its own defences (e.g. advunlearn)")
         settings.setdefault("robust_rounds", ROBUST_ROUNDS)
     patch = run_erase(
         model, concepts if len(concepts) > 1 else concepts[0], method=method, encoder=encoder, kind=kind,
         paper_defaults=paper_defaults, target=target,
-        steps=steps, lr=lr, seed=seed, layers=layers, target_norm=target_norm, scale=scale,
-        supervise_layer=supervise_layer, supervise_module=supervise_module,
-        templates=tuple(template) if template else None, variants=tuple(variant) if variant else None,
-        truncate=truncate or None, positions=positions, train_biases=train_biases, retain_weight=retain_weight,
-        retain_prompts=tuple(retain_prompt) if retain_prompt else None, safe_pairs=pairs, lora_rank=lora_rank,
-        device=where,
-        dtype=read_as, **settings,
+        steps=steps, lr=lr, seed=seed, layers=layers, lora_rank=lora_rank, device=where, dtype=read_as, **settings,
     )
     patch.save(out)
     for name, seconds in patch.seconds.items():
@@ -307,9 +284,29 @@ def export(
 
 
 @app.command()
-def methods() -> None:
-    """List the erasure methods."""
+@handles_errors
+def methods(
+    name: Annotated[str | None, typer.Argument(help="a method: list its options (the --set KEYs) with their "
+                                                    "defaults")] = None,
+) -> None:
+    """List the erasure methods, or one method's options."""
     from hirm.erase import METHODS
 
-    for m in METHODS.values():
-        typer.echo(f"{m.name:10s} {m.summary}")
+    if name is None:
+        for m in METHODS.values():
+            typer.echo(f"{m.name:10s} {m.summary}")
+        typer.echo("\n`hirm methods NAME` lists a method's options; `hirm erase --set KEY=VALUE` sets one.")
+        return
+    spec = METHODS.lookup(name)
+    table = Table(title=f"{spec.name}: {spec.summary}", title_justify="left")
+    for column in ("option", "default", "meaning"):
+        table.add_column(column, overflow="fold")
+    for option, default, meaning in spec.option_help():
+        table.add_row(option, Text(json.dumps(default)), Text(meaning))  # Text: brackets are not markup
+    Console().print(table)
+    for family, values in spec.family_defaults.items():
+        typer.echo(f"on {family} models (unless --paper-defaults): "
+                   + ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items()))
+    if spec.fixed:
+        typer.echo("fixed (what makes it " + spec.name + "): " + ", ".join(f"{k}={json.dumps(v)}"
+                                                                         for k, v in spec.fixed.items()))

@@ -42,6 +42,9 @@ class Method(Entry):
     # fills the config's model-dependent defaults (e.g. HiRM's retain set) from the encoders and concepts
     prepare: Callable[[Any, list[TextEncoder], list[str]], Any] | None = None
 
+    def option_defaults(self) -> dict[str, Any]:
+        return {**self.defaults, **self.fixed}
+
 
 # Real CLIP encoders get the paper's HiRM recipe, under which the paper measured local erasure; the small
 # MiniCanvas encoder needs a retain term to be local (docs/locality.md).

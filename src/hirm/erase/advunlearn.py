@@ -23,24 +23,26 @@ from hirm.erase.retain import default_retain_prompts
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.registry import option
 from hirm.tokens import embeddings_at, frozen, positions
 
 
 @dataclass
 class AdvUnlearnConfig:
-    steps: int = 1000
-    lr: float = 1e-5
-    layers: str = "all"  # text-encoder layers trained (preset or indices)
-    negative_guidance: float = 1.0
-    start_guidance: float = 3.0
-    ddim_steps: int = 50
-    prefix_tokens: int = 1  # adversarial tokens prepended to the prompt
-    attack_steps: int = 30
-    attack_step_size: float = 1e-3  # signed-gradient step on the token embeddings
-    retain_weight: float = 1.0
-    retain_prompts: tuple[str, ...] = ()  # () -> the model's own unrelated captions, or a generic set
-    retain_batch: int = 4
-    seed: int = 42
+    steps: int = option(1000, "iterations, one latent each")
+    lr: float = option(1e-5, "learning rate")
+    layers: str = option("all", "text-encoder layers trained (a preset or layer indices)")
+    negative_guidance: float = option(1.0, "eta of the ESD target")
+    start_guidance: float = option(3.0, "CFG scale used to draw z_t")
+    ddim_steps: int = option(50, "DDIM steps of the schedule z_t is drawn on")
+    prefix_tokens: int = option(1, "adversarial tokens prepended to the prompt")
+    attack_steps: int = option(30, "attack steps per iteration")
+    attack_step_size: float = option(1e-3, "signed-gradient step on the token embeddings")
+    retain_weight: float = option(1.0, "weight of the retain term")
+    retain_prompts: tuple[str, ...] = option((), "retain prompts (empty: the model's own unrelated captions, or an "
+                                                 "everyday set)")
+    retain_batch: int = option(4, "retain prompts per iteration")
+    seed: int = option(42, "seed of the latents, attacks and the optimisation")
 
     def validate(self) -> None:
         if self.steps < 1 or self.attack_steps < 0 or self.prefix_tokens < 1:

@@ -19,17 +19,18 @@ from hirm.erase.denoiser import GROUPS, denoiser
 from hirm.erase.loop import OptimConfig, optimise, temporarily
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.registry import option
 
 
 @dataclass
 class ESDConfig:
-    train: str = "xattn"  # xattn (ESD-x) | noxattn (ESD-u) | selfattn | full
-    steps: int = 1000  # iterations, one latent each
-    lr: float = 1e-5
-    negative_guidance: float = 1.0  # eta
-    start_guidance: float = 3.0  # CFG scale used to draw z_t
-    ddim_steps: int = 50
-    seed: int = 42
+    train: str = option("xattn", "UNet tensors trained: xattn (ESD-x), noxattn (ESD-u), selfattn or full")
+    steps: int = option(1000, "iterations, one latent each")
+    lr: float = option(1e-5, "learning rate")
+    negative_guidance: float = option(1.0, "eta: how far the target is pushed from the concept's noise estimate")
+    start_guidance: float = option(3.0, "CFG scale used to draw z_t")
+    ddim_steps: int = option(50, "DDIM steps of the schedule z_t is drawn on")
+    seed: int = option(42, "seed of the latents, timesteps and the optimisation")
 
     def validate(self) -> None:
         if self.train not in GROUPS:

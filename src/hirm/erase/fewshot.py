@@ -24,6 +24,7 @@ from hirm.erase.loop import OptimConfig, optimise
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.registry import option
 from hirm.tokens import frozen
 
 # The textual-inversion templates the authors prompt with.
@@ -50,17 +51,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclass
 class FewShotConfig:
-    images: str = ""  # folder of the concept's images; "" on MiniCanvas: `n_images` rendered ones
-    n_images: int = 4
-    concept_type: str = "auto"  # templates: "object", "style", or "auto" (the MiniCanvas world's kind, else object)
-    epochs: int = 4
-    batch_size: int = 2
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 1e-8
-    layers: str = "mlp-final-attn"  # text-encoder update set (preset or layer indices)
-    seed: int = 42
+    images: str = option("", "folder of the concept's images ('' on MiniCanvas: n_images rendered ones)")
+    n_images: int = option(4, "MiniCanvas: how many of the concept's images are rendered")
+    concept_type: str = option("auto", "prompt templates: object, style, or auto (the MiniCanvas world's kind, "
+                                       "else object)")
+    epochs: int = option(4, "passes over the images")
+    batch_size: int = option(2, "images per step")
+    lr: float = option(1e-5, "learning rate")
+    betas: tuple[float, float] = option((0.9, 0.98), "AdamW betas")
+    eps: float = option(1e-6, "AdamW eps")
+    weight_decay: float = option(1e-8, "AdamW weight decay")
+    layers: str = option("mlp-final-attn", "text-encoder update set (a preset or layer indices)")
+    seed: int = option(42, "seed of the noise, timesteps and the optimisation")
 
     def validate(self) -> None:
         if min(self.n_images, self.epochs, self.batch_size) < 1:

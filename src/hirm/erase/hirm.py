@@ -29,6 +29,7 @@ from hirm.erase.retain import default_retain_prompts, known_synonyms
 from hirm.erase.textenc import concept_span, representation, representation_and_final, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.registry import option
 from hirm.tokens import (
     embeddings_at,
     frozen,
@@ -74,74 +75,72 @@ NUDITY_SAFE_PAIRS: tuple[tuple[str, str], ...] = (
 class HiRMConfig:
     """Hyperparameters of HiRM; defaults are the authors' (object/style lr, 50 steps, layer 0, final attn)."""
 
-    variant: str = "r"  # "r": random target; "s": semantic target (`target` prompt); "u": the prompt unnamed
-    steps: int = 50
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 1e-8
-    seed: int = 42
-    layers: str = "first-attn"  # preset name or layer indices "0" / "0,1"
-    supervise_layer: int = -1  # final layer
-    supervise_module: str = "self_attn.out_proj"  # its attention output, before the residual add
-    target_norm: float = 5000.0  # HiRM-R: Frobenius norm on a 77x768 encoder (per-element scale elsewhere)
-    # HiRM-S: the semantic prompt, e.g. "a painting"; hirm (variant "u"): the words put in place of the concept's
-    # in each training prompt ("hexagon", "polygon"; None: left out)
-    target: str | None = None
-    scale: float = 1.0  # HiRM-S: c, multiplies the semantic target
-    # HiRM-S "safe direction" (the paper's nudity target): instead of a target prompt, pairs of prompts with
-    # and without the concept; target = rep(concept prompt) - mean(rep(with) - rep(without))
-    safe_pairs: tuple[tuple[str, str], ...] = ()
-    templates: tuple[str, ...] = ("{}",)  # prompt set = templates x (concept + variants)
-    # Variant "u": the target is the prompt with the concept's words left out (or replaced by `target`), `margin`
-    # times the concept's direction (prompt - that prompt) further on: 0 = as if the words were not there.
-    margin: float = 1.0
-    # 0: the paper's loss (the MSE itself, for one concept); > 0: each concept's loss starts at this value, so that
-    # the retain term's weight means the same whatever the target's scale.
-    loss_scale: float = 0.0
-    # Beyond the paper: `context_prompts` retain prompts (seeded choice) joined with the concept ("a {}, <prompt>",
-    # "<prompt>, {}") are trained on too, so the edit also holds where other words follow or precede the concept.
-    context_prompts: int = 0
-    variants: tuple[str, ...] = ()
-    truncate: bool = False
-    # Beyond the paper (all off in the paper's recipe): which token positions are supervised ("all", or
-    # "concept": from the first concept token on, the only positions that can see it under the causal mask),
-    # whether biases train (a bias shift moves every prompt alike), and a retain term that keeps the final
-    # hidden states of unrelated prompts where they were.
-    positions: str = "all"  # one of POSITIONS
-    train_biases: bool = True
-    retain_weight: float = 0.0
-    retain_prompts: tuple[str, ...] = ()
-    # Concepts or prompts the user needs kept (UCE's --preserve_concepts): each is put in every template and its
-    # final hidden states held in place by a term of its own at `retain_weight` (so a short list is not outweighed
-    # by the general retain set).
-    preserve: tuple[str, ...] = ()
-    # Beyond the paper: the concept's own direction in the final hidden states (what the denoiser reads), i.e.
-    # rep(prompt) - rep(the same prompt with the concept's words left out). `away_weight` > 0 adds a term that
-    # pushes each prompt's projection on its direction (1 before erasure, 0 with the word left out) down to
-    # `away_below`; the erasure then stops at the first step where every prompt is there (`steps` is the most).
-    # A random target alone can land on a drawing of the concept itself (docs/erasure.md).
-    away_weight: float = 0.0
-    away_below: float = 0.0
-    # Several concepts in one optimisation: how many concepts' prompts each step takes (0: all of them).
-    concepts_per_step: int = 0
-    # Robust HiRM (beyond the paper): `robust_rounds` rounds of attack then erase again with the prompts found
-    # (`robust_prompts` per concept, `robust_tokens` vocabulary tokens searched for `robust_steps` Adam steps at
-    # `robust_lr`), and `robust_typos` misspellings of the concept trained on. `robust_slots`: where the searched
-    # tokens go: "prefix" (prepended to a concept prompt), "replace" (in place of the concept's words: a prompt
-    # without its name that still encodes to it, what Ring-A-Bell and textual inversion look for) or "both".
-    robust_rounds: int = 0
-    robust_prompts: int = 4
-    robust_tokens: int = 5
-    robust_steps: int = 40
-    robust_lr: float = 0.05
-    robust_typos: int = 2
-    robust_vocabulary: str = "all"  # "all" tokens of the tokenizer, or "world" (MiniCanvas caption tokens)
-    robust_slots: str = "prefix"
-    # Beyond the paper: > 0 trains peft LoRA adapters of this rank on the trained layers' weight matrices instead
-    # of the weights themselves (biases stay), so the patch is a rank-`lora_rank` change and exports exactly as a
-    # LoRA (`hirm export --format lora --rank R`).
-    lora_rank: int = 0
+    variant: str = option("r", "'r': random target (HiRM-R); 's': semantic target, the `target` prompt (HiRM-S); "
+                               "'u': each prompt with the concept's words left out (hirm)")
+    steps: int = option(50, "AdamW steps (the most, when away_weight stops early)")
+    lr: float = option(5e-5, "learning rate")
+    betas: tuple[float, float] = option((0.9, 0.98), "AdamW betas")
+    eps: float = option(1e-6, "AdamW eps")
+    weight_decay: float = option(1e-8, "AdamW weight decay")
+    seed: int = option(42, "seed of the random target, the samples drawn per step and the optimisation")
+    layers: str = option("first-attn", "trained tensors: a preset (first-attn, mlp-only, attn-only, final-attn, "
+                                       "mix-attn, all) or layer indices '0' / '0,1'")
+    supervise_layer: int = option(-1, "layer whose output is misdirected (-1: the last)")
+    supervise_module: str = option("self_attn.out_proj", "module of that layer whose output is misdirected: "
+                                   "self_attn.out_proj (the paper: its attention output, before the residual add), "
+                                   "mlp.fc2, output, or final (the encoder's final hidden states)")
+    target_norm: float = option(5000.0, "HiRM-R: the random target's Frobenius norm on a 77x768 encoder (other "
+                                        "shapes get the same per-element scale)")
+    target: str | None = option(None, "HiRM-S: the semantic prompt, e.g. 'a painting'; hirm: the words put in "
+                                      "place of the concept's in each training prompt, e.g. 'hexagon' (None: left "
+                                      "out)")
+    scale: float = option(1.0, "HiRM-S: c, the semantic target's multiplier")
+    safe_pairs: tuple[tuple[str, str], ...] = option(
+        (), "HiRM-S safe direction (the paper's nudity target): [with concept, without] prompt pairs; target = "
+            "rep(concept prompt) - mean(rep(with) - rep(without))")
+    templates: tuple[str, ...] = option(("{}",), "prompt templates with {}: the prompt set is templates x "
+                                                 "(concept + variants)")
+    margin: float = option(1.0, "hirm: how far past the unnamed prompt the target lies, in units of the concept's "
+                                "direction (0: as if the words were not there)")
+    loss_scale: float = option(0.0, "0: the paper's loss (the MSE itself); > 0: each concept's loss starts at this "
+                                    "value, so the retain weight means the same whatever the target's scale")
+    context_prompts: int = option(0, "retain prompts (seeded choice) joined with the concept ('a {}, <prompt>', "
+                                     "'<prompt>, {}') and trained on too, so the edit holds amid other words")
+    variants: tuple[str, ...] = option((), "other names of the concept, trained on with every template")
+    truncate: bool = option(False, "cut prompts longer than the encoder instead of failing")
+    positions: str = option("all", "supervised token positions: all (the paper), no-bos, concept (from the "
+                                   "concept's first token on: the only ones that see it under the causal mask), "
+                                   "concept+eos")
+    train_biases: bool = option(True, "train the layers' biases too (the paper: yes; a bias moves every prompt "
+                                      "alike)")
+    retain_weight: float = option(0.0, "weight of the retain term, which keeps the final hidden states of unrelated "
+                                       "prompts where they were (the paper: 0)")
+    retain_prompts: tuple[str, ...] = option((), "the retain term's prompts (empty: the model's own set where the "
+                                                 "term is on: MiniCanvas's captions, else everyday prompts)")
+    retain_per_step: int = option(0, "speed: retain prompts each step takes, a seeded sample (0: all)")
+    sequence_length: int = option(0, "speed: token positions the optimisation computes per CLIP prompt (0: the "
+                                     "encoder's full length; never fewer than the longest prompt). Padding after "
+                                     "it is not trained on; the causal mask keeps the rest exact")
+    preserve: tuple[str, ...] = option((), "concepts or prompts to keep (UCE's preserve_concepts): each put in "
+                                           "every template and held in place by its own term at retain_weight")
+    away_weight: float = option(0.0, "weight of a term that pushes each prompt's projection on its concept "
+                                     "direction (1 before erasure, 0 with the words left out) down to away_below; "
+                                     "the erasure then stops at the first step where every prompt is there")
+    away_below: float = option(0.0, "the projection the away term aims at or below")
+    concepts_per_step: int = option(0, "several concepts: how many concepts' prompts each step takes (0: all)")
+    robust_rounds: int = option(0, "robust HiRM: rounds of attack (prompts that bring the concept back through "
+                                   "the erased encoder), then erase again with the prompts found")
+    robust_prompts: int = option(4, "robust HiRM: prompts searched per concept and round")
+    robust_tokens: int = option(5, "robust HiRM: vocabulary tokens per searched prompt")
+    robust_steps: int = option(40, "robust HiRM: Adam steps of each search")
+    robust_lr: float = option(0.05, "robust HiRM: learning rate of each search")
+    robust_typos: int = option(2, "robust HiRM: seeded one-letter misspellings of the concept trained on")
+    robust_vocabulary: str = option("all", "robust HiRM: tokens searched: all (the tokenizer's) or world "
+                                           "(MiniCanvas caption tokens)")
+    robust_slots: str = option("prefix", "robust HiRM: where searched tokens go: prefix (before a concept "
+                                         "prompt), replace (in place of the concept's words) or both")
+    lora_rank: int = option(0, "> 0: train peft LoRA adapters of this rank on the trained weights instead of the "
+                               "weights (biases stay), so the patch exports exactly as a LoRA")
 
     def validate(self) -> None:
         if self.variant not in ("r", "s", "u"):
@@ -149,7 +148,7 @@ class HiRMConfig:
                             "'u' (the prompt with the concept left out)")
         if self.variant == "s" and not (self.target and self.target.strip()) and not self.safe_pairs:
             raise HirmError("hirm-s needs a semantic target prompt: pass --target, e.g. --target 'a painting' "
-                            "(or --safe-pair 'WITH|WITHOUT' for a safe direction)")
+                            "(or --set safe_pairs='[[\"WITH\", \"WITHOUT\"]]' for a safe direction)")
         if self.steps < 1:
             raise HirmError(f"--steps {self.steps}: need at least 1")
         if self.lora_rank < 0:
@@ -159,7 +158,7 @@ class HiRMConfig:
         if not all("{}" in t for t in self.templates):
             raise HirmError("every template needs a '{}' where the concept goes")
         if self.positions not in POSITIONS:
-            raise HirmError(f"--positions {self.positions!r}: use one of {', '.join(POSITIONS)} (paper: all)")
+            raise HirmError(f"positions {self.positions!r}: use one of {', '.join(POSITIONS)} (paper: all)")
         if min(self.robust_rounds, self.robust_typos, self.concepts_per_step) < 0 or min(
                 self.robust_prompts, self.robust_tokens, self.robust_steps) < 1:
             raise HirmError("robust_* counts and concepts_per_step must be >= 0 (robust prompts, tokens, steps >= 1)")
@@ -169,25 +168,29 @@ class HiRMConfig:
             raise HirmError(f"robust_slots {self.robust_slots!r}: use prefix, replace or both")
         if self.robust_rounds and self.robust_slots != "prefix" and self.positions not in ("all", "no-bos"):
             raise HirmError(f"robust_slots {self.robust_slots} finds prompts without the concept's words, which "
-                            f"--positions {self.positions} cannot supervise: use --positions all")
+                            f"positions {self.positions} cannot supervise: use --set positions=all")
         if self.variant == "u" and self.robust_rounds and self.robust_slots != "prefix":
             raise HirmError(f"robust_slots {self.robust_slots} finds prompts without the concept's words, which "
                             "have no unnamed version to aim at: use robust_slots prefix with method hirm")
         if not (math.isfinite(self.margin) and self.margin >= 0 and self.loss_scale >= 0):
             raise HirmError(f"margin {self.margin} / loss_scale {self.loss_scale}: need finite values >= 0")
+        if self.retain_per_step < 0 or self.sequence_length < 0:
+            raise HirmError(f"retain_per_step {self.retain_per_step} / sequence_length {self.sequence_length}: "
+                            "need counts >= 0 (0: all)")
         if self.context_prompts < 0:
             raise HirmError(f"context_prompts {self.context_prompts}: need a count >= 0")
         if self.context_prompts and not self.retain_prompts:
             raise HirmError("context_prompts joins the concept with retain prompts: give retain prompts "
-                            "(--retain-prompt) or a retain weight on a model that ships them")
+                            "(--set retain_prompts='[...]') or a retain weight on a model that ships them")
         if self.away_weight < 0 or not math.isfinite(self.away_below):
             raise HirmError(f"away_weight {self.away_weight} / away_below {self.away_below}: need a weight >= 0 "
                             "and a finite projection")
         if self.preserve and self.retain_weight <= 0:
             raise HirmError("--preserve holds prompts in place through the retain term, which is off "
-                            "(--paper-defaults or retain_weight 0): pass --retain-weight, e.g. 1000")
+                            "(--paper-defaults or retain_weight 0): pass --set retain_weight=1000")
         if self.retain_weight > 0 and not self.retain_prompts:
-            raise HirmError("--retain-weight needs retain prompts (--retain-prompt, or a model that ships them)")
+            raise HirmError("retain_weight needs retain prompts (--set retain_prompts='[...]', or a model that ships "
+                            "them)")
 
 
 def prepare_hirm(config: HiRMConfig, encoders: list[TextEncoder], concepts: list[str]) -> HiRMConfig:
@@ -305,19 +308,24 @@ class PromptSet:
     @torch.no_grad()
     def build(cls, enc: TextEncoder, prompts: list[list[str]], names: list[list[str]],
               config: HiRMConfig) -> PromptSet:
-        ids = enc.tokenize([p for group in prompts for p in group], truncate=config.truncate)
+        flat = [p for group in prompts for p in group]
+        by = (config.target or "") if config.variant == "u" else ""
+        left_out = ([replace_concept(p, group_names, by)
+                     for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
+                    if config.away_weight > 0 or config.variant == "u" else [])
+        # one length for every tensor compared with the concept prompts' states
+        length = _sequence_length(enc, flat + left_out + ([config.target] if config.target else [])
+                                  + [p for pair in config.safe_pairs for p in pair], config)
+        ids = _tokenize(enc, flat, config.truncate, length)
         group = torch.tensor([i for i, g in enumerate(prompts) for _ in g], device=ids.device)
         mask = torch.cat([supervised_positions(enc, ids[group == i], n, config.positions)
                           for i, n in enumerate(names)])
         layer, module = config.supervise_layer, config.supervise_module
         unnamed = direction = None
         if config.away_weight > 0 or config.variant == "u":  # each prompt also without the concept's words
-            by = (config.target or "") if config.variant == "u" else ""
-            left_out = [replace_concept(p, group_names, by)
-                        for group_prompts, group_names in zip(prompts, names, strict=True) for p in group_prompts]
             before, final = representation_and_final(enc, ids, layer, module)
             unnamed_rep, unnamed = representation_and_final(
-                enc, enc.tokenize(left_out, truncate=config.truncate), layer, module)
+                enc, _tokenize(enc, left_out, config.truncate, length), layer, module)
             direction = final - unnamed
         else:
             before = representation(enc, ids, layer, module)
@@ -327,21 +335,23 @@ class PromptSet:
         elif config.variant == "r":  # each concept its own random target (the first one is the paper's)
             targets = [random_target(shape, config.target_norm, config.seed + i) for i in range(len(prompts))]
         elif config.target:
-            target_ids = enc.tokenize([config.target], truncate=config.truncate)
+            target_ids = _tokenize(enc, [config.target], config.truncate, length)
             targets = [config.scale * representation(enc, target_ids, layer, module)] * len(prompts)
         else:
-            targets = [config.scale * safe_direction_target(enc, before[group == i], config)
+            targets = [config.scale * safe_direction_target(enc, before[group == i], config, length)
                        for i in range(len(prompts))]
         # prompts are grouped concept by concept, so per-concept targets stack in order
         target = torch.cat([t.to(before.device).expand(int((group == i).sum()), *shape) if t.shape[0] == 1
                             else t for i, t in enumerate(targets)]).to(before.dtype)
         mask = mask.to(before.device)  # built on the CPU
-        retain_ids = enc.tokenize(list(config.retain_prompts), truncate=True) if config.retain_weight > 0 else None
+        retain_ids = (_tokenize(enc, list(config.retain_prompts), True,
+                                _sequence_length(enc, list(config.retain_prompts), config))
+                      if config.retain_weight > 0 else None)
         retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
         preserve_ids = preserve_target = None
         if config.preserve:
-            preserve_ids = enc.tokenize(list(dict.fromkeys(t.format(p) for p in config.preserve
-                                                           for t in config.templates)), truncate=True)
+            kept = list(dict.fromkeys(t.format(p) for p in config.preserve for t in config.templates))
+            preserve_ids = _tokenize(enc, kept, True, _sequence_length(enc, kept, config))
             preserve_target = enc.model(input_ids=preserve_ids).last_hidden_state
         return cls(ids, mask, group, before, target, retain_ids, retain_target, preserve_ids, preserve_target,
                    unnamed, direction)
@@ -358,6 +368,23 @@ class PromptSet:
         """[N] each prompt's final hidden states projected on its concept direction: 1 = as before erasure,
         0 = as with the concept's words left out."""
         return ((final - self.unnamed) * self.direction).sum((1, 2)) / (self.direction ** 2).sum((1, 2))
+
+
+def _sequence_length(enc: TextEncoder, prompts: list[str], config: HiRMConfig) -> int | None:
+    """Positions the optimisation computes for `prompts`: `config.sequence_length`, or the longest prompt's
+    length where that is longer; None (the encoder's full length) when it is 0 or the encoder is T5, which
+    attends to its padding both ways (CLIP's causal mask keeps every real token's states exactly as at full
+    length)."""
+    if not config.sequence_length or not enc.is_clip or config.sequence_length >= enc.max_length:
+        return None
+    longest = max(len(enc.tokenizer(p)["input_ids"]) for p in prompts)
+    return min(max(config.sequence_length, longest), enc.max_length)
+
+
+def _tokenize(enc: TextEncoder, prompts: list[str], truncate: bool, length: int | None) -> torch.Tensor:
+    """Token ids padded to `length` positions (None: the encoder's full length)."""
+    ids = enc.tokenize(prompts, truncate=truncate)
+    return ids if length is None else ids[:, :length]
 
 
 def replace_concept(prompt: str, names: list[str], by: str = "") -> str:
@@ -382,6 +409,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
     scale = (config.loss_scale or start.mean()) / start.clamp_min(torch.finfo(start.dtype).tiny)
     per_step = config.concepts_per_step or n_concepts
     g = torch.Generator().manual_seed(config.seed)
+    g_retain = torch.Generator().manual_seed(config.seed + 1)  # its own stream: the concept draws stay as they were
 
     reached = [False]  # the stopping rule: every prompt's projection at or below away_below
 
@@ -400,7 +428,11 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         loss = (per * scale)[torch.unique(part.group)].mean()
         if config.away_weight > 0:
             loss = loss + config.away_weight * F.relu(proj - config.away_below).pow(2).mean()
-        for ids, wanted in ((batch.retain_ids, batch.retain_target), (batch.preserve_ids, batch.preserve_target)):
+        retain_ids, retain_target = batch.retain_ids, batch.retain_target
+        if retain_ids is not None and 0 < config.retain_per_step < len(retain_ids):  # a seeded sample this step
+            chosen = torch.randperm(len(retain_ids), generator=g_retain)[:config.retain_per_step].to(retain_ids.device)
+            retain_ids, retain_target = retain_ids[chosen], retain_target[chosen]
+        for ids, wanted in ((retain_ids, retain_target), (batch.preserve_ids, batch.preserve_target)):
             if ids is not None:
                 loss = loss + config.retain_weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
         return loss
@@ -497,11 +529,12 @@ def _with_slots(enc: TextEncoder, ids: torch.Tensor, k: int, vocab: torch.Tensor
     return full, first, slice(last + 1, last + 1 + n), slice(first + k, first + k + n)
 
 
-def safe_direction_target(enc: TextEncoder, concept_rep: torch.Tensor, config: HiRMConfig) -> torch.Tensor:
+def safe_direction_target(enc: TextEncoder, concept_rep: torch.Tensor, config: HiRMConfig,
+                          length: int | None = None) -> torch.Tensor:
     """The concept prompts' representation minus the concept vector (Ring-A-Bell style: the mean difference
     of representations of prompts with and without the concept)."""
-    with_ids = enc.tokenize([w for w, _ in config.safe_pairs], truncate=True)
-    without_ids = enc.tokenize([wo for _, wo in config.safe_pairs], truncate=True)
+    with_ids = _tokenize(enc, [w for w, _ in config.safe_pairs], True, length)
+    without_ids = _tokenize(enc, [wo for _, wo in config.safe_pairs], True, length)
     layer, module = config.supervise_layer, config.supervise_module
     vector = (representation(enc, with_ids, layer, module) - representation(enc, without_ids, layer, module)).mean(0)
     return concept_rep - vector
@@ -522,7 +555,7 @@ def supervised_positions(enc: TextEncoder, ids: torch.Tensor, names: list[str], 
     for row, token_ids in enumerate(ids.tolist()):
         span = concept_span(enc, token_ids, names)
         if span is None:
-            raise HirmError(f"--positions {positions}: a prompt does not contain the concept's tokens; every "
+            raise HirmError(f"positions {positions}: a prompt does not contain the concept's tokens; every "
                             "template must include the concept")
         if positions == "concept":
             mask[row, span[0]:] = 1

@@ -58,7 +58,7 @@ def optimise(model: torch.nn.Module, names: list[str], loss_fn: Callable[[int], 
             value = float(loss.detach())
             if not torch.isfinite(loss.detach()):
                 raise HirmError(f"{desc}: loss became {value} at step {step}: lower --lr (now {opt.lr:g}) "
-                                "or --target-norm; nothing was written")
+                                "or the target norm (--set target_norm=...); nothing was written")
             losses.append(value)
             if done is not None and done():
                 break

@@ -18,15 +18,17 @@ from hirm.erase.closed_form import ridge_edit
 from hirm.erase.textenc import concept_span, resolve_module
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.registry import option
 
 
 @dataclass
 class QuickFixConfig:
-    target: str = ""  # the concept's last token is made to look like this prompt's last token ("": EOS)
-    layer: int = 0
-    templates: tuple[str, ...] = ("{}", "a {}", "a picture of a {}", "an image of a {}")
-    lamb: float = 0.1
-    seed: int = 42  # closed form: nothing random
+    target: str = option("", "the concept's last token is made to look like this prompt's last token ('': EOS)")
+    layer: int = option(0, "text-encoder layer whose output projection is edited and supervised")
+    templates: tuple[str, ...] = option(("{}", "a {}", "a picture of a {}", "an image of a {}"),
+                                        "prompt templates with {}")
+    lamb: float = option(0.1, "ridge term keeping the weights near the original")
+    seed: int = option(42, "closed form, nothing random: kept so every method takes a seed")
 
     def validate(self) -> None:
         if self.lamb <= 0:
@@ -61,7 +63,7 @@ def erase_quickfix(encoders: list[TextEncoder], concept: str, config: QuickFixCo
         ids = enc.tokenize(prompts, truncate=True).tolist()
         spans = [concept_span(enc, row, [concept]) for row in ids]
         if any(s is None for s in spans):
-            raise HirmError("quickfix: a template lost the concept's tokens; check --template")
+            raise HirmError("quickfix: a template lost the concept's tokens; check its templates (--set templates=...)")
         keys, _ = _io_at(enc, module, prompts, [s[1] for s in spans])
         target_last = [len(enc.tokenizer(t)["input_ids"]) - (2 if t else 1) for t in targets]
         _, values = _io_at(enc, module, targets, target_last)

@@ -31,7 +31,7 @@ def default_retain_prompts(encoders: list[TextEncoder], concepts: str | list[str
 
 def known_synonyms(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]:
     """Other names of the concept that the model is known to understand: the MiniCanvas world's synonyms for
-    its encoder; none for other models (pass --variant)."""
+    its encoder; none for other models (pass variants: --set variants='[...]')."""
     if all(registry.is_minicanvas(e.model) for e in encoders):
         return tuple(world.concept_names(concept)[1:])
     return ()

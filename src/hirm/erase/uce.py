@@ -21,20 +21,23 @@ from hirm.erase.closed_form import ridge_edit
 from hirm.erase.denoiser import cross_attention_projections, encode, last_token_index, require_unet_pipeline
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
+from hirm.registry import option
 
 
 @dataclass
 class UCEConfig:
-    guide: str = ""  # the concept is mapped to this ("" = unconditional, the authors' default)
-    preserve: tuple[str, ...] | None = None  # None: the model's own other concepts where it ships them
-    templates: tuple[str, ...] = ("{}",)  # the authors' --add_prompts adds e.g. "painting by {}"
-    erase_scale: float = 1.0
-    preserve_scale: float = 0.1
-    lamb: float = 0.5
-    with_to_k: bool = True
-    epochs: int = 0  # RECE rounds of adversarial-embedding removal (0: plain UCE)
-    adv_lamb: float = 0.1  # RECE: ridge term of the adversarial embedding's closed form
-    seed: int = 42  # closed form: nothing random; kept so every method takes a seed
+    guide: str = option("", "what the concept is mapped to ('': unconditional, the authors' default)")
+    preserve: tuple[str, ...] | None = option(None, "concepts kept in place (None: the model's own other concepts "
+                                                    "where it ships them, else none)")
+    templates: tuple[str, ...] = option(("{}",), "prompt templates with {} (the authors' --add_prompts adds e.g. "
+                                                 "'painting by {}')")
+    erase_scale: float = option(1.0, "weight of the erased concepts in the least squares")
+    preserve_scale: float = option(0.1, "weight of the preserved concepts")
+    lamb: float = option(0.5, "ridge term keeping the weights near the original")
+    with_to_k: bool = option(True, "edit the cross-attention keys too (values always)")
+    epochs: int = option(0, "RECE: rounds of adversarial-embedding removal (0: plain UCE)")
+    adv_lamb: float = option(0.1, "RECE: ridge term of the adversarial embedding's closed form")
+    seed: int = option(42, "closed form, nothing random: kept so every method takes a seed")
 
     def validate(self) -> None:
         if self.lamb <= 0:

@@ -13,8 +13,8 @@ from hirm.cli import app
 runner = CliRunner()
 
 
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+def run(*args: str, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
 
 
 def error_lines(result) -> list[str]:
@@ -84,13 +84,33 @@ def test_methods_lists_hirm():
     assert "hirm-r" in r.output and "hirm-s" in r.output
 
 
+def test_methods_shows_every_option_with_its_default_and_help():
+    """`hirm methods NAME` documents every --set KEY from the config's field metadata, with the method's own
+    defaults (hirm's 200 steps, not HiRMConfig's 50)."""
+    import dataclasses
+
+    from hirm.erase import METHODS
+
+    for name, spec in METHODS.items():
+        fields = dataclasses.fields(spec.config_cls)
+        assert all(f.metadata.get("help") for f in fields), name
+        r = run("methods", name, env={"COLUMNS": "400"})
+        assert r.exit_code == 0, r.output
+        for f in fields:
+            assert f"│ {f.name} " in r.output, (name, f.name)
+    rows = {n: d for n, d, _ in METHODS["hirm"].option_help()}
+    assert rows["steps"] == 200 and rows["variant"] == "u" and rows["supervise_module"] == "final"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--concept", "", "--steps", "2"], "concept is empty"),
     (["--concept", "star " * 80, "--steps", "2"], "longer than the encoder's 77"),
     (["--concept", "star", "--method", "nope"], "unknown method"),
     (["--concept", "star", "--method", "hirm-s"], "needs a semantic target"),
     (["--concept", "star", "--layers", "7"], "has layers 0..3"),
-    (["--concept", "star", "--method", "hirm-r", "--target-norm", "inf", "--steps", "2"], "loss became"),
+    (["--concept", "star", "--method", "hirm-r", "--set", "target_norm=Infinity", "--steps", "2"], "loss became"),
+    (["--concept", "star", "--set", "positions=middle"], "positions 'middle': use one of"),
+    (["--concept", "star", "--set", "no_such_field=1"], "has no option 'no_such_field'"),
     (["--concept", "star", "--kind", "object"], "drop --kind"),
     (["--steps", "2"], "no concept given"),
     (["--concepts-file", "missing.txt"], "cannot read it"),
@@ -98,6 +118,7 @@ def test_methods_lists_hirm():
     (["--concept", "star", "--preserve-file", "missing.txt"], "--preserve-file missing.txt: cannot read it"),
     (["--concept", "star", "--concept", "circle", "--method", "quickfix"], "one concept per run"),
     (["--concept", "star", "--method", "quickfix", "--robust"], "--robust is a HiRM option"),
+    (["--concept", "star", "--method", "hirm-r+uce", "--robust"], "--robust is a HiRM option"),
 ])
 def test_erase_bad_input(sd_folder, tmp_path, args, message):
     out = tmp_path / "p.safetensors"
@@ -123,7 +144,7 @@ def test_preserve_flags_and_file_reach_the_patch(sd_folder, tmp_path):
     listing.write_text("# kept\na blue circle\n\ncat  # a comment\n")
     out = tmp_path / "p.safetensors"
     r = run("erase", "--model", sd_folder, "--out", out, "--concept", "star", "--preserve", "a red painting",
-            "--preserve-file", listing, "--retain-weight", "10", "--steps", "2")
+            "--preserve-file", listing, "--set", "retain_weight=10", "--steps", "2")
     assert r.exit_code == 0, r.output
     r = run("inspect", out, "--json")
     assert json.loads(r.output)["config"]["preserve"] == ["a red painting", "a blue circle", "cat"]
@@ -131,7 +152,7 @@ def test_preserve_flags_and_file_reach_the_patch(sd_folder, tmp_path):
 
 def test_over_long_concept_truncated_when_asked(sd_folder, tmp_path):
     r = run("erase", "--model", sd_folder, "--out", tmp_path / "p.safetensors", "--concept", "star " * 80,
-            "--steps", "1", "--truncate")
+            "--steps", "1", "--set", "truncate=true")
     assert r.exit_code == 0, r.output
 
 

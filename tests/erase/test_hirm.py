@@ -151,7 +151,7 @@ def test_robust_rounds_train_on_the_prompts_that_undo_the_erasure():
     assert sum(_cos_to(enc, replaced, p, target) - _cos_to(enc, plain, p, target) for p in found) > 0
     both = erase_r([enc], "a red star", robust_rounds=1, robust_slots="both", **kw)
     assert len(both.info["text_encoder"]["adversarial_prompts"]) == 6
-    with pytest.raises(HirmError, match="--positions all"):
+    with pytest.raises(HirmError, match="positions=all"):
         erase_r([enc], "a red star", robust_rounds=1, robust_slots="replace", positions="concept", **kw)
 
 
@@ -484,3 +484,27 @@ def test_default_method_takes_several_concepts_and_robust_rounds():
     assert found and all("red star" in p for p in found)  # prefix slots: each keeps the concept to leave out
     with pytest.raises(HirmError, match="robust_slots prefix"):
         hirm.erase([enc], "red star", robust_rounds=1, robust_slots="replace", progress=False)
+
+
+def test_sequence_length_computes_only_the_leading_positions_and_keeps_them_exact():
+    """CLIP's causal mask: a prompt's states at its first L positions do not depend on what follows, so the
+    speed option `sequence_length` trains on exactly the states a full-length pass gives there."""
+    from hirm.erase.hirm import HiRMConfig, _sequence_length, _tokenize
+
+    enc = dummies.text_encoder()
+    prompts = ["a red star", "a photo of a red star on a table"]
+    length = _sequence_length(enc, prompts, HiRMConfig(sequence_length=4))
+    longest = max(len(enc.tokenizer(p)["input_ids"]) for p in prompts)
+    assert length == longest  # never shorter than the longest prompt
+    assert _sequence_length(enc, prompts, HiRMConfig()) is None
+    short, full = _tokenize(enc, prompts, False, length), enc.tokenize(prompts)
+    assert short.shape == (2, length)
+    with torch.no_grad():
+        a = enc.model(input_ids=short).last_hidden_state
+        b = enc.model(input_ids=full).last_hidden_state[:, :length]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_speed_options_validated():
+    with pytest.raises(HirmError, match="retain_per_step -1"):
+        erase_r([dummies.text_encoder()], "a red star", steps=1, retain_per_step=-1, progress=False)
