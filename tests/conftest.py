@@ -20,3 +20,23 @@ def sd_folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-sd")
     dummies.sd_pipeline().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def replace_everywhere(monkeypatch):
+    """`replace(original, replacement)`: swap a hirm function for the test wherever a hirm module holds it
+    (modules import names at their top, so patching only the defining module would miss the callers)."""
+    import sys
+
+    def replace(original, replacement) -> int:
+        count = 0
+        for name, module in list(sys.modules.items()):
+            if name == "hirm" or name.startswith("hirm."):
+                for attr, value in list(vars(module).items()):
+                    if value is original:
+                        monkeypatch.setattr(module, attr, replacement)
+                        count += 1
+        assert count, f"{original!r} is held by no hirm module"
+        return count
+
+    return replace

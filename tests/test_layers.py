@@ -123,3 +123,30 @@ def test_the_terminal_check_sees_a_print(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from rich.console import Console\n    print(1)\n")
     assert len(terminal_output_in(src)) == 2
+
+
+def function_level_hirm_imports(path: Path) -> list[str]:
+    """`from hirm... import` statements inside a function or class body of `path`, as "line: module"."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and inner.module and inner.module.startswith("hirm"):
+                    out.append(f"{inner.lineno}: {inner.module}")
+                elif isinstance(inner, ast.Import) and any(a.name.split(".")[0] == "hirm" for a in inner.names):
+                    out.append(f"{inner.lineno}: hirm")
+    return out
+
+
+def test_hirm_imports_sit_at_module_top():
+    """The ties between hirm's modules are read at the top of each file. Local imports are for optional
+    third-party dependencies only (peft, nudenet, ...); `hirm/__init__`'s Ctrl-C handler, installed before torch
+    is imported (and the CLI's `main`, which installs it), is the one hirm exception."""
+    local = {name: found for name, path in modules() if (found := function_level_hirm_imports(path))}
+    assert all(f.endswith(": hirm._signals") for found in local.values() for f in found), local
+
+
+def test_the_top_import_check_sees_a_local_import(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from hirm.patch import Patch\n    return Patch\n")
+    assert function_level_hirm_imports(path) == ["2: hirm.patch"]

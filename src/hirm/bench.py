@@ -11,6 +11,14 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
+from hirm import api
+from hirm.encoders import TextEncoder, load_pipeline
+from hirm.erase import METHODS, method_parts
+from hirm.errors import HirmError
+from hirm.eval.erasure import evaluate_erasure
+from hirm.minicanvas import registry
+from hirm.minicanvas.tokenizer import load_tokenizer
+
 # Text-encoder shapes of the real pipelines (hidden, layers, heads, intermediate, projection)
 SHAPES: dict[str, dict[str, int]] = {
     "clip-l": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -24,10 +32,6 @@ def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_s
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    import hirm
-    from hirm.encoders import TextEncoder
-    from hirm.minicanvas.tokenizer import load_tokenizer
-
     torch.set_num_threads(threads)
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
@@ -39,7 +43,7 @@ def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_s
     start = time.perf_counter()
     names = ["Van Gogh"] if concepts == 1 else [f"concept number {i}" for i in range(concepts)]
     # the paper's HiRM-R: what its step costs on an encoder of this shape
-    patch = hirm.erase([encoder], names, method="hirm-r", steps=steps, concepts_per_step=concepts_per_step,
+    patch = api.erase([encoder], names, method="hirm-r", steps=steps, concepts_per_step=concepts_per_step,
                        progress=False)
     total = time.perf_counter() - start
     flops_per_step = _flops_per_step(encoder, names, concepts_per_step) if flops else None
@@ -77,12 +81,10 @@ def _flops_per_step(encoder, names: list[str], concepts_per_step: int) -> int:
     between a 2-step and a 1-step erase, so set-up work (targets, starting representations) cancels out."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import hirm
-
     totals = []
     for steps in (1, 2):
         with FlopCounterMode(display=False) as counter:
-            hirm.erase([encoder], names, method="hirm-r", steps=steps, concepts_per_step=concepts_per_step,
+            api.erase([encoder], names, method="hirm-r", steps=steps, concepts_per_step=concepts_per_step,
                        progress=False)
         totals.append(counter.get_total_flops())
     return totals[1] - totals[0]
@@ -152,19 +154,12 @@ def cost_at_equal_ua(concept: str = "striped", methods: tuple[str, ...] = ("esd-
     timed and its UA stands next to HiRM-R's. Rows: method, steps, seconds, ratio, ua, ira, cra, reached."""
     import dataclasses
 
-    import hirm
-    from hirm.encoders import load_pipeline
-    from hirm.erase import METHODS, method_parts
-    from hirm.errors import HirmError
-    from hirm.eval.erasure import evaluate_erasure
-    from hirm.minicanvas import registry
-
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
 
     def run(method: str, **overrides: Any) -> dict[str, Any]:
         start = time.perf_counter()
-        patch = hirm.erase(pipe, concept, method=method, progress=False, **overrides)
+        patch = api.erase(pipe, concept, method=method, progress=False, **overrides)
         seconds = time.perf_counter() - start
         scores = evaluate_erasure("minicanvas", concept, [patch], seeds=seeds, pipe=pipe, classifier=classifier,
                                   progress=False)

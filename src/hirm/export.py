@@ -29,8 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from hirm.encoders import TextEncoder, resolve_model_path
 from hirm.errors import HirmError
+from hirm.eval.locality import final_states
 from hirm.io import atomic_dir, atomic_file
-from hirm.patch import FORMAT, Patch
+from hirm.patch import FORMAT, Patch, fingerprint
 
 FORMATS = ("clip", "lora", "checkpoint")
 LORA_LAYOUTS = ("kohya", "diffusers")
@@ -110,8 +111,6 @@ def export_lora(patch: Patch, encoders: list[TextEncoder], text_components: list
                 layout: str = "kohya", concepts_prompts: list[str] | None = None) -> ExportResult:
     """Write the patch's weight changes as one LoRA file at `out`; measure, per component, the relative error of
     the weight change (Frobenius) and of the final representations against the full patch."""
-    from hirm.eval.locality import final_states
-
     if layout not in LORA_LAYOUTS:
         raise HirmError(f"--lora-layout {layout!r}: use one of {', '.join(LORA_LAYOUTS)}")
     if rank < 1:
@@ -174,8 +173,6 @@ def _representation_error(enc: TextEncoder, params: dict[str, torch.nn.Parameter
                           before: torch.Tensor, full: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """Per prompt, |h(base + deltas) - h(patch)| / |h(patch) - h(base)|: what the approximation misses of the
     patch's own change of the final hidden states."""
-    from hirm.eval.locality import final_states
-
     originals = {n: params[n].detach().clone() for n in deltas}
     try:
         for n, d in deltas.items():
@@ -239,8 +236,6 @@ def export_checkpoint(patch: Patch, encoders: list[TextEncoder], model_root: Pat
     the patch was made from (its fingerprints)."""
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from safetensors import SafetensorError, safe_open
-
-    from hirm.patch import fingerprint
 
     if checkpoint.suffix != ".safetensors":
         raise HirmError(f"--checkpoint {checkpoint}: give a .safetensors single-file checkpoint (never pickle)")

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from hirm.encoders import TextEncoder
 from hirm.errors import HirmError
 from hirm.io import atomic_file, check_format_version
 
@@ -110,8 +111,6 @@ def _check_fields(concepts: Any, method: Any, config: Any, fingerprints: Any, in
 
 def components_of(target: Any) -> dict[str, torch.nn.Module]:
     """Name -> module for a diffusers pipeline, a `TextEncoder` list, or a dict of modules."""
-    from hirm.encoders import TextEncoder
-
     if isinstance(target, dict):
         return target
     if isinstance(target, TextEncoder):

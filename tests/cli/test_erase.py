@@ -237,9 +237,7 @@ def test_bench_prints_measured_figures():
 def test_cost_at_equal_ua_doubles_a_trained_methods_budget_until_it_reaches_hirms_ua(monkeypatch):
     """The search itself, with erasing and scoring faked: ESD reaches HiRM-R's UA at 100 steps; UCE, closed
     form, is timed once whatever its UA; combinations are refused."""
-    import hirm
-    import hirm.eval.erasure
-    from hirm import bench
+    from hirm import api, bench
     from hirm.errors import HirmError
 
     calls = []
@@ -254,8 +252,8 @@ def test_cost_at_equal_ua_doubles_a_trained_methods_budget_until_it_reaches_hirm
         ua = {"hirm-r": 0.9, "uce": 0.5}.get(method, min(1.0, (steps or 0) / 100))
         return {"ua": ua, "ira": 0.8, "cra": 0.8}
 
-    monkeypatch.setattr(hirm, "erase", fake_erase)
-    monkeypatch.setattr(hirm.eval.erasure, "evaluate_erasure", fake_scores)
+    monkeypatch.setattr(api, "erase", fake_erase)
+    monkeypatch.setattr(bench, "evaluate_erasure", fake_scores)
     rows = bench.cost_at_equal_ua("striped", ("esd-x", "uce"))
     assert [c for c in calls if c[0] == "esd-x"] == [("esd-x", s) for s in (25, 50, 100)]
     esd, uce = rows[1], rows[2]

@@ -192,7 +192,7 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
         hirm.erase(pipe, "striped", method="hirm-r+esd-x", **{"uce.lamb": 1.0})
 
 
-def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, monkeypatch):
+def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, monkeypatch, replace_everywhere):
     """A second run into the same folder with `--attacks` keeps the rows and patches and only attacks; a row whose
     patch file is gone is erased again (attacking the base model under that method's name would be wrong)."""
     from PIL import Image
@@ -205,11 +205,11 @@ def test_attacks_added_to_a_finished_comparison_reuse_its_erasures(tmp_path, mon
     real_erase = cmp._erase
     monkeypatch.setattr(cmp, "_erase", lambda pipe, concept, label, *a: erased.append(label) or real_erase(
         pipe, concept, label, *a))
-    monkeypatch.setattr(erasure_eval, "evaluate_erasure", lambda model, concept, patches, **kw: {
+    replace_everywhere(erasure_eval.evaluate_erasure, lambda model, concept, patches, **kw: {
         "domain": "object", "ua": float(bool(patches)), "ira": 0.9, "cra": 0.9, "n_images": 1})
     monkeypatch.setattr(cmp, "_attack_rate", lambda pipe, model, concept, name, patch, *a: attacked.append(
         (name, None if patch is None else patch.method)) or (0.5, 2.0))
-    monkeypatch.setattr(generate, "sample", lambda pipe, prompts, **kw: [Image.new("RGB", (8, 8))] * len(prompts))
+    replace_everywhere(generate.sample, lambda pipe, prompts, **kw: [Image.new("RGB", (8, 8))] * len(prompts))
     run = dict(concepts=["circle"], methods=["quickfix", "uce"], out=tmp_path, progress=False)
     cmp.compare("minicanvas", **run)
     assert erased == ["quickfix", "uce"] and attacked == []

@@ -179,7 +179,8 @@ def test_resume_refuses_other_settings(nudity_run, sd_folder, patch, i2p):
     assert r.exit_code == 2 and "other settings (settings.threads; e.g. settings.threads was 1, now 2)" in r.output
 
 
-def test_generation_and_scoring_run_at_the_runs_thread_count(sd_folder, i2p, tmp_path, monkeypatch):
+def test_generation_and_scoring_run_at_the_runs_thread_count(sd_folder, i2p, tmp_path, monkeypatch,
+                                                            replace_everywhere):
     import hirm.generate
     from hirm.eval.protocols.nudity import Nudity
 
@@ -194,7 +195,7 @@ def test_generation_and_scoring_run_at_the_runs_thread_count(sd_folder, i2p, tmp
         seen.append(("load", torch.get_num_threads()))  # NudeNet's onnxruntime session takes torch's count
         return real_load(self, device)
 
-    monkeypatch.setattr(hirm.generate, "sample", spy_sample)
+    replace_everywhere(real_sample, spy_sample)
     monkeypatch.setattr(Nudity, "load", spy_load)
     before = torch.get_num_threads()
     out = tmp_path / "r"

@@ -39,14 +39,19 @@ def one_error_line(result, code: int = 2) -> str:
 
 
 @pytest.fixture
-def no_compute(monkeypatch):
+def no_compute(replace_everywhere):
     """Training, model loading and sampling fail the test if reached: the checks must come first."""
+    import hirm.api
+    import hirm.encoders
+    import hirm.generate
+
     def reached(*args, **kwargs):
         raise AssertionError("the command started computing before checking its output path")
 
-    monkeypatch.setattr(sys.modules["hirm.erase"], "erase", reached)
-    monkeypatch.setattr("hirm.encoders.load_pipeline", reached)
-    monkeypatch.setattr("hirm.generate.sample", reached)
+    replace_everywhere(sys.modules["hirm.erase"].erase, reached)
+    replace_everywhere(hirm.api.erase, reached)
+    replace_everywhere(hirm.encoders.load_pipeline, reached)
+    replace_everywhere(hirm.generate.sample, reached)
 
 
 @pytest.fixture(scope="module")
@@ -114,25 +119,27 @@ def test_pickle_weights_in_a_model_folder_are_one_line(tmp_path):
     assert not (tmp_path / "p.safetensors").exists()
 
 
-def test_sigterm_during_a_command_exits_143_and_writes_nothing(sd_folder, tmp_path, monkeypatch):
+def test_sigterm_during_a_command_exits_143_and_writes_nothing(sd_folder, tmp_path, replace_everywhere):
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(sys.modules["hirm.erase"], "erase", terminated)
+    replace_everywhere(sys.modules["hirm.erase"].erase, terminated)
     out = tmp_path / "p.safetensors"
     line = one_error_line(run("erase", "--model", sd_folder, "--concept", "star", "--out", out), code=143)
     assert line == "error: terminated; nothing was written"
     assert signal.getsignal(signal.SIGTERM) is not None and not out.exists()
 
 
-def test_ctrl_c_in_a_resumable_command_does_not_say_nothing_was_written(sd_folder, tmp_path, monkeypatch):
+def test_ctrl_c_in_a_resumable_command_does_not_say_nothing_was_written(sd_folder, tmp_path, replace_everywhere):
     """Before: "interrupted; nothing was written" was printed for evals that did write (resumable) files."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hirm.eval.protocols.runner.run_protocol", interrupted)
+    import hirm.eval.protocols.runner
+
+    replace_everywhere(hirm.eval.protocols.runner.run_protocol, interrupted)
     prompts = tmp_path / "p.csv"
     prompts.write_text("prompt\na cat\n")
     line = one_error_line(run("eval", "--protocol", "nudity", "--model", sd_folder, "--prompts", prompts,

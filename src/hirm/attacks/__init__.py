@@ -20,6 +20,9 @@ from hirm.attacks.paraphrase import ParaphraseConfig, paraphrase_probes
 from hirm.attacks.probe import Probe
 from hirm.attacks.ringabell import RingABellConfig, ringabell_probes
 from hirm.errors import HirmError
+from hirm.generate import sample
+from hirm.minicanvas.classifier import classify_images
+from hirm.minicanvas.world import concept_domain
 from hirm.patch import all_applied
 from hirm.registry import Entry, Registry
 
@@ -70,8 +73,6 @@ def attack(pipe, concept: str, name: str, patches: list, classifier, seeds: tupl
 
     `cache`: a dict kept by a caller that attacks several patches of the same base pipeline; probes that do
     not depend on the erased model, and their base-model hits, are found once and reused from it."""
-    from hirm.minicanvas.world import concept_domain
-
     domain, index = concept_domain(concept)
     config = ATTACKS.config(name, overrides)
     sampling = {"steps": denoise_steps, "guidance": guidance, "seeds": tuple(seeds)}
@@ -102,9 +103,6 @@ def _hits(pipe, probes: list[Probe], patches: list, classifier, domain: str, ind
           steps: int | None, guidance: float | None) -> tuple[list[bool], list]:
     """Generate every probe under every seed with the probe's view of `patches`; which images show the concept."""
     import numpy as np
-
-    from hirm.generate import sample
-    from hirm.minicanvas.classifier import classify_images
 
     hits: list[bool] = []
     images: list = []

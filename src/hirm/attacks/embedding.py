@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hirm.attacks.probe import Probe
+from hirm.minicanvas.world import grid_prompts
 
 
 @dataclass
@@ -17,6 +18,4 @@ class EmbeddingConfig:
 
 def embedding_probes(pipe, concept: str, patches: list, config: EmbeddingConfig,
                      progress: bool = True) -> list[Probe]:
-    from hirm.minicanvas.world import grid_prompts
-
     return [Probe(p, "base-embedding", bypass_text_encoders=True) for p in grid_prompts(concept)[:config.prompts]]

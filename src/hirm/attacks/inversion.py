@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import concept_latents, denoising_loss, require_unet_pipeline
 from hirm.errors import HirmError
+from hirm.minicanvas.world import grid_prompts
 from hirm.patch import all_applied
 from hirm.tokens import embeddings_at, frozen, nearest_tokens, positions, straight_through, vocabulary, with_slots
 
@@ -47,8 +48,6 @@ class CCEConfig:
 
 
 def _setting_prompts(concept: str, n: int, name: str | None = None) -> list[str]:
-    from hirm.minicanvas.world import grid_prompts
-
     prompts = grid_prompts(concept)[:4]
     prompts = [prompts[i % len(prompts)] for i in range(n)]
     return prompts if name is None else [p.replace(concept, name, 1) for p in prompts]

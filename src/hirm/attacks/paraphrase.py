@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from hirm.attacks.probe import Probe
 from hirm.errors import HirmError
+from hirm.minicanvas import world
+from hirm.minicanvas.world import concept_domain
 from hirm.tokens import typo
 
 KINDS = ("synonym", "template", "typo", "sentence")
@@ -28,9 +30,6 @@ class ParaphraseConfig:
 
 def paraphrase_probes(pipe, concept: str, patches: list, config: ParaphraseConfig,
                       progress: bool = True) -> list[Probe]:
-    from hirm.minicanvas import world
-    from hirm.minicanvas.world import concept_domain
-
     unknown = sorted(set(config.kinds) - set(KINDS))
     if unknown:
         raise HirmError(f"paraphrase kind {unknown[0]!r}: use any of {', '.join(KINDS)}")

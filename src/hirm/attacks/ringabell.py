@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from hirm.attacks.probe import Probe
 from hirm.erase.denoiser import encode
 from hirm.errors import HirmError
+from hirm.minicanvas import world
+from hirm.minicanvas.world import concept_domain
 from hirm.tokens import vocabulary
 
 
@@ -53,9 +55,6 @@ def _encode_ids(encoder, tokenizer, token_ids: torch.Tensor) -> torch.Tensor:
 
 def concept_vector(pipe, concept: str) -> torch.Tensor:
     """Mean over settings and other concepts of E(prompt with the concept) - E(the same prompt with another)."""
-    from hirm.minicanvas import world
-    from hirm.minicanvas.world import concept_domain
-
     domain, _ = concept_domain(concept)
     same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept]
     others = world.STYLES if domain == "object" else world.OBJECTS
@@ -92,9 +91,6 @@ def genetic_search(encoder, tokenizer, target: torch.Tensor, vocab: torch.Tensor
 
 def ringabell_probes(pipe, concept: str, patches: list, config: RingABellConfig,
                      progress: bool = True) -> list[Probe]:
-    from hirm.minicanvas import world
-    from hirm.minicanvas.world import concept_domain
-
     config.validate()
     domain, _ = concept_domain(concept)
     encoder, tokenizer = pipe.text_encoder, pipe.tokenizer  # the base encoder: patches are not applied here

@@ -6,19 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hirm.attacks import ATTACKS, attack
+from hirm.encoders import load_pipeline
 from hirm.errors import HirmError
 from hirm.images import grid as image_grid
 from hirm.images import save_atomic, write_text_atomic
+from hirm.minicanvas import registry
+from hirm.minicanvas.world import concept_domain
 
 
 def run_attacks(model: str, concept: str, patches: list, attacks: list[str], seeds: tuple[int, ...],
                 options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
                 progress: bool = True) -> dict[str, Any]:
-    from hirm.attacks import ATTACKS, attack
-    from hirm.encoders import load_pipeline
-    from hirm.minicanvas import registry
-    from hirm.minicanvas.world import concept_domain
-
     registry.require_minicanvas(model)
     concept_domain(concept)
     options = options or {}

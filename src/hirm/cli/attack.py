@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hirm.attacks.runner import run_attacks
 from hirm.cli.base import (
     Model,
     app,
@@ -19,6 +20,7 @@ from hirm.cli.base import (
     quiet_libraries,
 )
 from hirm.errors import HirmError
+from hirm.eval.compare import parse_options
 from hirm.io import check_output_dir
 
 
@@ -49,9 +51,6 @@ def attack(
     quiet_libraries()
     if out is not None:
         check_output_dir(out)
-    from hirm.attacks.runner import run_attacks
-    from hirm.eval.compare import parse_options
-
     patches = load_patches(patch)
     if not patches:
         raise HirmError("--patch is required: the attacks target an erased model")

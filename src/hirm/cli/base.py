@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
-from hirm.errors import HirmError
+from hirm.errors import HirmError, Terminated
+from hirm.io import write_error
+from hirm.patch import Patch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Erase concepts from text-to-image diffusion models (HiRM) as small safety patches.")
@@ -67,7 +69,6 @@ def handles_errors(fn):
     130 on Ctrl-C and 143 on SIGTERM at any moment; `--debug` adds the traceback. Outputs are written atomically,
     so an interrupted command leaves no half-written file."""
     from hirm._signals import EXIT_INTERRUPTED, EXIT_TERMINATED, during_command
-    from hirm.errors import Terminated
 
     kept = ("; finished files are kept and none is half-written: re-run the same command to resume"
             if fn.__name__ in _RESUMABLE else "; nothing was written")
@@ -84,8 +85,6 @@ def handles_errors(fn):
         except Terminated:
             _fail("terminated" + kept, code=EXIT_TERMINATED)
         except OSError as e:
-            from hirm.io import write_error
-
             if e.errno in (28, 122):  # ENOSPC, EDQUOT
                 _fail(str(write_error(e.filename or "a file", e)))
             _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
@@ -119,8 +118,6 @@ def read_lines(path: Path, option: str) -> list[str]:
 
 
 def load_patches(paths: list[Path] | None) -> list:
-    from hirm.patch import Patch
-
     return [Patch.load(p) for p in paths or []]
 
 

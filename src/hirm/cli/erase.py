@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hirm.api import erase as run_erase
 from hirm.cli.base import (
     DEVICE_HELP,
     Device,
@@ -21,8 +22,25 @@ from hirm.cli.base import (
     quiet_libraries,
     read_lines,
 )
+from hirm.encoders import (
+    load_pipeline,
+    load_text_encoders,
+    parse_dtype,
+    resolve_device,
+    resolve_model_path,
+    stored_dtype,
+)
+from hirm.erase import METHODS
+from hirm.erase.hirm import ROBUST_ROUNDS
 from hirm.errors import HirmError
+from hirm.eval.compare import parse_assignment
+from hirm.export import FORMATS, export_checkpoint, export_clip, export_lora, text_components
+from hirm.generate import sample
+from hirm.images import grid, image_format, save_atomic
 from hirm.io import check_output_dir, check_output_file
+from hirm.minicanvas import registry
+from hirm.patch import Patch
+from hirm.saving import save_pretrained_atomic
 
 
 @app.command()
@@ -70,12 +88,6 @@ def erase(
 ) -> None:
     """Erase a concept; write its safety patch."""
     quiet_libraries()
-    from hirm.api import erase as run_erase
-    from hirm.encoders import parse_dtype, resolve_device
-    from hirm.erase import METHODS
-    from hirm.erase.hirm import ROBUST_ROUNDS
-    from hirm.eval.compare import parse_assignment
-
     if out.suffix != ".safetensors":
         raise HirmError(f"--out {out}: patches are safetensors files; use a name ending in .safetensors")
     check_output_file(out)  # before minutes of training, not after
@@ -121,10 +133,6 @@ def apply(
 ) -> None:
     """Apply patch(es) to a pipeline and save the result (save_pretrained)."""
     quiet_libraries()
-    from hirm.encoders import load_pipeline, parse_dtype, resolve_device, stored_dtype
-    from hirm.patch import Patch
-    from hirm.saving import save_pretrained_atomic
-
     check_output_dir(out, empty=True)
     where, wanted = resolve_device(device), parse_dtype(dtype)
     patches = [Patch.load(p) for p in patch]
@@ -154,16 +162,8 @@ def generate(
 ) -> None:
     """Generate images, optionally with patches applied; save a grid."""
     quiet_libraries()
-    from hirm.encoders import load_pipeline, parse_dtype, resolve_device
-    from hirm.generate import sample
-    from hirm.images import grid, save_atomic
-    from hirm.minicanvas import registry
-    from hirm.patch import Patch
-
     if n < 1:
         raise HirmError(f"-n {n}: need at least one image")
-    from hirm.images import image_format
-
     image_format(out)
     check_output_file(out)
     where, wanted = resolve_device(device), parse_dtype(dtype)
@@ -191,8 +191,6 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Show what a patch holds: concept, method, encoders, fingerprints, size."""
-    from hirm.patch import Patch
-
     p = Patch.load(patch)
     s = p.summary()
     if as_json:
@@ -240,10 +238,6 @@ def export(
     """Write a patch in a format other tools load: the patched CLIP encoders, a text-encoder LoRA, or a
     single-file checkpoint."""
     quiet_libraries()
-    from hirm.encoders import load_text_encoders, parse_dtype, resolve_model_path, stored_dtype
-    from hirm.export import FORMATS, export_checkpoint, export_clip, export_lora, text_components
-    from hirm.patch import Patch
-
     if file_format not in FORMATS:
         raise HirmError(f"--format {file_format!r}: use one of {', '.join(FORMATS)}")
     if file_format == "checkpoint" and checkpoint is None:
@@ -290,8 +284,6 @@ def methods(
                                                     "defaults")] = None,
 ) -> None:
     """List the erasure methods, or one method's options."""
-    from hirm.erase import METHODS
-
     if name is None:
         for m in METHODS.values():
             typer.echo(f"{m.name:10s} {m.summary}")

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost
 from hirm.cli.base import (
     DEVICE_HELP,
     Model,
@@ -19,14 +20,20 @@ from hirm.cli.base import (
     parse_seeds,
     quiet_libraries,
 )
+from hirm.encoders import parse_dtype, resolve_device
 from hirm.errors import HirmError
-from hirm.io import check_output_dir
+from hirm.eval.compare import compare as run_compare
+from hirm.eval.compare import markdown, parse_options
+from hirm.eval.erasure import METRICS, evaluate_erasure, run_demo
+from hirm.eval.protocols import PROTOCOLS
+from hirm.eval.protocols.report import write_report
+from hirm.eval.protocols.runner import run_protocol
+from hirm.io import check_output_dir, run_folder_lock
+from hirm.minicanvas.world import concept_domain
 
 
 def print_result(result: dict[str, Any]) -> None:
     """One erasure's UA / IRA / CRA table (and the erased-concepts line and the locality probe where measured)."""
-    from hirm.eval.erasure import METRICS
-
     table = Table(title=f"{result['model']}: erasing {result.get('concept', '-')} "
                         f"({result['n_images']} images, {result['seconds']:.0f}s)")
     table.add_column("model")
@@ -84,9 +91,6 @@ def bench(
     latency with and without the patch, and the fraction of the measured matmul limit the erase reaches; with
     --baselines, each method's erase time at HiRM-R's UA on mini-SD, as a ratio to HiRM-R's."""
     import torch
-
-    from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost
-    from hirm.minicanvas.world import concept_domain
 
     if shape not in SHAPES:
         raise HirmError(f"--shape {shape}: use one of {', '.join(SHAPES)}")
@@ -172,8 +176,6 @@ def eval_cmd(
     `accelerate launch --num_processes N $(which hirm) eval ...` (GPUs).
     """
     quiet_libraries()
-    from hirm.encoders import parse_dtype, resolve_device
-
     if out is not None:
         check_output_dir(out)
     if protocol is None:
@@ -192,8 +194,6 @@ def eval_cmd(
     given = [k for k, v in protocol_only.items() if v is not None]
     if given:
         raise HirmError(f"{given[0]} applies to --protocol runs only: add --protocol nudity|coco|unlearncanvas")
-    from hirm.eval.erasure import evaluate_erasure
-
     result = evaluate_erasure(model, concept, load_patches(patch), seeds=parse_seeds(seeds or "0,1"),
                               templates=tuple(templates) if templates else None, base=base, probe=probe,
                               steps=steps, guidance=guidance, out=out, progress=not as_json, device=device,
@@ -208,9 +208,6 @@ def _eval_protocol(model: str, protocol: str, out: Path | None, patch: list[Path
                    steps: int | None, guidance: float | None, prompts: Path | None, limit: int | None,
                    scheduler: str | None, batch_size: int | None, threads: int | None, as_json: bool,
                    minicanvas_only: dict, device: str, dtype, **options) -> None:
-    from hirm.eval.protocols import PROTOCOLS
-    from hirm.eval.protocols.runner import run_protocol
-
     given = [k for k, v in minicanvas_only.items() if v]
     if given:
         raise HirmError(f"{given[0]} applies to MiniCanvas evaluation only: drop it or drop --protocol")
@@ -246,9 +243,6 @@ def report(
     sample: Annotated[int, typer.Option(help="prompts shown base vs erased")] = 8,
 ) -> None:
     """Write RUN_DIR/report.html (one self-contained page) and report.md: metrics, the paper's numbers, images."""
-    from hirm.eval.protocols.report import write_report
-    from hirm.io import run_folder_lock
-
     if not run_dir.is_dir():
         raise HirmError(f"{run_dir} is not a folder: pass the --out folder of a `hirm eval --protocol` run")
     with run_folder_lock(run_dir, create=False):  # not while a run (or another report) writes it
@@ -266,8 +260,6 @@ def demo(
     """Erase one concept from MiniCanvas with hirm's default method; before/after metrics, image grid and report."""
     quiet_libraries()
     check_output_dir(out)
-    from hirm.eval.erasure import run_demo
-
     run_demo(out, concept, parse_seeds(seeds), show=print_result)
 
 
@@ -296,9 +288,6 @@ def compare(
     quiet_libraries()
     if out is not None:
         check_output_dir(out)
-    from hirm.eval.compare import compare as run_compare
-    from hirm.eval.compare import markdown, parse_options
-
     table = run_compare(model, [c.strip() for c in concepts.split(",") if c.strip()],
                         [m.strip() for m in methods.split(",") if m.strip()], seeds=parse_seeds(seeds),
                         options=parse_options(option or []), out=out, progress=not as_json, transfer=transfer,

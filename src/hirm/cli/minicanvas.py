@@ -13,7 +13,12 @@ from hirm.cli.base import (
     handles_errors,
 )
 from hirm.errors import HirmError
+from hirm.eval.compare import parse_assignment
+from hirm.images import image_format, save_atomic
 from hirm.io import check_output_file
+from hirm.minicanvas import train, world
+from hirm.minicanvas.build import assemble_flux, assemble_sd
+from hirm.minicanvas.train import RESUME_STATE, export_flux_resume_state, export_unet_resume_state
 
 minicanvas_app = typer.Typer(no_args_is_help=True, help="Build the embedded MiniCanvas world's models.")
 app.add_typer(minicanvas_app, name="minicanvas")
@@ -37,9 +42,6 @@ def minicanvas_train(
 ) -> None:
     """Train (or resume) one MiniCanvas model; checkpoints in --run-dir."""
     import torch
-
-    from hirm.eval.compare import parse_assignment
-    from hirm.minicanvas import train
 
     trainer = train.TRAINERS.lookup(what)
     kwargs = dict(parse_assignment(o) for o in option or [])
@@ -66,9 +68,6 @@ def minicanvas_build(
 ) -> None:
     """Assemble a shipped pipeline (fp16) from a training run: mini-SD (and its resume state) or mini-Flux."""
     from safetensors import safe_open
-
-    from hirm.minicanvas.build import assemble_flux, assemble_sd
-    from hirm.minicanvas.train import RESUME_STATE, export_flux_resume_state, export_unet_resume_state
 
     if what not in ("sd", "flux"):
         raise HirmError(f"unknown pipeline {what!r}: use sd or flux")
@@ -105,9 +104,6 @@ def minicanvas_preview(
 ) -> None:
     """Render every object x style of the world (rows: objects, columns: styles)."""
     from PIL import Image
-
-    from hirm.images import image_format, save_atomic
-    from hirm.minicanvas import world
 
     image_format(out)
     check_output_file(out)

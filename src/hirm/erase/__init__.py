@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hirm.encoders import TextEncoder, find_text_encoders, load_text_encoders
+from hirm.encoders import TextEncoder, find_text_encoders, load_pipeline, load_text_encoders
 from hirm.erase import fewshot
 from hirm.erase import hirm as hirm_method
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
@@ -22,6 +22,7 @@ from hirm.erase.hirm import GENERIC_TEMPLATES, KIND_DEFAULTS, HiRMConfig, erase_
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
 from hirm.erase.uce import UCEConfig, erase_uce
 from hirm.errors import HirmError
+from hirm.minicanvas import registry
 from hirm.patch import Patch
 from hirm.registry import Entry, Registry
 
@@ -144,8 +145,6 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     spec = METHODS[method]
     if spec.takes == "pipeline":
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from hirm.encoders import load_pipeline
-
             model = load_pipeline(model)
         if isinstance(model, list):
             raise HirmError(f"{method} edits the denoiser: pass the whole pipeline, not only its text encoder")
@@ -177,8 +176,6 @@ def method_parts(method: str) -> list[str]:
 
 def model_family(model: Any) -> str | None:
     """"minicanvas" when every CLIP encoder of `model` is the shipped MiniCanvas one, else None (real CLIP)."""
-    from hirm.minicanvas import registry
-
     encoders = model if isinstance(model, list) else find_text_encoders(model)
     if encoders and all(registry.is_minicanvas(e.model) for e in encoders):
         return "minicanvas"

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 
 from hirm.errors import HirmError
+from hirm.minicanvas import world
+from hirm.minicanvas.classifier import to_tensor
+from hirm.minicanvas.world import concept_domain
 
 # ESD's parameter groups (train-esd.py's `train_method`), in diffusers' UNet names
 GROUPS = ("xattn", "noxattn", "selfattn", "full")
@@ -62,10 +65,6 @@ def image_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
 def concept_latents(pipe, concept: str, n: int, seed: int) -> torch.Tensor:
     """`image_latents` of `n` rendered MiniCanvas images of the concept (random colour, size, background and
     other-domain concept)."""
-    from hirm.minicanvas import world
-    from hirm.minicanvas.classifier import to_tensor
-    from hirm.minicanvas.world import concept_domain
-
     domain, index = concept_domain(concept)
     return image_latents(pipe, to_tensor(world.render_batch(n, seed=seed, **{domain: index}).images) * 2 - 1)
 

@@ -23,6 +23,7 @@ from hirm.erase.denoiser import concept_latents, denoising_loss, image_latents, 
 from hirm.erase.loop import OptimConfig, optimise
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
+from hirm.minicanvas import registry, world
 from hirm.patch import SEP, Patch, fingerprint
 from hirm.registry import option
 from hirm.tokens import frozen
@@ -111,8 +112,6 @@ def concept_images_latents(pipe, concept: str, config: FewShotConfig) -> torch.T
     """VAE latents of the concept's images: the `images` folder (every .png/.jpg/.jpeg, sorted, at the
     UNet's resolution), else rendered MiniCanvas images for a MiniCanvas model."""
     if not config.images:
-        from hirm.minicanvas import registry
-
         if not registry.is_minicanvas(pipe.text_encoder):
             raise HirmError("fewshot learns from images of the concept: pass --set images=DIR (a folder of "
                             ".png/.jpg images of it)")
@@ -137,6 +136,4 @@ def kind_preset(kind: str) -> dict:
 def _concept_type(concept: str, config: FewShotConfig) -> str:
     if config.concept_type != "auto":
         return config.concept_type
-    from hirm.minicanvas import world
-
     return "style" if concept in world.STYLES else "object"

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from hirm.encoders import find_text_encoders
 from hirm.erase.closed_form import ridge_edit
 from hirm.erase.denoiser import cross_attention_projections, encode, last_token_index, require_unet_pipeline
 from hirm.errors import HirmError
+from hirm.minicanvas import registry, world
 from hirm.patch import SEP, Patch, fingerprint
 from hirm.registry import option
 
@@ -112,9 +114,6 @@ def adversarial_embedding(originals: dict[str, torch.Tensor], edited: dict[str, 
 def default_preserve(pipe, concept: str) -> tuple[str, ...]:
     """The MiniCanvas world's other concept names for its model; nothing otherwise (the authors' default
     for objects; pass --preserve for artists)."""
-    from hirm.encoders import find_text_encoders
-    from hirm.minicanvas import registry, world
-
     encoders = find_text_encoders(pipe)
     if encoders and registry.is_minicanvas(encoders[0].model):
         return tuple(c for c in (*world.OBJECTS, *world.STYLES) if c != concept)

@@ -21,10 +21,18 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from hirm import api
+from hirm.attacks import ATTACKS, attack
+from hirm.encoders import load_pipeline
+from hirm.erase import METHODS, method_parts
 from hirm.errors import HirmError
+from hirm.eval.erasure import evaluate_erasure
+from hirm.generate import sample
 from hirm.images import grid as image_grid
 from hirm.images import save_atomic, write_text_atomic
-from hirm.minicanvas import world
+from hirm.minicanvas import registry, world
+from hirm.minicanvas.world import concept_domain
+from hirm.patch import Patch, components_of
 
 METRICS = ("ua", "ira", "cra")
 
@@ -103,9 +111,6 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
     budget inside `hirm-r+esd-x` too, and never HiRM's); a label's own options (`hirm-r/robust.robust_rounds`,
     `hirm-r+esd-x.lr`) go to the parts that have them. HiRM-S targets the world's super-category unless told
     otherwise, as in the paper."""
-    import hirm
-    from hirm.erase import METHODS
-
     kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
     # "hirm-r/robust", "hirm-r+esd-x": the label's own options beat its parts' (esd-x/lr3e-4 next to esd-x's
     # budget); scoped to each part that has the option, left unscoped where none has it (erase then says so)
@@ -115,7 +120,7 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
     if "hirm-s" in parts and "target" not in kw and "hirm-s.target" not in kw:
         kw["hirm-s.target"] = world.supercategory(concept)
     try:
-        return hirm.erase(pipe, concept, method="+".join(parts), progress=False, **kw)
+        return api.erase(pipe, concept, method="+".join(parts), progress=False, **kw)
     except HirmError as e:
         raise HirmError(f"--option {label}: {e}") from None
 
@@ -127,13 +132,6 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     mini-Flux (`flux_ua` / `flux_ira` / `flux_cra`; None for patches that edit a part Flux does not have);
     with `attacks`, each erased model is attacked (`asr_<attack>`; the base row holds the base model's rate).
     `options` holds method options and, keyed by attack name, attack options."""
-    from hirm.encoders import load_pipeline
-    from hirm.erase import method_parts
-    from hirm.eval.erasure import evaluate_erasure
-    from hirm.generate import sample
-    from hirm.minicanvas import registry
-    from hirm.minicanvas.world import concept_domain
-
     registry.require_minicanvas(model)
     if transfer and model != "minicanvas":
         raise HirmError("--transfer scores mini-SD patches on mini-Flux: use it with --model minicanvas")
@@ -149,8 +147,6 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
     if unknown:
         raise HirmError(f"--option for {unknown[0]!r}, which is not among --methods or --attacks")
     if attacks:
-        from hirm.attacks import ATTACKS
-
         for name in attacks:
             ATTACKS.config(name, options.get(name, {}))
     method_options = {k: v for k, v in options.items() if k not in attacks}
@@ -204,9 +200,6 @@ def compare(model: str, concepts: list[str], methods: list[str], seeds: tuple[in
 def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifier) -> dict[str, float | None]:
     """UA / IRA / CRA of the patch applied unchanged to mini-Flux; None where it edits a part mini-Flux lacks
     (a UNet)."""
-    from hirm.eval.erasure import evaluate_erasure
-    from hirm.patch import components_of
-
     if patch is not None and any(c not in components_of(flux) for c in patch.components):
         return {f"flux_{m}": None for m in METRICS}
     result = evaluate_erasure("minicanvas-flux", concept, [patch] if patch is not None else [], seeds=seeds,
@@ -217,9 +210,6 @@ def _transfer_scores(flux, concept: str, patch, seeds: tuple[int, ...], classifi
 def _attack_rate(pipe, model: str, concept: str, name: str, patch, seeds: tuple[int, ...], classifier,
                  options: dict[str, Any], cache: dict) -> tuple[float, float]:
     """ASR of one attack on the model with `patch` (None: the base model), and its wall time in seconds."""
-    from hirm.attacks import attack
-    from hirm.minicanvas import registry
-
     s = registry.SAMPLING
     r = attack(pipe, concept, name, [patch] if patch is not None else [], classifier, seeds=seeds,
                denoise_steps=s["steps"], guidance=s["guidance"], progress=False, cache=cache, **options)
@@ -231,8 +221,6 @@ def _patch_name(method: str, concept: str) -> str:
 
 
 def _saved_patch(out: Path | None, method: str, concept: str):
-    from hirm.patch import Patch
-
     path = None if out is None or method == "base" else Path(out) / "patches" / _patch_name(method, concept)
     return Patch.load(path) if path is not None and path.exists() else None
 
@@ -246,8 +234,6 @@ def _finished_rows(out: Path | None, seeds: tuple[int, ...], options: dict,
     path = None if out is None else Path(out) / "rows.jsonl"
     if path is None or not path.exists():
         return {}
-    from hirm.attacks import ATTACKS
-
     options = json.loads(json.dumps(options))  # as stored (tuples become lists)
 
     def own(opts: dict, method: str) -> dict:

@@ -9,10 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hirm import api
+from hirm.encoders import find_text_encoders, load_pipeline
 from hirm.errors import HirmError
+from hirm.eval.locality import locality_probe
+from hirm.eval.minicanvas import evaluate, score_concepts
+from hirm.generate import sample
 from hirm.images import grid as image_grid
 from hirm.images import save_atomic, write_text_atomic
 from hirm.minicanvas import registry, world
+from hirm.minicanvas.world import concept_domain
 
 METRICS = ("ua", "ira", "cra")
 logger = logging.getLogger(__name__)
@@ -20,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 def probe_prompts(concept: str, per_template: int = 3) -> tuple[list[str], list[str]]:
     """IN: captions naming `concept`; OUT: the same captions naming the other concepts of its domain."""
-    from hirm.minicanvas.world import concept_domain
-
     domain, _ = concept_domain(concept)
     same = world.OBJECTS if domain == "object" else world.STYLES
     other = world.STYLES if domain == "object" else world.OBJECTS
@@ -44,10 +48,6 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
     """UA / IRA / CRA of `patches` on the MiniCanvas model `model` (see `hirm eval`). `device` / `dtype`: where and
     in what precision the pipeline (when not given) and the judge run (None: the CPU, float32; "auto" as in
     `hirm.encoders.resolve_device` / `resolve_dtype`)."""
-    from hirm.encoders import find_text_encoders, load_pipeline
-    from hirm.eval.minicanvas import evaluate, score_concepts
-    from hirm.minicanvas.world import concept_domain
-
     registry.require_minicanvas(model)
     if concept is None and patches:
         concept = patches[0].concepts[0]
@@ -83,8 +83,6 @@ def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tupl
             raise HirmError("--probe compares the encoder with and without a patch: pass --patch")
         encoder = find_text_encoders(pipe)[0]
         in_p, out_p = probe_prompts(concept)
-        from hirm.eval.locality import locality_probe
-
         patch = next(p for p in patches if encoder.name in p.components)
         result["probe"] = locality_probe(encoder, patch, in_p, out_p)
     if out is not None:
@@ -110,18 +108,13 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...],
     """Erase `concept` from mini-SD with hirm's default method; score the patch on mini-SD and, unchanged, on
     mini-Flux (the same CLIP encoder); save grids and a report. `show` gets each model's scores as they come
     (the CLI prints them); progress is logged."""
-    import hirm
-    from hirm.encoders import load_pipeline
-    from hirm.generate import sample
-    from hirm.minicanvas.world import concept_domain
-
     start = time.perf_counter()
     domain, _ = concept_domain(concept)
     out = Path(out)
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
     logger.info("erasing %r (%s) from mini-SD with HiRM (hirm's default recipe) ...", concept, domain)
-    patch = hirm.erase(pipe, concept, progress=False)
+    patch = api.erase(pipe, concept, progress=False)
     patch_path = patch.save(out / f"{concept.replace(' ', '-')}.safetensors")
     logger.info("patch %s (%.2f MB) made in %.1fs", patch_path, patch.nbytes / 1e6, sum(patch.seconds.values()))
     # before/after: the concept in every other-domain setting, then unrelated prompts

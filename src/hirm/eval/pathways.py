@@ -16,6 +16,7 @@ import torch
 
 from hirm.encoders import T5_MAX_LENGTH
 from hirm.errors import HirmError
+from hirm.eval.minicanvas import generate_grid, score
 
 PATHWAYS = ("both", "pooled", "sequence")  # what carries the prompt: both, only CLIP's pooled vector, only T5's
 
@@ -73,8 +74,6 @@ def pathway_split(pipe, classifier, seeds: tuple[int, ...] = (0,), progress: boo
                   **grid_kwargs: Any) -> dict[str, dict[str, float]]:
     """Classifier accuracy of the MiniCanvas grid with the prompt in both pathways, the pooled vector only,
     and the T5 sequence only: {"both": {"object_acc", "style_acc"}, "pooled": ..., "sequence": ...}."""
-    from hirm.eval.minicanvas import generate_grid, score
-
     out = {}
     for keep in PATHWAYS:
         with ablate(pipe, keep):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from hirm.io import atomic_dir
-from hirm.minicanvas import registry
+from hirm.minicanvas import flux, registry
 from hirm.minicanvas.tokenizer import load_tokenizer
 
 
@@ -63,8 +63,6 @@ def assemble_flux(flux_checkpoint: Path, out: Path | None = None, records: dict 
     its tokenizer and the VAE are mini-SD's, linked rather than copied: the same encoder, as in real Flux."""
     from diffusers import FluxPipeline
     from safetensors.torch import load_model
-
-    from hirm.minicanvas import flux
 
     out = out or registry.FOLDERS["minicanvas-flux"]
     sd = registry.path("minicanvas")

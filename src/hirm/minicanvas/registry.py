@@ -8,6 +8,7 @@ import torch
 
 from hirm.compat import diffusers_dtype
 from hirm.errors import HirmError
+from hirm.minicanvas.classifier import MiniCanvasClassifier
 
 WEIGHTS = Path(__file__).parent / "weights"
 FOLDERS = {"minicanvas": WEIGHTS / "minicanvas-sd", "minicanvas-flux": WEIGHTS / "minicanvas-flux"}
@@ -43,8 +44,6 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
 
 
 def load_classifier():
-    from hirm.minicanvas.classifier import MiniCanvasClassifier
-
     if not (CLASSIFIER / "config.json").exists():
         raise HirmError(f"the MiniCanvas classifier is not in this install ({CLASSIFIER})")
     return MiniCanvasClassifier.from_pretrained(CLASSIFIER).eval()

@@ -14,6 +14,8 @@ from pathlib import Path
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from hirm.minicanvas.registry import TOKENIZER
+
 N_MERGES = 49152 - 256 - 2
 
 
@@ -54,6 +56,4 @@ def build_clip_tokenizer(out_dir: Path, bpe_path: Path | None = None) -> CLIPTok
 
 def load_tokenizer() -> CLIPTokenizer:
     """The shipped CLIP BPE tokenizer (OpenAI's vocabulary and merges, 77 tokens)."""
-    from hirm.minicanvas.registry import TOKENIZER
-
     return CLIPTokenizer.from_pretrained(TOKENIZER)

@@ -20,6 +20,7 @@ from PIL import Image
 from hirm.errors import HirmError
 from hirm.eval.protocols.base import Protocol
 from hirm.eval.protocols.prompts import Item, read_prompt_csv
+from hirm.eval.protocols.runner import image_path
 
 
 def _require_clip_folder(path: Path | None, option: str) -> Path:
@@ -123,8 +124,6 @@ class Coco(Protocol):
         if len(items) < 2:
             return {"fid": None, "fid_note": "FID needs at least 2 images per variant"}
         from torchmetrics.image.fid import FrechetInceptionDistance
-
-        from hirm.eval.protocols.runner import image_path
 
         if Path(self.fid_model).is_dir():
             fid = FrechetInceptionDistance(feature=ClipImageFeatures(self.fid_model), reset_real_features=True)

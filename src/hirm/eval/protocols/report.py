@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from hirm.errors import HirmError
 from hirm.eval.protocols import PROTOCOLS
 from hirm.eval.protocols.runner import RUN_FORMAT_VERSION, image_path, record_path
+from hirm.eval.protocols.unlearncanvas import find_concept
 from hirm.images import save_atomic, write_text_atomic
 from hirm.io import check_format_version, inside, safe_name
 
@@ -181,8 +182,6 @@ def _load_records(run_dir: Path, variant: str) -> dict[str, dict]:
 
 def _canvas_domain(run: dict) -> str | None:
     """Whether the erased UnlearnCanvas concept is a style or an object (None: no concept)."""
-    from hirm.eval.protocols.unlearncanvas import find_concept
-
     concept = run["settings"].get("concept")
     return None if concept is None else find_concept(str(concept))[0]
 

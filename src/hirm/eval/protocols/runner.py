@@ -35,11 +35,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hirm.encoders import dtype_name, load_pipeline, resolve_device, resolve_dtype
 from hirm.errors import HirmError
 from hirm.eval.protocols.base import Protocol
 from hirm.eval.protocols.prompts import Item
+from hirm.generate import sample
 from hirm.images import save_atomic, write_text_atomic
 from hirm.io import check_format_version, run_folder_lock, safe_name
+from hirm.patch import Patch
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
               "euler": "EulerDiscreteScheduler"}
@@ -196,9 +199,6 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
     the CPU), recorded in run.json."""
     from accelerate import PartialState
 
-    from hirm.encoders import dtype_name, resolve_device, resolve_dtype
-    from hirm.patch import Patch
-
     out = Path(out)
     if limit is not None and limit < 1:
         raise HirmError(f"--limit {limit}: give a positive number of prompts")
@@ -246,9 +246,6 @@ def run_protocol(protocol: Protocol, model: str, out: Path, patch: Path | None =
 def _run(protocol: Protocol, model: str, out: Path, items: list[Item], loaded_patch, state, variants: list[str],
          steps: int, guidance: float | None, scheduler: str, batch_size: int | None,
          progress: bool, dtype: torch.dtype) -> dict[str, Any] | None:
-    from hirm.encoders import load_pipeline
-    from hirm.generate import sample
-
     pipe = load_pipeline(model, dtype=dtype).to(state.device)
     _set_scheduler(pipe, scheduler)
     protocol.load(state.device)

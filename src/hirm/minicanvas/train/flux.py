@@ -9,7 +9,8 @@ from safetensors.torch import load_file, load_model, save_file
 
 from hirm.compat import diffusers_dtype
 from hirm.io import atomic_dir, atomic_file
-from hirm.minicanvas import registry, world
+from hirm.minicanvas import flux, registry, world
+from hirm.minicanvas.tokenizer import load_tokenizer
 from hirm.minicanvas.train.loop import (
     resume_with_ema,
     run_loop,
@@ -23,9 +24,6 @@ from hirm.minicanvas.train.unet import data_chunks
 def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int, workers: int = 1) -> None:
     """Pooled CLIP vectors and T5 token ids for the same rendered set as mini-SD's (whose latents and text
     states it reads: the pooled vector is the text state at the EOS token, as CLIPTextModel.pooler_output)."""
-    from hirm.minicanvas import flux
-    from hirm.minicanvas.tokenizer import load_tokenizer
-
     if path.exists():
         return
     clip_tok, t5_tok = load_tokenizer(), flux.make_t5_tokenizer()
@@ -74,8 +72,6 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one.
     `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
     from safetensors import safe_open
-
-    from hirm.minicanvas import flux
 
     seed_everything(seed)
     unet_run = unet_run or run_dir.parent / "unet"

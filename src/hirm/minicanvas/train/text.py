@@ -13,6 +13,7 @@ from torch import nn
 
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.classifier import to_tensor
+from hirm.minicanvas.tokenizer import load_tokenizer
 from hirm.minicanvas.train.loop import (
     run_loop,
     seed_everything,
@@ -74,8 +75,6 @@ def train_text_encoder(run_dir: Path, steps: int = 1200, batch_size: int = 128, 
     Most steps use the first `short_length` positions (exact under the causal mask: every caption fits);
     every `full_every`-th step runs all 77 positions so that each position embedding is trained.
     """
-    from hirm.minicanvas.tokenizer import load_tokenizer
-
     seed_everything(seed)
     tokenizer = load_tokenizer()
     encoder = make_text_encoder()

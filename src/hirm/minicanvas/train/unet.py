@@ -15,6 +15,7 @@ from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.build import training_scheduler
 from hirm.minicanvas.classifier import to_tensor
+from hirm.minicanvas.tokenizer import load_tokenizer
 from hirm.minicanvas.train.loop import (
     resume_with_ema,
     run_loop,
@@ -114,8 +115,6 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
     from diffusers import AutoencoderKL
     from safetensors import safe_open
     from transformers import CLIPTextModel
-
-    from hirm.minicanvas.tokenizer import load_tokenizer
 
     seed_everything(seed)
     components = components or run_dir.parent / "components"
