@@ -3,7 +3,7 @@ into a definite other concept, or into its super-category word): UA / IRA / CRA 
 neighbour's accuracy against the base model's, and what the erased concept's cells are judged as.
 
     python benchmarks/retarget_preserve.py preserve+target runs/retarget.jsonl [--threads 2] [--concepts circle,square]
-        [--pairs star:hexagon]
+        [--pairs star:hexagon] [--seeds 0,1] [--hirm-seed 42] [--preserve-weight 4000]
 
 Each result is one JSON line appended to the output file (a run can be stopped and its lines kept).
 """
@@ -57,12 +57,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--concepts", default=",".join(TARGET_CONCEPTS), help="concepts for --target")
     p.add_argument("--pairs", default=",".join(f"{c}:{k}" for c, k in PRESERVE_PAIRS), help="ERASE:KEEP,...")
+    p.add_argument("--seeds", default="0,1", help="image seeds")
+    p.add_argument("--hirm-seed", type=int, default=42)
+    p.add_argument("--preserve-weight", type=float, default=None, help="weight of the preserve term (default: "
+                   "the retain weight)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     pipe = load_pipeline("minicanvas")
     classifier = registry.load_classifier()
     sampling = registry.SAMPLING
-    kw = {"seeds": (0, 1), "steps": sampling["steps"], "guidance": sampling["guidance"], "progress": False}
+    kw = {"seeds": tuple(int(x) for x in a.seeds.split(",")), "steps": sampling["steps"],
+          "guidance": sampling["guidance"], "progress": False}
 
     def write(**row) -> None:
         print(json.dumps(row), flush=True)
@@ -71,7 +76,7 @@ def main() -> None:
 
     def erase_and_score(concept: str, **options):
         start = time.perf_counter()
-        patch = hirm.erase(pipe, concept, progress=False, **options)
+        patch = hirm.erase(pipe, concept, progress=False, seed=a.hirm_seed, **options)
         seconds = round(time.perf_counter() - start, 1)
         metrics, grid = evaluate(pipe, concept, classifier, [patch], **kw)
         return metrics, grid, seconds, patch
@@ -99,8 +104,10 @@ def main() -> None:
     if "preserve" in a.what:
         for concept, keep in (pair.split(":") for pair in a.pairs.split(",")):
             for preserve in ((), (keep,)):
-                m, _, seconds, patch = erase_and_score(concept, preserve=preserve)
-                write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), ua=m["ua"], ira=m["ira"],
+                weight = {"preserve_weight": a.preserve_weight} if preserve and a.preserve_weight is not None else {}
+                m, _, seconds, patch = erase_and_score(concept, preserve=preserve, **weight)
+                write(kind="preserve", concept=concept, keep=keep, preserve=list(preserve), **weight,
+                      hirm_seed=a.hirm_seed, image_seeds=list(kw["seeds"]), ua=m["ua"], ira=m["ira"],
                       cra=m["cra"], keep_acc=accuracy(m, keep), keep_base=accuracy(base, keep), seconds=seconds,
                       **against_base(concept), **moved(pipe, patch, concept, keep))
 

@@ -373,6 +373,8 @@ def test_preserved_concept_keeps_its_representation():
     kept = erase_r([enc], "star", preserve=("hexagon",), **kw)
     assert list(kept.config["preserve"]) == ["hexagon"]
     assert drift(kept, "hexagon") < 0.25 < drift(free, "hexagon")  # measured 0.15 / 0.81
+    firmer = erase_r([enc], "star", preserve=("hexagon",), preserve_weight=1e4, **kw)
+    assert drift(firmer, "hexagon") < drift(kept, "hexagon")  # its own weight, 10x the retain term's
     assert drift(kept, "star") > 3 * drift(kept, "hexagon")  # the concept still moves (0.60)
 
 

@@ -122,7 +122,8 @@ class HiRMConfig:
                                      "encoder's full length; never fewer than the longest prompt). Padding after "
                                      "it is not trained on; the causal mask keeps the rest exact")
     preserve: tuple[str, ...] = option((), "concepts or prompts to keep (UCE's preserve_concepts): each put in "
-                                           "every template and held in place by its own term at retain_weight")
+                                           "every template and held in place by a term of its own")
+    preserve_weight: float | None = option(None, "weight of the preserve term (None: retain_weight)")
     away_weight: float = option(0.0, "weight of a term that pushes each prompt's projection on its concept "
                                      "direction (1 before erasure, 0 with the words left out) down to away_below; "
                                      "the erasure then stops at the first step where every prompt is there")
@@ -185,9 +186,11 @@ class HiRMConfig:
         if self.away_weight < 0 or not math.isfinite(self.away_below):
             raise HirmError(f"away_weight {self.away_weight} / away_below {self.away_below}: need a weight >= 0 "
                             "and a finite projection")
-        if self.preserve and self.retain_weight <= 0:
+        if self.preserve_weight is not None and not (self.preserve_weight >= 0 and math.isfinite(self.preserve_weight)):
+            raise HirmError(f"preserve_weight {self.preserve_weight}: need a finite weight >= 0 (None: retain_weight)")
+        if self.preserve and (self.retain_weight if self.preserve_weight is None else self.preserve_weight) <= 0:
             raise HirmError("--preserve holds prompts in place through the retain term, which is off "
-                            "(--paper-defaults or retain_weight 0): pass --set retain_weight=1000")
+                            "(--paper-defaults or retain_weight 0): pass --set retain_weight=1000 (or preserve_weight)")
         if self.retain_weight > 0 and not self.retain_prompts:
             raise HirmError("retain_weight needs retain prompts (--set retain_prompts='[...]', or a model that ships "
                             "them)")
@@ -432,9 +435,11 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         if retain_ids is not None and 0 < config.retain_per_step < len(retain_ids):  # a seeded sample this step
             chosen = torch.randperm(len(retain_ids), generator=g_retain)[:config.retain_per_step].to(retain_ids.device)
             retain_ids, retain_target = retain_ids[chosen], retain_target[chosen]
-        for ids, wanted in ((retain_ids, retain_target), (batch.preserve_ids, batch.preserve_target)):
+        preserve_weight = config.retain_weight if config.preserve_weight is None else config.preserve_weight
+        for ids, wanted, weight in ((retain_ids, retain_target, config.retain_weight),
+                                    (batch.preserve_ids, batch.preserve_target, preserve_weight)):
             if ids is not None:
-                loss = loss + config.retain_weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
+                loss = loss + weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
         return loss
 
     def done() -> bool:
