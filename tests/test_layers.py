@@ -127,15 +127,15 @@ def test_the_terminal_check_sees_a_print(tmp_path):
 
 def function_level_hirm_imports(path: Path) -> list[str]:
     """`from hirm... import` statements inside a function or class body of `path`, as "line: module"."""
-    out = []
+    out = {}  # by line: an import in a nested function is walked from each enclosing one
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             for inner in ast.walk(node):
                 if isinstance(inner, ast.ImportFrom) and inner.module and inner.module.startswith("hirm"):
-                    out.append(f"{inner.lineno}: {inner.module}")
+                    out[inner.lineno] = f"{inner.lineno}: {inner.module}"
                 elif isinstance(inner, ast.Import) and any(a.name.split(".")[0] == "hirm" for a in inner.names):
-                    out.append(f"{inner.lineno}: hirm")
-    return out
+                    out[inner.lineno] = f"{inner.lineno}: hirm"
+    return [out[line] for line in sorted(out)]
 
 
 def test_hirm_imports_sit_at_module_top():
@@ -148,5 +148,5 @@ def test_hirm_imports_sit_at_module_top():
 
 def test_the_top_import_check_sees_a_local_import(tmp_path):
     path = tmp_path / "m.py"
-    path.write_text("def f():\n    from hirm.patch import Patch\n    return Patch\n")
-    assert function_level_hirm_imports(path) == ["2: hirm.patch"]
+    path.write_text("def f():\n    from hirm.patch import Patch\n    def g():\n        import hirm\n    return Patch\n")
+    assert function_level_hirm_imports(path) == ["2: hirm.patch", "4: hirm"]

@@ -35,11 +35,7 @@ class Entry:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # config values that define the entry
 
     def options(self) -> list[str]:
-        if self.config_cls is not None:
-            return sorted(f.name for f in dataclasses.fields(self.config_cls))
-        if self.run is None:
-            return []
-        return sorted(p.name for p in inspect.signature(self.run).parameters.values() if p.default is not p.empty)
+        return sorted(name for name, _, _ in self.option_help())
 
     def option_defaults(self) -> dict[str, Any]:
         """The entry's own values over its config class's defaults: what it fixes."""

@@ -4,9 +4,8 @@ MiniCanvas encoder, against values recorded in `reference_patches.json`.
 Exact bytes differ between hosts and thread counts, so each trained tensor is summarised by its change from the
 base weights: the change's norm (compared at 1e-3 of itself) and its projections on two fixed random unit
 directions (at 1e-2 of their typical size, norm / sqrt(numel)); a moved default, a reordered loss term or a changed
-prompt set moves them by far more. After a change that is
-meant to move a patch, re-record with `HIRM_RECORD_REFERENCE=1 pytest tests/erase/test_reference_patches.py` and
-say why in the commit.
+prompt set moves them by far more. After a change that is meant to move a patch, re-record with
+`HIRM_RECORD_REFERENCE=1 pytest tests/erase/test_reference_patches.py` and say why in the commit.
 """
 
 import json
@@ -61,14 +60,19 @@ def summary(patch, model) -> dict[str, list[float]]:
     return out
 
 
+def made(models, case: str):
+    """Case `case`'s summary and its patch, made now."""
+    where, method, options = CASES[case]
+    patch = hirm.erase(models[where], "a red star" if where == "sd" else "star", method=method, seed=42,
+                       progress=False, **options)
+    return summary(patch, models[where]), patch
+
+
 @pytest.mark.skipif(RECORD, reason="recording")
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(CASES)])
 def test_patch_matches_reference(models, case):
-    where, method, options = CASES[case]
     reference = json.loads(REFERENCE.read_text())[case]
-    patch = hirm.erase(models[where], "a red star" if where == "sd" else "star", method=method, seed=42,
-                       progress=False, **options)
-    got = summary(patch, models[where])
+    got, patch = made(models, case)
     assert sorted(got) == sorted(reference), "a different set of tensors was trained"
     for key, (norm, *projections) in reference.items():
         assert abs(got[key][0] - norm) <= 1e-3 * norm + 1e-8, (key, got[key], reference[key])
@@ -78,9 +82,5 @@ def test_patch_matches_reference(models, case):
 
 @pytest.mark.skipif(not RECORD, reason="set HIRM_RECORD_REFERENCE=1 to re-record the reference values")
 def test_record_reference(models):
-    recorded = {}
-    for case, (where, method, options) in sorted(CASES.items()):
-        patch = hirm.erase(models[where], "a red star" if where == "sd" else "star", method=method, seed=42,
-                           progress=False, **options)
-        recorded[case] = summary(patch, models[where])
+    recorded = {case: made(models, case)[0] for case in sorted(CASES)}
     REFERENCE.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")

@@ -143,6 +143,11 @@ class HiRMConfig:
     lora_rank: int = option(0, "> 0: train peft LoRA adapters of this rank on the trained weights instead of the "
                                "weights (biases stay), so the patch exports exactly as a LoRA")
 
+    @property
+    def preserve_term_weight(self) -> float:
+        """The preserve term's weight: `preserve_weight`, or the retain weight when it is None."""
+        return self.retain_weight if self.preserve_weight is None else self.preserve_weight
+
     def validate(self) -> None:
         if self.variant not in ("r", "s", "u"):
             raise HirmError(f"HiRM variant {self.variant!r}: use 'r' (random target), 's' (semantic target) or "
@@ -188,7 +193,7 @@ class HiRMConfig:
                             "and a finite projection")
         if self.preserve_weight is not None and not (self.preserve_weight >= 0 and math.isfinite(self.preserve_weight)):
             raise HirmError(f"preserve_weight {self.preserve_weight}: need a finite weight >= 0 (None: retain_weight)")
-        if self.preserve and (self.retain_weight if self.preserve_weight is None else self.preserve_weight) <= 0:
+        if self.preserve and self.preserve_term_weight <= 0:
             raise HirmError("--preserve holds prompts in place through the retain term, which is off "
                             "(--paper-defaults or retain_weight 0): pass --set retain_weight=1000 (or preserve_weight)")
         if self.retain_weight > 0 and not self.retain_prompts:
@@ -435,9 +440,8 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         if retain_ids is not None and 0 < config.retain_per_step < len(retain_ids):  # a seeded sample this step
             chosen = torch.randperm(len(retain_ids), generator=g_retain)[:config.retain_per_step].to(retain_ids.device)
             retain_ids, retain_target = retain_ids[chosen], retain_target[chosen]
-        preserve_weight = config.retain_weight if config.preserve_weight is None else config.preserve_weight
         for ids, wanted, weight in ((retain_ids, retain_target, config.retain_weight),
-                                    (batch.preserve_ids, batch.preserve_target, preserve_weight)):
+                                    (batch.preserve_ids, batch.preserve_target, config.preserve_term_weight)):
             if ids is not None:
                 loss = loss + weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
         return loss
