@@ -116,7 +116,7 @@ def test_methods_shows_every_option_with_its_default_and_help():
     (["--concepts-file", "missing.txt"], "cannot read it"),
     (["--concept", "star", "--method", "hirm-r", "--preserve", "circle", "--steps", "2"], "--preserve holds prompts"),
     (["--concept", "star", "--preserve-file", "missing.txt"], "--preserve-file missing.txt: cannot read it"),
-    (["--concept", "star", "--concept", "circle", "--method", "quickfix"], "one concept per run"),
+    (["--concept", "star", "--concept", "circle", "--method", "esd-x"], "one concept per run"),
     (["--concept", "star", "--method", "quickfix", "--robust"], "--robust is a HiRM option"),
     (["--concept", "star", "--method", "hirm-r+uce", "--robust"], "--robust is a HiRM option"),
 ])

@@ -49,8 +49,10 @@ def erase(
     model: Model,
     out: Annotated[Path, typer.Option(help="patch file to write (.safetensors)")],
     concept: Annotated[list[str] | None, typer.Option(help="the concept to erase, e.g. 'Van Gogh' (repeatable: "
-                                                      "hirm, hirm-r/-s erase several in one optimisation)")] = None,
-    concepts_file: Annotated[Path | None, typer.Option(help="text file with one concept per line (# comments)")] = None,
+                                                      "one patch for all; hirm, the default, is the method "
+                                                      "measured for lists)")] = None,
+    concepts_file: Annotated[Path | None, typer.Option(help="text file with one concept per line (# comments); "
+                                                            "very long lists: --set concepts_per_step=8")] = None,
     method: Annotated[str, typer.Option(help="erasure method (see `hirm methods`)")] = "hirm",
     target: Annotated[str | None, typer.Option(help="what the concept becomes: hirm, the words put in its place "
                                                     "in every prompt, e.g. 'hexagon'; hirm-s, a semantic target "

@@ -68,17 +68,17 @@ METHODS: Registry[Method] = Registry("method", [
            summary="HiRM, final-layer representation misdirected to a semantic prompt (--target)",
            family_defaults={"minicanvas": _MINICANVAS_HIRM}, preset=hirm_method.kind_preset),
     Method("quickfix", QuickFixConfig, erase_quickfix,
-           "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0"),
+           "Diff-QuickFix: closed-form edit of text-encoder layer 0, supervised at layer 0", many_concepts=True),
     Method("esd-x", ESDConfig, erase_esd, "ESD-x: UNet cross-attention fine-tuned with negative guidance",
            fixed={"train": "xattn"}, takes="pipeline"),
     Method("esd-u", ESDConfig, erase_esd, "ESD-u: UNet non-cross-attention weights fine-tuned with negative guidance",
            fixed={"train": "noxattn"}, takes="pipeline"),
     Method("uce", UCEConfig, erase_uce,
            "UCE: closed-form edit of cross-attention keys/values, other concepts preserved",
-           fixed={"epochs": 0}, takes="pipeline"),
+           fixed={"epochs": 0}, takes="pipeline", many_concepts=True),
     Method("rece", UCEConfig, erase_uce,
            "RECE: UCE plus closed-form removal of adversarial embeddings (--epochs rounds)", takes="pipeline",
-           defaults={"epochs": 3}),
+           defaults={"epochs": 3}, many_concepts=True),
     Method("advunlearn", AdvUnlearnConfig, erase_advunlearn,
            "AdvUnlearn: text encoder trained against adversarial prefix tokens, with a retain term", takes="pipeline"),
     Method("fewshot", FewShotConfig, erase_fewshot,
@@ -123,8 +123,8 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     concept = concepts[0] if len(concepts) == 1 else concepts
     parts = method_parts(method)
     if len(concepts) > 1 and not all(METHODS[p].many_concepts for p in parts):
-        raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use hirm, hirm-r or "
-                        "hirm-s")
+        several = ", ".join(n for n, m in METHODS.items() if m.many_concepts)
+        raise HirmError(f"{method} erases one concept per run; several concepts in one patch: use one of {several}")
     scoped: dict[str, dict[str, Any]] = {}
     for key in [k for k in overrides if "." in k]:
         part, _, field = key.rpartition(".")

@@ -128,7 +128,9 @@ class HiRMConfig:
                                      "direction (1 before erasure, 0 with the words left out) down to away_below; "
                                      "the erasure then stops at the first step where every prompt is there")
     away_below: float = option(0.0, "the projection the away term aims at or below")
-    concepts_per_step: int = option(0, "several concepts: how many concepts' prompts each step takes (0: all)")
+    concepts_per_step: int = option(0, "several concepts: how many concepts each step takes, a seeded sample whose "
+                                       "targets are built at that step, so memory does not grow with the list "
+                                       "(0: all, built once)")
     robust_rounds: int = option(0, "robust HiRM: rounds of attack (prompts that bring the concept back through "
                                    "the erased encoder), then erase again with the prompts found")
     robust_prompts: int = option(4, "robust HiRM: prompts searched per concept and round")
@@ -264,9 +266,9 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
         rounds = config.robust_rounds if enc.is_clip else 0  # the prefix search needs CLIP's <bos> slot
         spent = 0.0
         for r in range(rounds + 1):
-            batch = PromptSet.build(enc, [p + f for p, f in zip(prompts, found, strict=True)], names, config)
-            result = _misdirect(enc, batch, config, desc=f"{method_name(config)} {enc.name}"
-                                + (f" round {r}" if rounds else ""), progress=progress)
+            result, batch = _misdirect(enc, [p + f for p, f in zip(prompts, found, strict=True)], names, config,
+                                       desc=f"{method_name(config)} {enc.name}" + (f" round {r}" if rounds else ""),
+                                       progress=progress)
             spent += result.seconds
             if r < rounds:
                 start = time.perf_counter()
@@ -286,6 +288,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
             "cos_to_target_after": _cos(after, batch.target, batch.mask),
             "relative_change": float(((after - batch.before) * batch.mask).norm() / (batch.before * batch.mask).norm()),
             "steps": len(result.losses),
+            **({"measured_on_concepts": int(batch.group.max()) + 1} if _sampled(config, len(concepts)) else {}),
             **({"projection_max": float(batch.projection(final).max())} if batch.direction is not None else {}),
             **({"adversarial_prompts": [p for f in found for p in f]} if rounds else {}),
         }
@@ -314,8 +317,11 @@ class PromptSet:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, enc: TextEncoder, prompts: list[list[str]], names: list[list[str]],
-              config: HiRMConfig) -> PromptSet:
+    def build(cls, enc: TextEncoder, prompts: list[list[str]], names: list[list[str]], config: HiRMConfig,
+              anchors: bool = True, numbers: list[int] | None = None) -> PromptSet:
+        """`prompts[i]` are concept i's prompts, `names[i]` its names, `numbers[i]` its place in the whole list
+        (default i: it seeds HiRM-R's random target); `anchors`: also the retain and preserve prompts and their
+        targets."""
         flat = [p for group in prompts for p in group]
         by = (config.target or "") if config.variant == "u" else ""
         left_out = ([replace_concept(p, group_names, by)
@@ -341,7 +347,8 @@ class PromptSet:
         if config.variant == "u":  # per prompt: its unnamed (or retargeted) version, `margin` further on
             targets = [unnamed_rep - config.margin * (before - unnamed_rep)]
         elif config.variant == "r":  # each concept its own random target (the first one is the paper's)
-            targets = [random_target(shape, config.target_norm, config.seed + i) for i in range(len(prompts))]
+            targets = [random_target(shape, config.target_norm, config.seed + i)
+                       for i in (numbers if numbers is not None else range(len(prompts)))]
         elif config.target:
             target_ids = _tokenize(enc, [config.target], config.truncate, length)
             targets = [config.scale * representation(enc, target_ids, layer, module)] * len(prompts)
@@ -354,23 +361,15 @@ class PromptSet:
         mask = mask.to(before.device)  # built on the CPU
         retain_ids = (_tokenize(enc, list(config.retain_prompts), True,
                                 _sequence_length(enc, list(config.retain_prompts), config))
-                      if config.retain_weight > 0 else None)
+                      if config.retain_weight > 0 and anchors else None)
         retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
         preserve_ids = preserve_target = None
-        if config.preserve:
+        if config.preserve and anchors:
             kept = list(dict.fromkeys(t.format(p) for p in config.preserve for t in config.templates))
             preserve_ids = _tokenize(enc, kept, True, _sequence_length(enc, kept, config))
             preserve_target = enc.model(input_ids=preserve_ids).last_hidden_state
         return cls(ids, mask, group, before, target, retain_ids, retain_target, preserve_ids, preserve_target,
                    unnamed, direction)
-
-    def rows(self, rows: torch.Tensor) -> PromptSet:
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[rows]
-
-        return PromptSet(self.ids[rows], self.mask[rows], self.group[rows], self.before[rows], self.target[rows],
-                         self.retain_ids, self.retain_target, self.preserve_ids, self.preserve_target,
-                         pick(self.unnamed), pick(self.direction))
 
     def projection(self, final: torch.Tensor) -> torch.Tensor:
         """[N] each prompt's final hidden states projected on its concept direction: 1 = as before erasure,
@@ -404,28 +403,58 @@ def replace_concept(prompt: str, names: list[str], by: str = "") -> str:
     raise HirmError(f"away term: the prompt {prompt!r} does not contain the concept")
 
 
-def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str, progress: bool) -> LoopResult:
+def _sampled(config: HiRMConfig, n_concepts: int) -> bool:
+    """Whether each step takes a sample of the concepts (`concepts_per_step`), built at that step."""
+    return 0 < config.concepts_per_step < n_concepts
+
+
+def _misdirect(enc: TextEncoder, prompts: list[list[str]], names: list[list[str]], config: HiRMConfig, desc: str,
+               progress: bool) -> tuple[LoopResult, PromptSet]:
     """The HiRM optimisation on one encoder: per-concept masked MSE to the targets (each concept's loss
     normalised by its starting value, then rescaled, so one concept equals the paper's loss exactly), plus the
-    retain term."""
-    names = trainable_parameter_names(enc, config.layers)
+    retain term. Returns the result and the prompt set its figures are measured on.
+
+    With every concept in every step, all prompt sets are built once. With `concepts_per_step`, a step builds
+    the sampled concepts' sets, at the base weights, so memory and set-up do not grow with the list (a list of
+    1,000 concepts holds one step's states, not 1,000 concepts' targets); the figures are then measured on the
+    first `concepts_per_step` concepts."""
+    names_trained = trainable_parameter_names(enc, config.layers)
     if not config.train_biases:
-        names = [n for n in names if not n.endswith(".bias")]
-    n_concepts = int(batch.group.max()) + 1
+        names_trained = [n for n in names_trained if not n.endswith(".bias")]
+    n_concepts = len(prompts)
+    sampled = _sampled(config, n_concepts)
+    per_step = config.concepts_per_step if sampled else n_concepts
+    measured = list(range(per_step))  # the concepts built up front: all, or the first per_step when sampled
+    batch = PromptSet.build(enc, [prompts[i] for i in measured], [names[i] for i in measured], config)
     with torch.no_grad():
-        start = _per_concept_mse(batch.before, batch.target, batch.mask, batch.group, n_concepts)
-    scale = (config.loss_scale or start.mean()) / start.clamp_min(torch.finfo(start.dtype).tiny)
-    per_step = config.concepts_per_step or n_concepts
+        start = _per_concept_mse(batch.before, batch.target, batch.mask, batch.group, len(measured))
+    # each concept's loss starts at loss_scale (0: at the mean starting loss, of the measured concepts if sampled)
+    mean_start = config.loss_scale or start.mean()
+    scale = mean_start / start.clamp_min(torch.finfo(start.dtype).tiny)
     g = torch.Generator().manual_seed(config.seed)
     g_retain = torch.Generator().manual_seed(config.seed + 1)  # its own stream: the concept draws stay as they were
+    base: dict[str, torch.Tensor] = {}  # the trained tensors' starting values, set by `train`
+
+    def sample() -> tuple[PromptSet, torch.Tensor]:
+        """This step's concepts: their prompt set (group = concept index) and the loss scale of every concept
+        (those not drawn: 0)."""
+        chosen = torch.randperm(n_concepts, generator=g)[:per_step]
+        with temporarily(enc.model, base):
+            part = PromptSet.build(enc, [prompts[i] for i in chosen], [names[i] for i in chosen], config,
+                                   anchors=False, numbers=chosen.tolist())
+        first = _per_concept_mse(part.before, part.target, part.mask, part.group, per_step)
+        chosen = chosen.to(part.group.device)
+        scales = torch.zeros(n_concepts, device=first.device)
+        scales[chosen] = mean_start / first.clamp_min(torch.finfo(first.dtype).tiny)
+        part = dataclasses.replace(part, group=chosen[part.group], retain_ids=batch.retain_ids,
+                                   retain_target=batch.retain_target, preserve_ids=batch.preserve_ids,
+                                   preserve_target=batch.preserve_target)
+        return part, scales
 
     reached = [False]  # the stopping rule: every prompt's projection at or below away_below
 
     def loss_fn(step: int) -> torch.Tensor:
-        part = batch
-        if per_step < n_concepts:  # a seeded subset of the concepts this step
-            chosen = torch.randperm(n_concepts, generator=g)[:per_step].to(batch.group.device)
-            part = batch.rows(torch.isin(batch.group, chosen).nonzero().flatten())
+        part, part_scale = sample() if sampled else (batch, scale)
         if config.away_weight == 0:
             h = representation(enc, part.ids, config.supervise_layer, config.supervise_module)
         else:
@@ -433,7 +462,7 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
             proj = part.projection(final)
             reached[0] = per_step == n_concepts and bool((proj <= config.away_below).all())
         per = _per_concept_mse(h, part.target, part.mask, part.group, n_concepts)
-        loss = (per * scale)[torch.unique(part.group)].mean()
+        loss = (per * part_scale)[torch.unique(part.group)].mean()
         if config.away_weight > 0:
             loss = loss + config.away_weight * F.relu(proj - config.away_below).pow(2).mean()
         retain_ids, retain_target = batch.retain_ids, batch.retain_target
@@ -450,15 +479,17 @@ def _misdirect(enc: TextEncoder, batch: PromptSet, config: HiRMConfig, desc: str
         return reached[0]
 
     def train(trained: list[str]) -> LoopResult:
+        params = dict(enc.model.named_parameters())
+        base.update({n: params[n].detach().clone() for n in trained})
         torch.manual_seed(config.seed)
         return optimise(enc.model, trained, loss_fn, _optim(config), desc=desc, progress=progress,
                         done=done if config.away_weight > 0 else None)
 
     if config.lora_rank:
-        with lora_adapters(enc.model, names, config.lora_rank, config.seed) as (adapters, merged):
+        with lora_adapters(enc.model, names_trained, config.lora_rank, config.seed) as (adapters, merged):
             result = train(adapters)
-            return dataclasses.replace(result, tensors=merged(result.tensors))
-    return train(names)
+            return dataclasses.replace(result, tensors=merged(result.tensors)), batch
+    return train(names_trained), batch
 
 
 def _per_concept_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: torch.Tensor,

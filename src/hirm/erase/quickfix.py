@@ -52,16 +52,22 @@ def _io_at(enc: TextEncoder, module: torch.nn.Module, prompts: list[str], positi
 
 
 @torch.no_grad()
-def erase_quickfix(encoders: list[TextEncoder], concept: str, config: QuickFixConfig, progress: bool = True) -> Patch:
+def erase_quickfix(encoders: list[TextEncoder], concept: str | list[str], config: QuickFixConfig,
+                   progress: bool = True) -> Patch:
+    """One closed-form edit for `concept` or a list of concepts (every concept's templates in one least
+    squares)."""
     config.validate()
+    concepts = [concept] if isinstance(concept, str) else list(concept)
     tensors, fingerprints, seconds = {}, {}, {}
     for enc in encoders:
         start = time.perf_counter()
         module = resolve_module(enc, config.layer, "self_attn.out_proj")
-        prompts = [t.format(concept) for t in config.templates]
-        targets = [t.format(config.target).strip() if config.target else "" for t in config.templates]
+        prompts = [t.format(c) for c in concepts for t in config.templates]
+        targets = [t.format(config.target).strip() if config.target else "" for _ in concepts
+                   for t in config.templates]
         ids = enc.tokenize(prompts, truncate=True).tolist()
-        spans = [concept_span(enc, row, [concept]) for row in ids]
+        spans = [concept_span(enc, row, [c]) for row, c in
+                 zip(ids, [c for c in concepts for _ in config.templates], strict=True)]
         if any(s is None for s in spans):
             raise HirmError("quickfix: a template lost the concept's tokens; check its templates (--set templates=...)")
         keys, _ = _io_at(enc, module, prompts, [s[1] for s in spans])
@@ -73,5 +79,5 @@ def erase_quickfix(encoders: list[TextEncoder], concept: str, config: QuickFixCo
         tensors[f"{enc.name}{SEP}{name}"] = weight.contiguous()
         fingerprints[enc.name] = fingerprint(enc.model)
         seconds[enc.name] = time.perf_counter() - start
-    return Patch(tensors=tensors, concepts=[concept], method="quickfix", config=asdict(config),
+    return Patch(tensors=tensors, concepts=concepts, method="quickfix", config=asdict(config),
                  fingerprints=fingerprints, info={}, seconds=seconds)

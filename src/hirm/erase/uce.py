@@ -59,16 +59,19 @@ def aligned_pair(pipe, prompt: str, guide: str) -> tuple[torch.Tensor, torch.Ten
     return emb[0, i : n - (far - i)], emb[1, j : n - (far - j)]
 
 
-def erase_uce(pipe, concept: str, config: UCEConfig, progress: bool = True) -> Patch:
+def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool = True) -> Patch:
+    """One closed-form edit for `concept` or a list of concepts (UCE's own multi-concept form: every concept's
+    keys in one least squares, the preserve set excluding all of them)."""
     config.validate()
     method = "rece" if config.epochs else "uce"
     require_unet_pipeline(pipe, method)
+    concepts = [concept] if isinstance(concept, str) else list(concept)
     unet = pipe.unet
     projections = cross_attention_projections(unet, keys=config.with_to_k)
-    preserve = config.preserve if config.preserve is not None else default_preserve(pipe, concept)
-    pairs = [aligned_pair(pipe, t.format(concept), config.guide) for t in config.templates]
-    erase_keys = torch.cat([k for k, _ in pairs])
-    guide_keys = torch.cat([g for _, g in pairs])
+    preserve = config.preserve if config.preserve is not None else default_preserve(pipe, concepts)
+    pairs = [[aligned_pair(pipe, t.format(c), config.guide) for t in config.templates] for c in concepts]
+    erase_keys = torch.cat([k for group in pairs for k, _ in group])
+    guide_keys = torch.cat([g for group in pairs for _, g in group])
     preserve_keys = encode(pipe, list(preserve)).flatten(0, 1) if preserve else None
     originals = {n: m.weight.detach().clone() for n, m in projections.items()}
     start = time.perf_counter()
@@ -84,15 +87,15 @@ def erase_uce(pipe, concept: str, config: UCEConfig, progress: bool = True) -> P
 
     with torch.no_grad():
         edited = solve(erase_keys, guide_keys)
-        adversarial = []
-        for _ in range(config.epochs):
-            adv = adversarial_embedding(originals, edited, erase_keys[: len(pairs[0][0])], config.adv_lamb)
-            adversarial.append(adv)
-            keys = torch.cat([erase_keys, *adversarial])
-            guides = torch.cat([guide_keys, *[pairs[0][1]] * len(adversarial)])
-            edited = solve(keys, guides)
+        keys, guides = [erase_keys], [guide_keys]
+        for _ in range(config.epochs):  # RECE: per concept, its first template's adversarial embedding
+            for group in pairs:
+                concept_keys, concept_guide = group[0]
+                keys.append(adversarial_embedding(originals, edited, concept_keys, config.adv_lamb))
+                guides.append(concept_guide)
+            edited = solve(torch.cat(keys), torch.cat(guides))
     info = {"unet": {"layers": len(projections), "preserved": len(preserve), "adversarial_rounds": config.epochs}}
-    return Patch(tensors={f"unet{SEP}{n}": t.contiguous() for n, t in edited.items()}, concepts=[concept],
+    return Patch(tensors={f"unet{SEP}{n}": t.contiguous() for n, t in edited.items()}, concepts=concepts,
                  method=method, config={**asdict(config), "preserve": list(preserve)},
                  fingerprints={"unet": fingerprint(unet)}, info=info,
                  seconds={"unet": time.perf_counter() - start})
@@ -111,10 +114,10 @@ def adversarial_embedding(originals: dict[str, torch.Tensor], edited: dict[str, 
     return torch.linalg.solve(a, b.T).T.to(concept.dtype)
 
 
-def default_preserve(pipe, concept: str) -> tuple[str, ...]:
-    """The MiniCanvas world's other concept names for its model; nothing otherwise (the authors' default
-    for objects; pass --preserve for artists)."""
+def default_preserve(pipe, concepts: list[str]) -> tuple[str, ...]:
+    """The MiniCanvas world's concept names other than `concepts` for its model; nothing otherwise (the
+    authors' default for objects; pass --preserve for artists)."""
     encoders = find_text_encoders(pipe)
     if encoders and registry.is_minicanvas(encoders[0].model):
-        return tuple(c for c in (*world.OBJECTS, *world.STYLES) if c != concept)
+        return tuple(c for c in (*world.OBJECTS, *world.STYLES) if c not in concepts)
     return ()
