@@ -128,8 +128,9 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(report, indent=1), out / "multi_concept.json")
-    write_text_atomic(table(report), out / "multi_concept.md")
-    print(table(report))
+    text = table(report)
+    write_text_atomic(text, out / "multi_concept.md")
+    print(text)
 
 
 def table(report: dict) -> str:
@@ -152,6 +153,7 @@ def table(report: dict) -> str:
                      f"{min(x[1] for x in v):.2f} | {statistics.mean(x[2] for x in v):+.3f} | "
                      f"{min(x[2] for x in v):+.3f} | {statistics.median(x[3] for x in v):.3g} |")
     return "\n".join(lines) + "\n"
+
 
 if __name__ == "__main__":
     main()

@@ -52,5 +52,6 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
+
 if __name__ == "__main__":
     main()

@@ -446,10 +446,7 @@ def _misdirect(enc: TextEncoder, prompts: list[list[str]], names: list[list[str]
         chosen = chosen.to(part.group.device)
         scales = torch.zeros(n_concepts, device=first.device)
         scales[chosen] = mean_start / first.clamp_min(torch.finfo(first.dtype).tiny)
-        part = dataclasses.replace(part, group=chosen[part.group], retain_ids=batch.retain_ids,
-                                   retain_target=batch.retain_target, preserve_ids=batch.preserve_ids,
-                                   preserve_target=batch.preserve_target)
-        return part, scales
+        return dataclasses.replace(part, group=chosen[part.group]), scales  # the loss reads anchors from `batch`
 
     reached = [False]  # the stopping rule: every prompt's projection at or below away_below
 

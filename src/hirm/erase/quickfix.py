@@ -62,12 +62,11 @@ def erase_quickfix(encoders: list[TextEncoder], concept: str | list[str], config
     for enc in encoders:
         start = time.perf_counter()
         module = resolve_module(enc, config.layer, "self_attn.out_proj")
+        owners = [c for c in concepts for _ in config.templates]  # each prompt's concept
         prompts = [t.format(c) for c in concepts for t in config.templates]
-        targets = [t.format(config.target).strip() if config.target else "" for _ in concepts
-                   for t in config.templates]
+        targets = [t.format(config.target).strip() if config.target else "" for t in config.templates] * len(concepts)
         ids = enc.tokenize(prompts, truncate=True).tolist()
-        spans = [concept_span(enc, row, [c]) for row, c in
-                 zip(ids, [c for c in concepts for _ in config.templates], strict=True)]
+        spans = [concept_span(enc, row, [c]) for row, c in zip(ids, owners, strict=True)]
         if any(s is None for s in spans):
             raise HirmError("quickfix: a template lost the concept's tokens; check its templates (--set templates=...)")
         keys, _ = _io_at(enc, module, prompts, [s[1] for s in spans])
