@@ -30,6 +30,7 @@ BUDGET = {
     # few-shot erasing at its authors' budget (8 steps at lr 1e-5) erases nothing here; x5: 5x the epochs, 10x lr
     "fewshot/x5": {"epochs": 20, "lr": 1e-4},
     "hirm-r/robust": {"robust_rounds": 2},
+    "hirm/robust": {"robust": True},  # the robust preset: hirm + UCE with the unnamed reference, one patch
     # budget knobs raised towards hirm's UA (equal-UA rows): UCE's erase scale and the authors' added prompts,
     # Diff-QuickFix's ridge term, RECE's rounds, ESD-x's learning rate at the same iterations
     "uce/scale10": {"erase_scale": 10.0},

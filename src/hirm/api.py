@@ -22,10 +22,11 @@ from hirm.encoders import (
     load_pipeline,
     load_text_encoders,
     parse_dtype,
+    pipeline_components,
     resolve_device,
     trainable_copies,
 )
-from hirm.erase import METHODS, method_parts
+from hirm.erase import METHODS, method_parts, robust_method
 from hirm.errors import HirmError
 from hirm.patch import Patch
 
@@ -34,10 +35,20 @@ def _is_path(model: Any) -> bool:
     return isinstance(model, str | bytes) or hasattr(model, "__fspath__")
 
 
+def model_components(model: Any) -> list[str]:
+    """The component names of `model`: a path's declared pipeline components, a loaded pipeline's, or the names
+    of a `TextEncoder` list."""
+    if _is_path(model):
+        return pipeline_components(model.decode() if isinstance(model, bytes) else model)
+    if isinstance(model, list):
+        return [e.name for e in model]
+    return [n for n, m in getattr(model, "components", {}).items() if m is not None]
+
+
 def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,
           kind: str | None = None, paper_defaults: bool = False, progress: bool = True,
           device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-          **overrides: Any) -> Patch:
+          robust: bool = False, **overrides: Any) -> Patch:
     """Erase `concept` (or a list of concepts, HiRM only) from `model` and return the patch; `model` is a diffusers
     pipeline (any dtype), a `TextEncoder` list, or a path / cached hub id / MiniCanvas name.
 
@@ -48,8 +59,15 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     Methods that fine-tune through the denoiser (ESD, AdvUnlearn, few-shot) or edit it (UCE, RECE) load the
     whole pipeline in float32; a pipeline given to them must be float32 already.
 
+    `robust`: the robust preset (`hirm.erase.robust_method`): a text-encoder method's patch also edits the
+    denoiser's cross-attention where the model has a UNet that edit supports; options given for either half
+    ("uce.erase_scale") beat the preset's.
+
     Other arguments as in `hirm.erase.erase` (method, encoder, kind, paper_defaults, config overrides).
     """
+    if robust:
+        method, preset = robust_method(method, model_components(model))
+        overrides = {**preset, **overrides}
     parts = method_parts(method)
     needs_pipeline = any(METHODS[p].takes == "pipeline" for p in parts)
     read_as = parse_dtype(dtype) or torch.float32

@@ -207,6 +207,18 @@ def is_flux(model: str | Path) -> bool:
     return isinstance(spec, dict) and "Flux" in str(spec.get("_class_name", ""))
 
 
+def pipeline_components(model: str | Path) -> list[str]:
+    """The components a pipeline folder (MiniCanvas name or cached id) declares in its model_index.json; [] for a
+    text-encoder folder."""
+    root = resolve_model_path(str(model))
+    index = root / "model_index.json"
+    if not index.exists():
+        return []
+    spec = _read_json(index)
+    return [k for k, v in spec.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
+            and v[1] is not None]
+
+
 def declared_family(model: str | Path) -> str | None:
     """The family a model's CLIP text encoder declares in its config.json (`registry.family`, read from the
     folder of a pipeline, MiniCanvas name or cached id, or of a text encoder alone), or None."""

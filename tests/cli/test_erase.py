@@ -44,6 +44,18 @@ def test_inspect(patch_file):
     assert data["method"] == "hirm" and data["config"]["variant"] == "u" and data["config"]["steps"] == 3
 
 
+def test_robust_erase_writes_and_inspects_both_halves(sd_folder, tmp_path):
+    out = tmp_path / "robust.safetensors"
+    r = run("erase", "--model", sd_folder, "--concept", "star", "--robust", "--steps", "2", "--set",
+            "uce.erase_scale=2", "--out", out)
+    assert r.exit_code == 0, r.output
+    r = run("inspect", out)
+    assert r.exit_code == 0, r.output
+    assert "method     hirm+uce" in r.output
+    assert "component  text_encoder (by hirm):" in r.output and "component  unet (by uce):" in r.output
+    assert "reference=unnamed" in r.output and "erase_scale=2" in r.output
+
+
 def test_apply_saves_patched_pipeline(sd_folder, patch_file, tmp_path):
     out = tmp_path / "patched"
     r = run("apply", "--model", sd_folder, "--patch", patch_file, "--out", out)
@@ -117,8 +129,8 @@ def test_methods_shows_every_option_with_its_default_and_help():
     (["--concept", "star", "--method", "hirm-r", "--preserve", "circle", "--steps", "2"], "--preserve holds prompts"),
     (["--concept", "star", "--preserve-file", "missing.txt"], "--preserve-file missing.txt: cannot read it"),
     (["--concept", "star", "--concept", "circle", "--method", "esd-x"], "one concept per run"),
-    (["--concept", "star", "--method", "quickfix", "--robust"], "--robust is a HiRM option"),
-    (["--concept", "star", "--method", "hirm-r+uce", "--robust"], "--robust is a HiRM option"),
+    (["--concept", "star", "--method", "uce", "--robust"], "--robust adds a denoiser edit to a text-encoder method"),
+    (["--concept", "star", "--method", "hirm-r+uce", "--robust"], "--robust adds a denoiser edit"),
 ])
 def test_erase_bad_input(sd_folder, tmp_path, args, message):
     out = tmp_path / "p.safetensors"

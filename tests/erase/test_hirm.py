@@ -284,7 +284,7 @@ def test_retain_term_keeps_unrelated_prompts_closer():
 
 
 def test_default_retain_prompts_exclude_the_concept():
-    from hirm.erase.retain import default_retain_prompts
+    from hirm.erase.prompts import default_retain_prompts
 
     prompts = default_retain_prompts([dummies.text_encoder()], ["Monet"])
     assert prompts and not any("monet" in p.lower() for p in prompts)
@@ -338,7 +338,7 @@ def _projection(enc, patch, prompts: list[str], unnamed: list[str]) -> torch.Ten
 
 
 def test_replace_concept_leaves_out_or_replaces_the_concept():
-    from hirm.erase.hirm import replace_concept
+    from hirm.erase.prompts import replace_concept
 
     assert replace_concept("a photo of Van Gogh", ["Van Gogh", "Gogh"]) == "a photo of"
     assert replace_concept("star", ["star"]) == ""
@@ -479,15 +479,15 @@ def test_target_concept_draws_the_prompts_to_it():
 
 
 def test_context_prompts_join_the_concept_with_seeded_retain_prompts():
-    from hirm.erase.hirm import HiRMConfig, context_templates
+    from hirm.erase.hirm import HiRMConfig
+    from hirm.erase.prompts import context_templates
 
     retain = tuple(f"prompt {i}" for i in range(20))
-    config = HiRMConfig(context_prompts=4, retain_prompts=retain, seed=1)
-    templates = context_templates(config)
-    assert templates == context_templates(config)  # seeded
+    templates = context_templates(retain, 4, seed=1)
+    assert templates == context_templates(retain, 4, seed=1)  # seeded
     assert len(templates) == 4 and all(t.count("{}") == 1 for t in templates)
     assert [t.startswith("a {}, ") for t in templates] == [True, True, False, False]
-    assert context_templates(HiRMConfig(context_prompts=4, retain_prompts=retain, seed=2)) != templates
+    assert context_templates(retain, 4, seed=2) != templates
     with pytest.raises(HirmError, match="retain prompts"):
         HiRMConfig(context_prompts=4).validate()
 

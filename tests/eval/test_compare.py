@@ -167,7 +167,7 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
                          fingerprints={name: "f"})
         return run
 
-    for name in ("hirm-r", "hirm-s", "esd-x"):
+    for name in ("hirm-r", "hirm-s", "esd-x", "uce"):
         monkeypatch.setitem(METHODS, name, dataclasses.replace(METHODS[name], run=recorder(name)))
     pipe = dummies.sd_pipeline()
     options = {"esd-x": {"steps": 200, "lr": 1e-4}, "hirm-r+esd-x/long": {"retain_weight": 10.0}}
@@ -182,6 +182,12 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     assert (configs["esd-x"].steps, configs["esd-x"].lr) == (200, 3e-4)  # the label's option beats the part's
     _erase(pipe, "striped", "hirm-s", ["hirm-s"], {})
     assert configs["hirm-s"].target == "a pattern"
+    # "robust": the label is the robust preset; its denoiser half takes the preset's options, then its own
+    patch = _erase(pipe, "striped", "hirm-r/robust", ["hirm-r"], {"hirm-r/robust": {"robust": True},
+                                                                 "uce": {"erase_scale": 2.0}})
+    assert set(patch.components) == {"hirm-r", "uce"}
+    assert (configs["uce"].reference, configs["uce"].context_prompts, configs["uce"].erase_scale) == (
+        "unnamed", 8, 2.0)
     with pytest.raises(HirmError, match="--option uce/x: method uce has no option 'robust_rounds'"):
         _erase(pipe, "striped", "uce/x", ["uce"], {"uce/x": {"robust_rounds": 2}})
     # the same scoping in the library's entry point (and the CLI's --set esd-x.steps=...)

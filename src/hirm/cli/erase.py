@@ -31,7 +31,6 @@ from hirm.encoders import (
     stored_dtype,
 )
 from hirm.erase import METHODS
-from hirm.erase.hirm import ROBUST_ROUNDS
 from hirm.errors import HirmError
 from hirm.eval.compare import parse_assignment
 from hirm.export import FORMATS, export_checkpoint, export_clip, export_lora, text_components
@@ -74,9 +73,11 @@ def erase(
     lora_rank: Annotated[int | None, typer.Option(help="HiRM: train peft LoRA adapters of this rank on the trained "
                                                        "weights instead of the weights (biases kept), so the patch "
                                                        "exports exactly as a LoRA")] = None,
-    robust: Annotated[bool, typer.Option(help="robust HiRM: rounds of attack (prompts that bring the concept back "
-                                         "through the erased encoder), then erase again with them; typos and "
-                                         "known synonyms too")] = False,
+    robust: Annotated[bool, typer.Option(help="the robust preset: the patch also edits the denoiser's "
+                                         "cross-attention (closed form, same reference), so inputs that bypass the "
+                                         "text encoder stay erased; SD-1.x/2.x-style UNets (elsewhere the text "
+                                         "half alone, with a warning). Options of that half: --set uce.KEY=VALUE"
+                                         )] = False,
     option: Annotated[list[str] | None, typer.Option("--set", help="any other config field of the method, KEY=VALUE "
                                                      "(JSON values), e.g. --set retain_weight=500 --set "
                                                      "templates='[\"a {}\", \"a photo of {}\"]'; `hirm methods "
@@ -101,14 +102,11 @@ def erase(
     kept = list(preserve or []) + (read_lines(preserve_file, "--preserve-file") if preserve_file else [])
     if kept:
         settings["preserve"] = tuple(dict.fromkeys(kept))
-    if robust:
-        if "+" in method or "robust_rounds" not in METHODS.lookup(method).options():
-            raise HirmError(f"--robust is a HiRM option; {method} has its own defences (e.g. advunlearn)")
-        settings.setdefault("robust_rounds", ROBUST_ROUNDS)
     patch = run_erase(
         model, concepts if len(concepts) > 1 else concepts[0], method=method, encoder=encoder, kind=kind,
         paper_defaults=paper_defaults, target=target,
-        steps=steps, lr=lr, seed=seed, layers=layers, lora_rank=lora_rank, device=where, dtype=read_as, **settings,
+        steps=steps, lr=lr, seed=seed, layers=layers, lora_rank=lora_rank, device=where, dtype=read_as, robust=robust,
+        **settings,
     )
     patch.save(out)
     for name, seconds in patch.seconds.items():
@@ -202,8 +200,11 @@ def inspect(
     say(f"patch      {patch} (id {s['id']})")
     say(f"concepts   {', '.join(s['concepts'])}")
     say(f"method     {s['method']}")
+    # a joined patch (hirm+uce, the --robust preset): which part made each half
+    made_by = {c: name for name, i in s["info"].items() if isinstance(i, dict) for c in i} if "+" in s["method"] else {}
     for c, v in s["components"].items():
-        say(f"component  {c}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
+        by = f" (by {made_by[c]})" if c in made_by else ""
+        say(f"component  {c}{by}: {v['tensors']} tensors, base fingerprint {v['fingerprint'][:16]}")
     say(f"size       {s['bytes'] / 1e6:.2f} MB ({', '.join(s['dtype'])})")
     configs = s["config"] if "+" in s["method"] else {s["method"]: s["config"]}
     for name, cfg in configs.items():  # scalar options only; --json has everything

@@ -3,12 +3,13 @@
 Each method is a config dataclass (its paper's defaults) plus one function; `METHODS` registers them.
 Text-encoder methods (HiRM, Diff-QuickFix) take the CLIP encoders (HiRM also T5 ones, where asked); denoiser
 methods (ESD, UCE, RECE) take the pipeline. "a+b" (e.g. `hirm-r+esd-x`) runs each on the base model and merges
-the patches.
+the patches. `robust_method` makes the robust preset's two-half combination.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,11 @@ from hirm.encoders import TextEncoder, find_text_encoders, load_pipeline, load_t
 from hirm.erase import fewshot
 from hirm.erase import hirm as hirm_method
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
+from hirm.erase.denoiser import is_unet_pipeline
 from hirm.erase.esd import ESDConfig, erase_esd
 from hirm.erase.fewshot import FewShotConfig, erase_fewshot
 from hirm.erase.hirm import GENERIC_TEMPLATES, KIND_DEFAULTS, HiRMConfig, erase_hirm, prepare_hirm
+from hirm.erase.prompts import concept_list
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
 from hirm.erase.uce import UCEConfig, erase_uce
 from hirm.errors import HirmError
@@ -87,6 +90,33 @@ METHODS: Registry[Method] = Registry("method", [
 ])
 
 
+# The robust preset (`hirm erase --robust`): the method's text-encoder edit plus this closed-form edit of the
+# denoiser's cross-attention, made with the same reference (each prompt to itself with the concept's words left
+# out), so that what reaches the denoiser without passing through the edited encoder layers (the base encoder's
+# embeddings, a learnt input embedding) is misdirected too. Measured in docs/attacks.md.
+ROBUST_DENOISER = "uce"
+ROBUST_DENOISER_OPTIONS: Mapping[str, Any] = {"reference": "unnamed", "templates": GENERIC_TEMPLATES,
+                                              "context_prompts": 8}
+
+log = logging.getLogger(__name__)
+
+
+def robust_method(method: str, components: Collection[str]) -> tuple[str, dict[str, Any]]:
+    """The robust preset of a text-encoder `method` on a model with these `components`: (the method joined with
+    the denoiser half, that half's options scoped to it). Where the denoiser half cannot edit the model (SDXL,
+    SD3 and Flux denoisers, text encoders alone) it is `method` alone, and a warning says what that leaves open."""
+    if "+" in method or METHODS.lookup(method).takes != "encoders":
+        text = ", ".join(n for n, m in METHODS.items() if m.takes == "encoders")
+        raise HirmError(f"--robust adds a denoiser edit to a text-encoder method ({text}); {method} is not one "
+                        "(it has its own defences, e.g. advunlearn, or already names its parts)")
+    if not is_unet_pipeline(components):
+        log.warning("--robust: the denoiser half (%s) edits Stable-Diffusion-1.x/2.x-style UNets; this model (%s) "
+                    "gets the text-encoder half only, which inputs that bypass the text encoder (its base "
+                    "embeddings, a learnt input embedding) undo", ROBUST_DENOISER, ", ".join(components) or "?")
+        return method, {}
+    return f"{method}+{ROBUST_DENOISER}", {f"{ROBUST_DENOISER}.{k}": v for k, v in ROBUST_DENOISER_OPTIONS.items()}
+
+
 def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, family: str | None = None,
                 **overrides: Any):
     """The method's config: the paper's defaults, its preset for the concept `kind`, hirm's recipe for the
@@ -116,7 +146,7 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     override then goes to every part that has that option; one keyed "PART.OPTION" (e.g. `**{"esd-x.steps":
     200}`, the CLI's `--set esd-x.steps=200`) goes to that part only.
     """
-    concepts = [concept] if isinstance(concept, str) else list(concept)
+    concepts = concept_list(concept)
     if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
         raise HirmError("the concept is empty: pass the text to erase, e.g. --concept 'Van Gogh'")
     concepts = list(dict.fromkeys(c.strip() for c in concepts))
@@ -183,4 +213,4 @@ def model_family(model: Any) -> str | None:
 
 
 __all__ = ["METHODS", "AdvUnlearnConfig", "ESDConfig", "FewShotConfig", "HiRMConfig", "Method", "QuickFixConfig",
-           "TextEncoder", "UCEConfig", "erase", "make_config", "method_parts"]
+           "TextEncoder", "UCEConfig", "erase", "make_config", "method_parts", "robust_method"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hirm.encoders import find_text_encoders
 from hirm.erase.denoiser import partly_denoised, require_unet_pipeline
 from hirm.erase.loop import OptimConfig, optimise
-from hirm.erase.retain import default_retain_prompts
+from hirm.erase.prompts import default_retain_prompts
 from hirm.erase.textenc import trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint

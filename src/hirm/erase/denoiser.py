@@ -9,6 +9,7 @@ the same loss on velocities instead of noise predictions.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -24,9 +25,14 @@ from hirm.minicanvas.world import concept_domain
 GROUPS = ("xattn", "noxattn", "selfattn", "full")
 
 
+def is_unet_pipeline(components: Collection[str]) -> bool:
+    """Whether a pipeline with these components is one the closed forms edit: a unet and one text_encoder."""
+    return "unet" in components and "text_encoder" in components and "text_encoder_2" not in components
+
+
 def require_unet_pipeline(pipe, method: str) -> None:
-    unet = getattr(pipe, "unet", None)
-    if unet is None or getattr(pipe, "text_encoder", None) is None or hasattr(pipe, "text_encoder_2"):
+    present = [n for n in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    if not is_unet_pipeline(present) or hasattr(pipe, "text_encoder_2"):
         raise HirmError(f"{method} edits the UNet of a Stable-Diffusion-1.x/2.x-style pipeline (unet + one "
                         f"text_encoder); {type(pipe).__name__} is not one: use a hirm-* method for it")
 

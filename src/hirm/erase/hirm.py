@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 from hirm.encoders import TextEncoder
 from hirm.erase.loop import LoopResult, OptimConfig, optimise, temporarily
 from hirm.erase.lora import lora_adapters
-from hirm.erase.retain import default_retain_prompts, known_synonyms
+from hirm.erase.prompts import (
+    concept_list,
+    context_templates,
+    default_retain_prompts,
+    known_synonyms,
+    replace_concept,
+)
 from hirm.erase.textenc import concept_span, representation, representation_and_final, trainable_parameter_names
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -47,9 +53,6 @@ REFERENCE_SHAPE = (77, 768)
 
 # Token positions the misdirection loss may cover (see supervised_positions); the paper's is "all".
 POSITIONS = ("all", "concept", "concept+eos", "no-bos")
-
-# `--robust` without an explicit robust_rounds: two rounds of attack then erase again.
-ROBUST_ROUNDS = 2
 
 # Training templates of hirm's default recipe: generic phrasings (none names a domain), so the edit is learnt in
 # several contexts and carries to prompts it never saw.
@@ -218,18 +221,6 @@ def method_name(config: HiRMConfig) -> str:
     return "hirm" if config.variant == "u" else f"hirm-{config.variant}"
 
 
-def context_templates(config: HiRMConfig) -> tuple[str, ...]:
-    """`context_prompts` seeded retain prompts as templates around the concept: half "a {}, <prompt>", half
-    "<prompt>, {}"."""
-    if not config.context_prompts:
-        return ()
-    chosen = random.Random(config.seed).sample(list(config.retain_prompts),
-                                               min(config.context_prompts, len(config.retain_prompts)))
-    chosen = [p.replace("{", "").replace("}", "") for p in chosen]
-    half = (len(chosen) + 1) // 2
-    return tuple(f"a {{}}, {p}" for p in chosen[:half]) + tuple(f"{p}, {{}}" for p in chosen[half:])
-
-
 def random_target(shape: tuple[int, int], norm: float, seed: int) -> torch.Tensor:
     """U[0,1) tensor [1, T, d] scaled to `norm` (defined on 77x768) at the same per-element scale.
 
@@ -250,7 +241,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
     per concept so that none dominates). With `robust_rounds`, each round attacks the erased encoder for
     prompts that bring the concept's representation back and erases again with them added (CLIP encoders)."""
     config.validate()
-    concepts = [concept] if isinstance(concept, str) else list(concept)
+    concepts = concept_list(concept)
     if len(concepts) > 1 and config.variants:
         raise HirmError("variants name one concept's other names: with several concepts, give each its own "
                         "--concept")
@@ -259,7 +250,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
     info: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     names = [[c, *config.variants, *_typos(c, config)] for c in concepts]
-    templates = config.templates + context_templates(config)
+    templates = config.templates + context_templates(config.retain_prompts, config.context_prompts, config.seed)
     prompts = [[t.format(n) for n in group for t in templates] for group in names]
     for enc in encoders:
         found: list[list[str]] = [[] for _ in concepts]
@@ -392,15 +383,6 @@ def _tokenize(enc: TextEncoder, prompts: list[str], truncate: bool, length: int 
     """Token ids padded to `length` positions (None: the encoder's full length)."""
     ids = enc.tokenize(prompts, truncate=truncate)
     return ids if length is None else ids[:, :length]
-
-
-def replace_concept(prompt: str, names: list[str], by: str = "") -> str:
-    """`prompt` with the first of `names` it contains (longest first) replaced by `by`, by default left out
-    (whitespace tidied): "a photo of Van Gogh" -> "a photo of"; with by="Monet", "a photo of Monet"."""
-    for name in sorted(names, key=len, reverse=True):
-        if name and name in prompt:
-            return " ".join(prompt.replace(name, f" {by} ", 1).split())
-    raise HirmError(f"away term: the prompt {prompt!r} does not contain the concept")
 
 
 def _sampled(config: HiRMConfig, n_concepts: int) -> bool:

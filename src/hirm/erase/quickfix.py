@@ -15,6 +15,7 @@ import torch
 
 from hirm.encoders import TextEncoder
 from hirm.erase.closed_form import ridge_edit
+from hirm.erase.prompts import concept_list
 from hirm.erase.textenc import concept_span, resolve_module
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
@@ -57,7 +58,7 @@ def erase_quickfix(encoders: list[TextEncoder], concept: str | list[str], config
     """One closed-form edit for `concept` or a list of concepts (every concept's templates in one least
     squares)."""
     config.validate()
-    concepts = [concept] if isinstance(concept, str) else list(concept)
+    concepts = concept_list(concept)
     tensors, fingerprints, seconds = {}, {}, {}
     for enc in encoders:
         start = time.perf_counter()

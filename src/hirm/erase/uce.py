@@ -4,6 +4,9 @@ UCE: a closed-form edit of every cross-attention key and value projection W so t
 embeddings k map to what W mapped the guide concept to (v = W0 k_guide), while preserved concepts keep
 their outputs: W = (lamb W0 + sum v k^T + s_p sum W0 k_p k_p^T)(lamb I + sum k k^T + s_p sum k_p k_p^T)^-1.
 Embeddings are aligned as in the authors' code: from the concept's last word token to the end.
+With `reference="unnamed"` (hirm's robust preset) each prompt's embeddings from the concept's first token on map
+instead to those of the same prompt with the concept's words left out (hirm's reference), over templates that
+also name the concept mid-sentence, and the model's retain prompts are preserved too.
 
 RECE: after each UCE edit, derive in closed form the embedding that the edited projections map to the
 concept's old outputs (the adversarial embedding that would bring it back), add it to the erased set,
@@ -20,6 +23,13 @@ import torch
 from hirm.encoders import find_text_encoders
 from hirm.erase.closed_form import ridge_edit
 from hirm.erase.denoiser import cross_attention_projections, encode, last_token_index, require_unet_pipeline
+from hirm.erase.prompts import (
+    concept_list,
+    context_templates,
+    default_retain_prompts,
+    known_synonyms,
+    replace_concept,
+)
 from hirm.errors import HirmError
 from hirm.minicanvas import registry, world
 from hirm.patch import SEP, Patch, fingerprint
@@ -39,7 +49,14 @@ class UCEConfig:
     with_to_k: bool = option(True, "edit the cross-attention keys too (values always)")
     epochs: int = option(0, "RECE: rounds of adversarial-embedding removal (0: plain UCE)")
     adv_lamb: float = option(0.1, "RECE: ridge term of the adversarial embedding's closed form")
-    seed: int = option(42, "closed form, nothing random: kept so every method takes a seed")
+    reference: str = option("guide", "what the concept's embeddings map to: guide (the guide prompt's, from each "
+                                     "one's last word token on: the authors') or unnamed (the same prompt with the "
+                                     "concept's words left out, every token from the concept's first on: hirm's "
+                                     "reference; the concept's known other names and the model's retain prompts, "
+                                     "preserved, come with it)")
+    context_prompts: int = option(0, "retain prompts (seeded choice) joined with the concept ('a {}, <prompt>', "
+                                     "'<prompt>, {}') as further templates")
+    seed: int = option(42, "the choice of context prompts; the closed form itself draws nothing")
 
     def validate(self) -> None:
         if self.lamb <= 0:
@@ -48,6 +65,12 @@ class UCEConfig:
             raise HirmError(f"RECE epochs {self.epochs}: need >= 0")
         if not all("{}" in t for t in self.templates):
             raise HirmError("every template needs a '{}' where the concept goes")
+        if self.reference not in ("guide", "unnamed"):
+            raise HirmError(f"UCE reference {self.reference!r}: use guide (the authors') or unnamed")
+        if self.context_prompts < 0:
+            raise HirmError(f"context_prompts {self.context_prompts}: need a count >= 0")
+        if self.reference == "unnamed" and self.guide:
+            raise HirmError("reference unnamed maps each prompt to itself without the concept: drop --set guide")
 
 
 def aligned_pair(pipe, prompt: str, guide: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,17 +82,42 @@ def aligned_pair(pipe, prompt: str, guide: str) -> tuple[torch.Tensor, torch.Ten
     return emb[0, i : n - (far - i)], emb[1, j : n - (far - j)]
 
 
+def unnamed_pairs(pipe, prompts: list[str], names: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per prompt: (its embeddings from the concept's first token on, those of the same prompt with the concept's
+    words left out). Each token after the concept pairs with the same token of the unnamed prompt, the concept's
+    own tokens with the token before them; earlier positions are equal under the causal mask and not edited."""
+    left_out = [replace_concept(p, names) for p in prompts]
+    emb, ref = encode(pipe, prompts), encode(pipe, left_out)
+    pairs = []
+    for i, (p, q) in enumerate(zip(prompts, left_out, strict=True)):
+        a, b = pipe.tokenizer(p)["input_ids"], pipe.tokenizer(q)["input_ids"]
+        first = next(j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+        named = len(a) - len(b)  # the concept's tokens
+        partner = [max(j - named, first - 1) for j in range(first, emb.shape[1])]
+        pairs.append((emb[i, first:], ref[i, partner]))
+    return pairs
+
+
 def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool = True) -> Patch:
     """One closed-form edit for `concept` or a list of concepts (UCE's own multi-concept form: every concept's
     keys in one least squares, the preserve set excluding all of them)."""
     config.validate()
     method = "rece" if config.epochs else "uce"
     require_unet_pipeline(pipe, method)
-    concepts = [concept] if isinstance(concept, str) else list(concept)
+    concepts = concept_list(concept)
     unet = pipe.unet
     projections = cross_attention_projections(unet, keys=config.with_to_k)
-    preserve = config.preserve if config.preserve is not None else default_preserve(pipe, concepts)
-    pairs = [[aligned_pair(pipe, t.format(c), config.guide) for t in config.templates] for c in concepts]
+    encoders = find_text_encoders(pipe)
+    unnamed = config.reference == "unnamed"
+    retain = default_retain_prompts(encoders, concepts) if unnamed or config.context_prompts else ()
+    templates = config.templates + context_templates(retain, config.context_prompts, config.seed)
+    preserve = config.preserve if config.preserve is not None else (
+        *default_preserve(pipe, concepts), *(retain if unnamed else ()))
+    if unnamed:
+        names = [[c, *known_synonyms(encoders, c)] for c in concepts]
+        pairs = [unnamed_pairs(pipe, [t.format(n) for n in group for t in templates], group) for group in names]
+    else:
+        pairs = [[aligned_pair(pipe, t.format(c), config.guide) for t in templates] for c in concepts]
     erase_keys = torch.cat([k for group in pairs for k, _ in group])
     guide_keys = torch.cat([g for group in pairs for _, g in group])
     preserve_keys = encode(pipe, list(preserve)).flatten(0, 1) if preserve else None

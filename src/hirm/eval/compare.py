@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from hirm import api
 from hirm.attacks import ATTACKS, attack
 from hirm.encoders import load_pipeline
-from hirm.erase import METHODS, method_parts
+from hirm.erase import METHODS, method_parts, robust_method
 from hirm.errors import HirmError
 from hirm.eval.erasure import evaluate_erasure
 from hirm.generate import sample
@@ -109,12 +109,17 @@ def parse_options(options: list[str], what: str = "METHOD") -> dict[str, dict[st
 def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, dict[str, Any]]):
     """The patch of `label`'s method. Each part of a combination gets its own options (`esd-x.steps` is ESD's
     budget inside `hirm-r+esd-x` too, and never HiRM's); a label's own options (`hirm-r/robust.robust_rounds`,
-    `hirm-r+esd-x.lr`) go to the parts that have them. HiRM-S targets the world's super-category unless told
-    otherwise, as in the paper."""
-    kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
+    `hirm-r+esd-x.lr`) go to the parts that have them; `robust: true` makes the label the robust preset. HiRM-S
+    targets the world's super-category unless told otherwise, as in the paper."""
+    own = dict(options.get(label, {}) if label not in parts else {})
+    preset: dict[str, Any] = {}
+    if own.pop("robust", False):  # e.g. "hirm/robust" with {"robust": true}: the robust preset of its method
+        joined, preset = robust_method("+".join(parts), api.model_components(pipe))
+        parts = method_parts(joined)
+    kw = {**preset, **{f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}}
     # "hirm-r/robust", "hirm-r+esd-x": the label's own options beat its parts' (esd-x/lr3e-4 next to esd-x's
     # budget); scoped to each part that has the option, left unscoped where none has it (erase then says so)
-    for k, v in (options.get(label, {}) if label not in parts else {}).items():
+    for k, v in own.items():
         owners = [part for part in parts if k in METHODS[part].options()]
         kw.update({f"{part}.{k}": v for part in owners} if owners else {k: v})
     if "hirm-s" in parts and "target" not in kw and "hirm-s.target" not in kw:

@@ -1,9 +1,13 @@
-"""Retain sets: prompts whose representations an erasure should leave in place (the MiniCanvas world's own
-captions for its encoder, else everyday prompts), and the names a model is known to give a concept."""
+"""The prompts erasers share: retain sets (prompts whose representations an erasure should leave in place: the
+MiniCanvas world's own captions for its encoder, else everyday prompts), the names a model is known to give a
+concept, the concept put amid retain prompts, and a prompt with the concept's words left out."""
 
 from __future__ import annotations
 
+import random
+
 from hirm.encoders import TextEncoder
+from hirm.errors import HirmError
 from hirm.minicanvas import registry, world
 
 GENERIC_PROMPTS: tuple[str, ...] = (
@@ -22,7 +26,7 @@ GENERIC_PROMPTS: tuple[str, ...] = (
 def default_retain_prompts(encoders: list[TextEncoder], concepts: str | list[str]) -> tuple[str, ...]:
     """Prompts to keep in place: the MiniCanvas world's own captions for its encoder, else the everyday set
     without the prompts that name a concept."""
-    concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+    concepts = concept_list(concepts)
     if all(registry.is_minicanvas(e.model) for e in encoders):
         return tuple(world.retain_captions(concepts))
     lowered = [c.lower() for c in concepts]
@@ -35,3 +39,27 @@ def known_synonyms(encoders: list[TextEncoder], concept: str) -> tuple[str, ...]
     if all(registry.is_minicanvas(e.model) for e in encoders):
         return tuple(world.concept_names(concept)[1:])
     return ()
+
+
+def concept_list(concept: str | list[str]) -> list[str]:
+    """One concept or a list of them, as a list."""
+    return [concept] if isinstance(concept, str) else list(concept)
+
+
+def context_templates(retain_prompts: tuple[str, ...] | list[str], n: int, seed: int) -> tuple[str, ...]:
+    """`n` seeded retain prompts as templates around the concept: half "a {}, <prompt>", half "<prompt>, {}"."""
+    if not n:
+        return ()
+    chosen = random.Random(seed).sample(list(retain_prompts), min(n, len(retain_prompts)))
+    chosen = [p.replace("{", "").replace("}", "") for p in chosen]
+    half = (len(chosen) + 1) // 2
+    return tuple(f"a {{}}, {p}" for p in chosen[:half]) + tuple(f"{p}, {{}}" for p in chosen[half:])
+
+
+def replace_concept(prompt: str, names: list[str], by: str = "") -> str:
+    """`prompt` with the first of `names` it contains (longest first) replaced by `by`, by default left out
+    (whitespace tidied): "a photo of Van Gogh" -> "a photo of"; with by="Monet", "a photo of Monet"."""
+    for name in sorted(names, key=len, reverse=True):
+        if name and name in prompt:
+            return " ".join(prompt.replace(name, f" {by} ", 1).split())
+    raise HirmError(f"the prompt {prompt!r} does not contain the concept")
