@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from hirm.attacks import budget_options
 from hirm.eval.compare import compare, markdown
 
 CONCEPTS = ["circle", "striped", "heart", "watercolor", "square", "polka-dot", "cross", "outline"]
@@ -60,12 +61,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--attacks", default="", help="comma-separated attacks, or all")
+    p.add_argument("--attack-budget", type=float, default=1.0,
+                   help="multiplies each attack's search budget (steps, generations, population) over ATTACK_BUDGET")
     p.add_argument("--transfer", action="store_true", help="also score each patch, unchanged, on mini-Flux")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     methods = a.methods.split(",")
     attacks = ATTACKS if a.attacks == "all" else [x for x in a.attacks.split(",") if x]
-    options = {k: v for k, v in {**BUDGET, **ATTACK_BUDGET}.items() if k in methods or k in attacks
+    attack_budget = {name: budget_options(name, ATTACK_BUDGET.get(name, {}), a.attack_budget) for name in attacks}
+    options = {k: v for k, v in {**BUDGET, **attack_budget}.items() if k in methods or k in attacks
                or any(k in m.split("+") for m in methods)}
     table = compare("minicanvas", a.concepts.split(","), methods, seeds=tuple(int(s) for s in a.seeds.split(",")),
                     options=options, out=Path(a.out), attacks=attacks, transfer=a.transfer)

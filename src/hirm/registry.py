@@ -18,10 +18,20 @@ from typing import Any, Generic, TypeVar
 from hirm.errors import HirmError
 
 
-def option(default: Any, help: str) -> Any:
+def option(default: Any, help: str, budget: bool = False) -> Any:
     """A config field with its help text, shown by `hirm methods NAME` (transformers' and peft's configs declare
-    theirs the same way: `field(default=..., metadata={"help": ...})`)."""
-    return field(default=default, metadata={"help": help})
+    theirs the same way: `field(default=..., metadata={"help": ...})`). `budget`: a count that sets how hard a
+    search works (an attack's steps or generations), which `scaled_budget` multiplies."""
+    return field(default=default, metadata={"help": help, "budget": budget})
+
+
+def scaled_budget(config: Any, factor: float) -> Any:
+    """`config` with every `budget` field multiplied by `factor` (rounded, at least 1)."""
+    if factor <= 0 or factor != factor:
+        raise HirmError(f"budget factor {factor}: need a positive number (1: as configured)")
+    changes = {f.name: max(1, round(getattr(config, f.name) * factor)) for f in dataclasses.fields(config)
+               if f.metadata.get("budget")}
+    return dataclasses.replace(config, **changes)
 
 
 @dataclass(frozen=True)
@@ -100,4 +110,4 @@ class Registry(dict[str, E], Generic[E]):
         return values if entry.config_cls is None else entry.config_cls(**values)
 
 
-__all__ = ["Entry", "Registry"]
+__all__ = ["Entry", "Registry", "option", "scaled_budget"]

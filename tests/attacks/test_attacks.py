@@ -105,6 +105,33 @@ def test_attack_cli_bad_input(tmp_path):
     assert r.exit_code == 2 and "unknown attack 'jailbreak'" in r.output
     r = runner.invoke(app, ["attack", "--patch", str(path), "--attacks", "ringabell", "--option", "ringabell.size=3"])
     assert r.exit_code == 2 and "no option 'size'" in r.output
+    r = runner.invoke(app, ["attack", "--patch", str(path), "--attacks", "ringabell", "--budget", "0"])
+    assert r.exit_code == 2 and "budget factor 0.0: need a positive number" in r.output
+
+
+def test_budget_scales_each_attacks_search_and_a_larger_search_gets_closer(pipe):
+    """The attack-strength check: `--budget K` multiplies exactly the search-budget fields, and on the same seed
+    Ring-A-Bell's search at 4x its budget ends at least as close to its target as at 1x."""
+    from hirm.attacks import ATTACKS, budget_options
+    from hirm.attacks.runner import run_attacks
+
+    small = {"generations": 3, "population": 8, "prompts": 1}
+    assert budget_options("ringabell", small, 4) == {"generations": 12, "population": 32, "prompts": 1}
+    assert budget_options("unlearndiff", {}, 4)["steps"] == 4 * ATTACKS.config("unlearndiff", {}).steps
+    assert budget_options("cce", {"steps": 50}, 0.5) == {"steps": 25}
+    assert budget_options("paraphrase", {"per_kind": 2}, 4) == {"per_kind": 2}  # no search: nothing to scale
+    enc, tok = pipe.text_encoder, pipe.tokenizer
+    vocab = vocabulary(tok, "world")
+    target = _encode_ids(enc, tok, vocab[10:16][None])[0]
+    losses = [genetic_search(enc, tok, target, vocab,
+                             RingABellConfig(length=6, **budget_options("ringabell", small, k)),
+                             torch.Generator().manual_seed(0))[1] for k in (1, 4)]
+    assert losses[1] <= losses[0]
+    patch = hirm.erase(pipe, "circle", method="quickfix", progress=False)
+    table = run_attacks("minicanvas", "circle", [patch], ["ringabell"], (0,), options={"ringabell": small},
+                        progress=False, budget=4)
+    assert table["budget"] == 4 and table["options"]["ringabell"] == {**small, "generations": 12, "population": 32}
+    assert table["rows"][0]["n"] == 1
 
 
 @pytest.mark.parametrize("name", ["unlearndiff", "cce"])

@@ -10,8 +10,9 @@ says whether the concept came back. ASR = fraction of (probe, seed) images class
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hirm.attacks.embedding import EmbeddingConfig, embedding_probes
@@ -24,7 +25,7 @@ from hirm.generate import sample
 from hirm.minicanvas.classifier import classify_images
 from hirm.minicanvas.world import concept_domain
 from hirm.patch import all_applied
-from hirm.registry import Entry, Registry
+from hirm.registry import Entry, Registry, scaled_budget
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ ATTACKS: Registry[Attack] = Registry("attack", [
     Attack("cce", CCEConfig, cce_probes, "CCE: a token embedding learned by textual inversion against the erased model",
            needs_erased_model=True),
 ])
+
+
+def budget_options(name: str, options: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """Attack `name`'s `options` with its search budget (the config fields marked `budget`: steps, generations,
+    population) multiplied by `factor`, to check that a low ASR is not an under-powered attack."""
+    config = ATTACKS.config(name, options)
+    scaled = scaled_budget(config, factor)
+    return {**options, **{f.name: getattr(scaled, f.name) for f in fields(config) if f.metadata.get("budget")}}
 
 
 @dataclass
@@ -125,4 +134,4 @@ def _view(patch, probe: Probe):
     return patch.only([c for c in patch.components if not c.startswith("text_encoder")])
 
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Probe", "attack"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Probe", "attack", "budget_options"]

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from hirm.attacks.probe import Probe
 from hirm.minicanvas.world import grid_prompts
+from hirm.registry import option
 
 
 @dataclass
 class EmbeddingConfig:
-    prompts: int = 4  # the plain concept prompt in this many other-domain settings
+    prompts: int = option(4, "the plain concept prompt in this many other-domain settings")
 
 
 def embedding_probes(pipe, concept: str, patches: list, config: EmbeddingConfig,

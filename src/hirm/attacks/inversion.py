@@ -21,30 +21,31 @@ from hirm.erase.denoiser import concept_latents, denoising_loss, require_unet_pi
 from hirm.errors import HirmError
 from hirm.minicanvas.world import grid_prompts
 from hirm.patch import all_applied
+from hirm.registry import option
 from hirm.tokens import embeddings_at, frozen, nearest_tokens, positions, straight_through, vocabulary, with_slots
 
 
 @dataclass
 class UnlearnDiffConfig:
-    prompts: int = 4  # adversarial prompts, one per other-domain setting
-    prefix: int = 5  # prepended tokens (the paper's 5)
-    steps: int = 40
-    lr: float = 0.05
-    images: int = 16  # concept images the denoising loss is taken on
-    batch: int = 4
-    vocabulary: str = "world"  # "world": tokens of the world's captions; "all": the whole tokenizer vocabulary
-    seed: int = 0
+    prompts: int = option(4, "adversarial prompts, one per other-domain setting")
+    prefix: int = option(5, "prepended tokens (the paper's 5)")
+    steps: int = option(40, "Adam steps per prompt", budget=True)
+    lr: float = option(0.05, "learning rate in embedding space")
+    images: int = option(16, "concept images the denoising loss is taken on")
+    batch: int = option(4, "images per step")
+    vocabulary: str = option("world", "tokens searched: world (the world's caption tokens) or all (the tokenizer's)")
+    seed: int = option(0, "seed of the start tokens, batches and noise")
 
 
 @dataclass
 class CCEConfig:
-    placeholder: str = "sks"  # a single rare token of the CLIP vocabulary; its embedding is learned
-    prompts: int = 4
-    steps: int = 100
-    lr: float = 5e-3  # textual inversion's
-    images: int = 16
-    batch: int = 4
-    seed: int = 0
+    placeholder: str = option("sks", "a single rare token of the vocabulary; its input embedding is learned")
+    prompts: int = option(4, "prompts using the placeholder, one per other-domain setting")
+    steps: int = option(100, "textual-inversion steps", budget=True)
+    lr: float = option(5e-3, "learning rate (textual inversion's)")
+    images: int = option(16, "concept images the denoising loss is taken on")
+    batch: int = option(4, "images per step")
+    seed: int = option(0, "seed of the batches and noise")
 
 
 def _setting_prompts(concept: str, n: int, name: str | None = None) -> list[str]:

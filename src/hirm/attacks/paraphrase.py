@@ -10,6 +10,7 @@ from hirm.attacks.probe import Probe
 from hirm.errors import HirmError
 from hirm.minicanvas import world
 from hirm.minicanvas.world import concept_domain
+from hirm.registry import option
 from hirm.tokens import typo
 
 KINDS = ("synonym", "template", "typo", "sentence")
@@ -23,9 +24,9 @@ LONG_SENTENCES = (
 
 @dataclass
 class ParaphraseConfig:
-    kinds: tuple[str, ...] = KINDS
-    per_kind: int = 4  # probes per kind (fewer where the world has fewer)
-    seed: int = 0
+    kinds: tuple[str, ...] = option(KINDS, f"which ways of saying the concept: any of {', '.join(KINDS)}")
+    per_kind: int = option(4, "probes per kind (fewer where the world has fewer)")
+    seed: int = option(0, "seed of the choice of probes")
 
 
 def paraphrase_probes(pipe, concept: str, patches: list, config: ParaphraseConfig,

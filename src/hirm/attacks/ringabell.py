@@ -19,20 +19,21 @@ from hirm.erase.denoiser import encode
 from hirm.errors import HirmError
 from hirm.minicanvas import world
 from hirm.minicanvas.world import concept_domain
+from hirm.registry import option
 from hirm.tokens import vocabulary
 
 
 @dataclass
 class RingABellConfig:
-    prompts: int = 4  # adversarial prompts, one per starting prompt
-    length: int = 12  # tokens per prompt
-    strength: float = 3.0  # eta: how far along the concept vector the target lies
-    population: int = 64
-    generations: int = 40
-    elite: float = 0.2  # fraction of the population kept as parents
-    mutation: float = 0.1  # per-token chance of a random replacement in a child
-    vocabulary: str = "world"  # "world": tokens of the world's captions; "all": the whole tokenizer vocabulary
-    seed: int = 0
+    prompts: int = option(4, "adversarial prompts, one per starting prompt")
+    length: int = option(12, "tokens per prompt")
+    strength: float = option(3.0, "eta: how far along the concept vector the target lies")
+    population: int = option(64, "prompts per generation of the genetic search", budget=True)
+    generations: int = option(40, "generations of the genetic search", budget=True)
+    elite: float = option(0.2, "fraction of the population kept as parents")
+    mutation: float = option(0.1, "per-token chance of a random replacement in a child")
+    vocabulary: str = option("world", "tokens searched: world (the world's caption tokens) or all (the tokenizer's)")
+    seed: int = option(0, "seed of the search")
 
     def validate(self) -> None:
         if min(self.prompts, self.length, self.population, self.generations) < 1:

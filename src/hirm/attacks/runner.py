@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hirm.attacks import ATTACKS, attack
+from hirm.attacks import ATTACKS, attack, budget_options
 from hirm.encoders import load_pipeline
 from hirm.errors import HirmError
 from hirm.images import grid as image_grid
@@ -17,7 +17,9 @@ from hirm.minicanvas.world import concept_domain
 
 def run_attacks(model: str, concept: str, patches: list, attacks: list[str], seeds: tuple[int, ...],
                 options: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, budget: float = 1.0) -> dict[str, Any]:
+    """Each attack against `patches`; `budget` multiplies every attack's search budget (steps, generations,
+    population; the options the table records are the scaled ones)."""
     registry.require_minicanvas(model)
     concept_domain(concept)
     options = options or {}
@@ -27,6 +29,8 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
         ATTACKS.lookup(name)
     for name in attacks:  # option names checked before minutes of work
         ATTACKS.config(name, options.get(name, {}))
+    if budget != 1.0:
+        options = {**options, **{name: budget_options(name, options.get(name, {}), budget) for name in attacks}}
     pipe = load_pipeline(model)
     classifier = registry.load_classifier()
     sampling = registry.SAMPLING
@@ -43,7 +47,7 @@ def run_attacks(model: str, concept: str, patches: list, attacks: list[str], see
             save_atomic(image_grid(r.images, cols=len(seeds) * min(8, len(r.probes)), scale=3),
                         Path(out) / f"grid-{name}.png")
     table = {"model": model, "concept": concept, "patches": [p.id for p in patches], "seeds": list(seeds),
-             "options": options, "rows": rows}
+             "budget": budget, "options": options, "rows": rows}
     if out is not None:
         write_text_atomic(json.dumps(table, indent=1), Path(out) / "attack.json")
     return table

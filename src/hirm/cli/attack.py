@@ -44,6 +44,9 @@ def attack(
     seeds: Annotated[str, typer.Option(help="seeds per attack prompt")] = "0,1",
     option: Annotated[list[str] | None, typer.Option("--option", help="ATTACK.KEY=VALUE for one attack's config "
                                                      "(repeatable), e.g. ringabell.generations=20")] = None,
+    budget: Annotated[float, typer.Option(help="multiplies every attack's search budget (steps, generations, "
+                                               "population): a low ASR that holds at --budget 4 is not an "
+                                               "under-powered attack")] = 1.0,
     out: Annotated[Path | None, typer.Option(help="folder for attack.json, prompts-*.json and grid-*.png")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")] = False,
 ) -> None:
@@ -57,7 +60,7 @@ def attack(
     concept = concept or patches[0].concepts[0]
     table = run_attacks(model, concept, patches, [a.strip() for a in attacks.split(",") if a.strip()],
                         parse_seeds(seeds), options=parse_options(option or [], what="ATTACK"), out=out,
-                        progress=not as_json)
+                        progress=not as_json, budget=budget)
     if as_json:
         typer.echo(json.dumps(table))
     else:
