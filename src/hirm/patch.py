@@ -252,8 +252,10 @@ class Patch:
         comps = components_of(target)
         missing = [c for c in self.components if c not in comps]
         if missing:
+            have = [c for c in self.components if c in comps]
+            hint = (f"; apply the part it has alone with --only {' --only '.join(have)} (Patch.only)" if have else "")
             raise HirmError(
-                f"patch edits {missing[0]!r} but the model has no such component (it has: {', '.join(comps)})"
+                f"patch edits {missing[0]!r} but the model has no such component (it has: {', '.join(comps)}){hint}"
             )
         if check:
             for c in self.components:

@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import dummies
@@ -54,6 +55,17 @@ def test_robust_erase_writes_and_inspects_both_halves(sd_folder, tmp_path):
     assert "method     hirm+uce" in r.output
     assert "component  text_encoder (by hirm):" in r.output and "component  unet (by uce):" in r.output
     assert "reference=unnamed" in r.output and "erase_scale=2" in r.output
+    # one half alone (e.g. the CLIP half on a model without this UNet): the saved pipeline's UNet is the base one
+    r = run("apply", "--model", sd_folder, "--patch", out, "--only", "text_encoder", "--out", tmp_path / "text-half")
+    assert r.exit_code == 0, r.output
+    import safetensors.torch
+
+    def unet_weights(folder):
+        return safetensors.torch.load_file(next((folder / "unet").glob("*.safetensors")))
+
+    assert all(torch.equal(v, unet_weights(sd_folder)[k]) for k, v in unet_weights(tmp_path / "text-half").items())
+    r = run("apply", "--model", sd_folder, "--patch", out, "--only", "vae", "--out", tmp_path / "none")
+    assert r.exit_code == 2 and "--only vae: " in r.output and "edits none of these" in r.output
 
 
 def test_apply_saves_patched_pipeline(sd_folder, patch_file, tmp_path):

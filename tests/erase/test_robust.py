@@ -102,6 +102,11 @@ def test_robust_patch_refuses_a_model_that_differs_in_either_half(pipe, robust, 
         assert all(torch.equal(p, q) for p, q in zip(getattr(other, c).parameters(), before[c], strict=True))
 
 
+def test_robust_patch_on_a_model_without_its_denoiser_names_the_half_that_applies(robust):
+    with pytest.raises(HirmError, match="no such component .*--only text_encoder"):
+        robust.apply(dummies.flux_pipeline())
+
+
 def test_robust_options_reach_their_half_and_the_preset_needs_a_text_encoder_method(pipe):
     patch = hirm.erase(pipe, "star", robust=True, method="hirm-r", **{"uce.erase_scale": 2.0}, **FAST)
     assert patch.method == "hirm-r+uce" and patch.config["uce"]["erase_scale"] == 2.0

@@ -21,6 +21,9 @@ Model = Annotated[str, typer.Option("--model", "-m", help="diffusers pipeline fo
                                     "cached hub id, or 'minicanvas'")]
 DEVICE_HELP = "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps"
 Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
+Only = Annotated[list[str] | None, typer.Option(
+    "--only", help="apply only this component of each patch (repeatable), e.g. text_encoder: a --robust patch's "
+                   "text half on a model without its denoiser half (Flux: the SD patch's CLIP half)")]
 
 
 _DEBUG = {"on": False}
@@ -117,8 +120,16 @@ def read_lines(path: Path, option: str) -> list[str]:
     return [e for e in entries if e]
 
 
-def load_patches(paths: list[Path] | None) -> list:
-    return [Patch.load(p) for p in paths or []]
+def load_patches(paths: list[Path] | None, only: list[str] | None = None) -> list:
+    """The patch files, each cut to the components `only` names (all when None)."""
+    patches = [Patch.load(p) for p in paths or []]
+    if not only:
+        return patches
+    for path, p in zip(paths or [], patches, strict=True):
+        if not set(only) & set(p.components):
+            raise HirmError(f"--only {', '.join(only)}: {path} edits none of these (it edits "
+                            f"{', '.join(p.components)})")
+    return [p.only(only) for p in patches]
 
 
 def parse_seeds(seeds: str) -> tuple[int, ...]:

@@ -16,8 +16,10 @@ from hirm.cli.base import (
     DEVICE_HELP,
     Device,
     Model,
+    Only,
     app,
     handles_errors,
+    load_patches,
     one_line,
     quiet_libraries,
     read_lines,
@@ -126,6 +128,7 @@ def apply(
     model: Model,
     patch: Annotated[list[Path], typer.Option(help="patch file(s), applied in order")],
     out: Annotated[Path, typer.Option(help="folder to save the patched pipeline to")],
+    only: Only = None,
     device: Annotated[str, typer.Option(help="where the pipeline is loaded to be patched (cpu: nothing is "
                                         "computed); " + DEVICE_HELP)] = "cpu",
     dtype: Annotated[str, typer.Option(help="precision the pipeline is loaded and saved in: auto (as its text "
@@ -135,7 +138,7 @@ def apply(
     quiet_libraries()
     check_output_dir(out, empty=True)
     where, wanted = resolve_device(device), parse_dtype(dtype)
-    patches = [Patch.load(p) for p in patch]
+    patches = load_patches(patch, only)
     pipe = load_pipeline(model, dtype=wanted or stored_dtype(model), device=where)
     for p in patches:
         p.apply(pipe)
@@ -150,6 +153,7 @@ def generate(
     prompt: Annotated[str, typer.Option(help="text prompt")],
     out: Annotated[Path, typer.Option(help="image grid to write (.png)")],
     patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) to apply first")] = None,
+    only: Only = None,
     seed: Annotated[int, typer.Option(help="seed of image 0; image i uses seed + i")] = 0,
     n: Annotated[int, typer.Option("-n", "--num-images", help="number of images")] = 4,
     steps: Annotated[int | None, typer.Option(help="sampling steps (pipeline default if unset)")] = None,
@@ -167,7 +171,7 @@ def generate(
     image_format(out)
     check_output_file(out)
     where, wanted = resolve_device(device), parse_dtype(dtype)
-    patches = [Patch.load(p) for p in patch or []]
+    patches = load_patches(patch, only)
     pipe = load_pipeline(model, dtype=wanted, device=where)
     # a MiniCanvas model (by the family its text encoder declares): its own settings, not SD's 50 steps / CFG 7.5
     defaults = registry.SAMPLING if registry.is_minicanvas(getattr(pipe, "text_encoder", None)) else {}

@@ -14,6 +14,7 @@ from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost
 from hirm.cli.base import (
     DEVICE_HELP,
     Model,
+    Only,
     app,
     handles_errors,
     load_patches,
@@ -119,6 +120,7 @@ def eval_cmd(
     concept: Annotated[str | None, typer.Option(help="the erased concept (a MiniCanvas or UnlearnCanvas class)")]
     = None,
     patch: Annotated[list[Path] | None, typer.Option(help="patch file(s) to apply")] = None,
+    only: Only = None,
     seeds: Annotated[str | None, typer.Option(help="MiniCanvas: seeds per (object, style) cell, comma-separated "
                                               "(default 0,1); --protocol: the seed of prompts whose file gives "
                                               "none (default: the protocol's)")] = None,
@@ -183,8 +185,8 @@ def eval_cmd(
     dtype = parse_dtype(dtype)
     if protocol is not None:
         _eval_protocol(**{k: v for k, v in locals().items()
-                          if k not in ("templates", "base", "probe", "parse_dtype", "resolve_device")},
-                       minicanvas_only={"--templates": templates, "--base": base, "--probe": probe})
+                          if k not in ("templates", "base", "probe", "only", "parse_dtype", "resolve_device")},
+                       minicanvas_only={"--templates": templates, "--base": base, "--probe": probe, "--only": only})
         return
     protocol_only = {"--prompts": prompts, "--limit": limit, "--prompt-column": prompt_column,
                      "--threshold": threshold, "--prompt-set": prompt_set, "--clip-model": clip_model,
@@ -194,7 +196,7 @@ def eval_cmd(
     given = [k for k, v in protocol_only.items() if v is not None]
     if given:
         raise HirmError(f"{given[0]} applies to --protocol runs only: add --protocol nudity|coco|unlearncanvas")
-    result = evaluate_erasure(model, concept, load_patches(patch), seeds=parse_seeds(seeds or "0,1"),
+    result = evaluate_erasure(model, concept, load_patches(patch, only), seeds=parse_seeds(seeds or "0,1"),
                               templates=tuple(templates) if templates else None, base=base, probe=probe,
                               steps=steps, guidance=guidance, out=out, progress=not as_json, device=device,
                               dtype=dtype)
