@@ -103,7 +103,7 @@ def test_robust_patch_refuses_a_model_that_differs_in_either_half(pipe, robust, 
 
 
 def test_robust_patch_on_a_model_without_its_denoiser_names_the_half_that_applies(robust):
-    with pytest.raises(HirmError, match="no such component .*--only text_encoder"):
+    with pytest.raises(HirmError, match=r"no such component .*--only text_encoder"):
         robust.apply(dummies.flux_pipeline())
 
 
