@@ -65,11 +65,10 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
 
     Other arguments as in `hirm.erase.erase` (method, encoder, kind, paper_defaults, config overrides).
     """
-    if robust:
-        method, preset = robust_method(method, model_components(model))
-        overrides = {**preset, **overrides}
     parts = method_parts(method)
-    needs_pipeline = any(METHODS[p].takes == "pipeline" for p in parts)
+    # the robust preset's denoiser half needs the whole pipeline where the model has a UNet it can edit
+    needs_pipeline = any(METHODS[p].takes == "pipeline" for p in parts) or (
+        robust and robust_method(method, model_components(model))[0] != method)
     read_as = parse_dtype(dtype) or torch.float32
     target: Any
     if _is_path(model):
@@ -95,7 +94,7 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
         target = trainable_copies(find_text_encoders(model, which=encoder), device)
     methods = importlib.import_module("hirm.erase")  # the subpackage (the name `hirm.erase` is this function)
     patch = methods.erase(target, concept, method=method, encoder=encoder, kind=kind,
-                         paper_defaults=paper_defaults, progress=progress, **overrides)
+                         paper_defaults=paper_defaults, progress=progress, robust=robust, **overrides)
     return patch.add_bf16_fingerprints(target)
 
 

@@ -141,8 +141,8 @@ def test_methods_shows_every_option_with_its_default_and_help():
     (["--concept", "star", "--method", "hirm-r", "--preserve", "circle", "--steps", "2"], "--preserve holds prompts"),
     (["--concept", "star", "--preserve-file", "missing.txt"], "--preserve-file missing.txt: cannot read it"),
     (["--concept", "star", "--concept", "circle", "--method", "esd-x"], "one concept per run"),
-    (["--concept", "star", "--method", "uce", "--robust"], "--robust adds a denoiser edit to a text-encoder method"),
-    (["--concept", "star", "--method", "hirm-r+uce", "--robust"], "--robust adds a denoiser edit"),
+    (["--concept", "star", "--method", "uce", "--robust"], "--robust adds a denoiser half to a HiRM text-encoder"),
+    (["--concept", "star", "--method", "hirm-r+uce", "--robust"], "--robust adds a denoiser half"),
 ])
 def test_erase_bad_input(sd_folder, tmp_path, args, message):
     out = tmp_path / "p.safetensors"

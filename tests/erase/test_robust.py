@@ -107,12 +107,39 @@ def test_robust_patch_on_a_model_without_its_denoiser_names_the_half_that_applie
         robust.apply(dummies.flux_pipeline())
 
 
-def test_robust_options_reach_their_half_and_the_preset_needs_a_text_encoder_method(pipe):
-    patch = hirm.erase(pipe, "star", robust=True, method="hirm-r", **{"uce.erase_scale": 2.0}, **FAST)
-    assert patch.method == "hirm-r+uce" and patch.config["uce"]["erase_scale"] == 2.0
-    for method in ("uce", "esd-x", "hirm-r+uce"):
-        with pytest.raises(HirmError, match="--robust adds a denoiser edit to a text-encoder method"):
+def test_robust_options_reach_their_half_and_the_preset_needs_a_final_state_hirm(pipe):
+    patch = hirm.erase(pipe, "star", robust=True, **{"uce.erase_scale": 2.0}, **FAST)
+    assert patch.method == "hirm+uce" and patch.config["uce"]["erase_scale"] == 2.0
+    for method in ("uce", "quickfix", "esd-x", "hirm-r+uce"):
+        with pytest.raises(HirmError, match="--robust adds a denoiser half to a HiRM text-encoder edit"):
             robust_method(method, ["unet", "text_encoder"])
+    # HiRM-R's paper recipe supervises the last attention output, which the denoiser does not read
+    with pytest.raises(HirmError, match="supervise_module=final"):
+        hirm.erase(pipe, "star", method="hirm-r", robust=True, **FAST)
+    r = hirm.erase(pipe, "star", method="hirm-r", robust=True, supervise_module="final", **FAST)
+    assert r.method == "hirm-r+uce"
+
+
+def test_text_half_aims_through_the_denoiser_half(pipe, robust):
+    """through_denoiser(v) is what the edited projections turn into what the original ones made of v, so the
+    text half's targets land, through the denoiser half, where the text half alone would send them."""
+    from hirm.erase.denoiser import cross_attention_projections
+    from hirm.erase.uce import through_denoiser
+
+    unet = robust.only(["unet"])
+    aim = through_denoiser(pipe, unet)
+    v = encode(pipe, ["a star on a table", "a photo of a circle"]).flatten(0, 1)
+    aimed = aim(v)
+    projections = cross_attention_projections(pipe.unet)
+    with torch.no_grad():
+        base = {n: m(v) for n, m in projections.items()}
+        with unet.applied(pipe):
+            through = {n: m(aimed) for n, m in projections.items()}
+            plain = {n: m(v) for n, m in projections.items()}
+    gap = sum(float((through[n] - base[n]).norm()) for n in base)
+    unaimed = sum(float((plain[n] - base[n]).norm()) for n in base)
+    assert gap < 0.1 * unaimed
+    assert robust.info["hirm"]["text_encoder"]["targets"] == "aimed through the denoiser half"
 
 
 @pytest.mark.parametrize("build", [dummies.sdxl_pipeline, dummies.flux_pipeline])

@@ -161,7 +161,7 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     configs = {}
 
     def recorder(name):
-        def run(model, concept, config, progress=True):
+        def run(model, concept, config, progress=True, aim=None):
             configs[name] = config
             return Patch(tensors={f"{name}::w": torch.zeros(1)}, concepts=[concept], method=name, config={},
                          fingerprints={name: "f"})
@@ -183,6 +183,10 @@ def test_each_part_of_a_combination_gets_only_its_own_options(monkeypatch):
     _erase(pipe, "striped", "hirm-s", ["hirm-s"], {})
     assert configs["hirm-s"].target == "a pattern"
     # "robust": the label is the robust preset; its denoiser half takes the preset's options, then its own
+    import importlib
+
+    methods = importlib.import_module("hirm.erase")  # the subpackage (`hirm.erase` is also the entry function)
+    monkeypatch.setattr(methods, "through_denoiser", lambda pipe, patch: lambda v: v)  # the stub UCE edits nothing
     patch = _erase(pipe, "striped", "hirm-r/robust", ["hirm-r"], {"hirm-r/robust": {"robust": True},
                                                                  "uce": {"erase_scale": 2.0}})
     assert set(patch.components) == {"hirm-r", "uce"}

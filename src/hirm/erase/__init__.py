@@ -23,7 +23,7 @@ from hirm.erase.fewshot import FewShotConfig, erase_fewshot
 from hirm.erase.hirm import GENERIC_TEMPLATES, KIND_DEFAULTS, HiRMConfig, erase_hirm, prepare_hirm
 from hirm.erase.prompts import concept_list
 from hirm.erase.quickfix import QuickFixConfig, erase_quickfix
-from hirm.erase.uce import UCEConfig, erase_uce
+from hirm.erase.uce import UCEConfig, erase_uce, through_denoiser
 from hirm.errors import HirmError
 from hirm.minicanvas import registry
 from hirm.patch import Patch
@@ -90,10 +90,12 @@ METHODS: Registry[Method] = Registry("method", [
 ])
 
 
-# The robust preset (`hirm erase --robust`): the method's text-encoder edit plus this closed-form edit of the
-# denoiser's cross-attention, made with the same reference (each prompt to itself with the concept's words left
-# out), so that what reaches the denoiser without passing through the edited encoder layers (the base encoder's
-# embeddings, a learnt input embedding) is misdirected too. Measured in docs/attacks.md.
+# The robust preset (`hirm erase --robust`): one patch with two halves. The denoiser half is this closed-form edit
+# of the UNet's cross-attention with hirm's reference (each prompt's embeddings from the concept on map to the
+# same prompt with the concept's words left out), made first, so that what reaches the denoiser without passing
+# through the edited encoder layers (the base encoder's embeddings, a learnt input embedding) is misdirected. The
+# text half is the method's, its targets aimed through the denoiser half (`uce.through_denoiser`): made
+# independently, the two halves undo each other (measured in docs/attacks.md).
 ROBUST_DENOISER = "uce"
 ROBUST_DENOISER_OPTIONS: Mapping[str, Any] = {"reference": "unnamed", "templates": GENERIC_TEMPLATES,
                                               "context_prompts": 8}
@@ -102,19 +104,40 @@ log = logging.getLogger(__name__)
 
 
 def robust_method(method: str, components: Collection[str]) -> tuple[str, dict[str, Any]]:
-    """The robust preset of a text-encoder `method` on a model with these `components`: (the method joined with
-    the denoiser half, that half's options scoped to it). Where the denoiser half cannot edit the model (SDXL,
-    SD3 and Flux denoisers, text encoders alone) it is `method` alone, and a warning says what that leaves open."""
-    if "+" in method or METHODS.lookup(method).takes != "encoders":
-        text = ", ".join(n for n, m in METHODS.items() if m.takes == "encoders")
-        raise HirmError(f"--robust adds a denoiser edit to a text-encoder method ({text}); {method} is not one "
+    """The robust preset of HiRM `method` on a model with these `components`: (the method joined with the denoiser
+    half, that half's options scoped to it), or (`method`, {}) where the denoiser half cannot edit the model
+    (SDXL, SD3 and Flux denoisers, text encoders alone)."""
+    if "+" in method or "robust_rounds" not in METHODS.lookup(method).options():
+        text = ", ".join(n for n, m in METHODS.items() if "robust_rounds" in m.options())
+        raise HirmError(f"--robust adds a denoiser half to a HiRM text-encoder edit ({text}); {method} is not one "
                         "(it has its own defences, e.g. advunlearn, or already names its parts)")
     if not is_unet_pipeline(components):
+        return method, {}
+    return f"{method}+{ROBUST_DENOISER}", {f"{ROBUST_DENOISER}.{k}": v for k, v in ROBUST_DENOISER_OPTIONS.items()}
+
+
+def _erase_robust(model: Any, concept: str | list[str], method: str, encoder, kind, paper_defaults: bool,
+                  progress: bool, overrides: dict[str, Any]) -> Patch:
+    """The robust preset: the denoiser half on the base model, then the text half aimed through it, merged."""
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        model = load_pipeline(model)
+    components = ([e.name for e in model] if isinstance(model, list)
+                  else [n for n, m in getattr(model, "components", {}).items() if m is not None])
+    joined, preset = robust_method(method, components)
+    if joined == method:
         log.warning("--robust: the denoiser half (%s) edits Stable-Diffusion-1.x/2.x-style UNets; this model (%s) "
                     "gets the text-encoder half only, which inputs that bypass the text encoder (its base "
                     "embeddings, a learnt input embedding) undo", ROBUST_DENOISER, ", ".join(components) or "?")
-        return method, {}
-    return f"{method}+{ROBUST_DENOISER}", {f"{ROBUST_DENOISER}.{k}": v for k, v in ROBUST_DENOISER_OPTIONS.items()}
+        return erase(model, concept, method, encoder=encoder, kind=kind, paper_defaults=paper_defaults,
+                     progress=progress, **overrides)
+    prefix = f"{ROBUST_DENOISER}."
+    options = {**preset, **{k: v for k, v in overrides.items() if k.startswith(prefix)}}
+    denoiser = erase(model, concept, ROBUST_DENOISER, progress=progress,
+                     **{k.removeprefix(prefix): v for k, v in options.items()})
+    text = erase(model, concept, method, encoder=encoder, kind=kind, paper_defaults=paper_defaults, progress=progress,
+                 aim={"text_encoder": through_denoiser(model, denoiser)},
+                 **{k.removeprefix(f"{method}."): v for k, v in overrides.items() if not k.startswith(prefix)})
+    return Patch.merge([text, denoiser])
 
 
 def make_config(method: str, kind: str | None = None, paper_defaults: bool = False, family: str | None = None,
@@ -135,7 +158,8 @@ def make_config(method: str, kind: str | None = None, paper_defaults: bool = Fal
 
 
 def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,
-          kind: str | None = None, paper_defaults: bool = False, progress: bool = True, **overrides: Any) -> Patch:
+          kind: str | None = None, paper_defaults: bool = False, progress: bool = True, robust: bool = False,
+          aim: Mapping[str, Callable] | None = None, **overrides: Any) -> Patch:
     """Erase `concept` (or a list of concepts, HiRM only: one optimisation) from `model` (a pipeline, a
     `TextEncoder` list, or a path / id) and return the patch.
 
@@ -145,12 +169,16 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     `method` may join methods with "+": each runs on the base model and one patch holds both edits. An
     override then goes to every part that has that option; one keyed "PART.OPTION" (e.g. `**{"esd-x.steps":
     200}`, the CLI's `--set esd-x.steps=200`) goes to that part only.
+    `robust`: the robust preset (see ROBUST_DENOISER) on a pipeline; `--set uce.KEY=VALUE` reaches its denoiser
+    half. `aim`: HiRM only, a map per encoder applied to its targets (the preset's text half).
     """
     concepts = concept_list(concept)
     if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
         raise HirmError("the concept is empty: pass the text to erase, e.g. --concept 'Van Gogh'")
     concepts = list(dict.fromkeys(c.strip() for c in concepts))
     concept = concepts[0] if len(concepts) == 1 else concepts
+    if robust:
+        return _erase_robust(model, concept, method, encoder, kind, paper_defaults, progress, overrides)
     parts = method_parts(method)
     if len(concepts) > 1 and not all(METHODS[p].many_concepts for p in parts):
         several = ", ".join(n for n, m in METHODS.items() if m.many_concepts)
@@ -192,7 +220,7 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
                          **overrides)
     if spec.prepare is not None:
         config = spec.prepare(config, encoders, concepts)
-    return spec.run(encoders, concept, config, progress=progress)
+    return spec.run(encoders, concept, config, progress=progress, **({"aim": aim} if aim else {}))
 
 
 def method_parts(method: str) -> list[str]:

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -234,13 +235,23 @@ def random_target(shape: tuple[int, int], norm: float, seed: int) -> torch.Tenso
 
 
 def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: HiRMConfig,
-               progress: bool = True) -> Patch:
+               progress: bool = True, aim: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None
+               ) -> Patch:
     """Run HiRM on each encoder; returns one patch with every encoder's changed tensors.
+
+    `aim`: per encoder name, a map applied to every target of that encoder (the robust preset's: the input that
+    its denoiser half turns into what the base denoiser made of the target); it needs the final hidden states
+    supervised, which is what a denoiser reads.
 
     `concept` may be a list: one optimisation erases them all (each concept its own target; losses normalised
     per concept so that none dominates). With `robust_rounds`, each round attacks the erased encoder for
     prompts that bring the concept's representation back and erases again with them added (CLIP encoders)."""
     config.validate()
+    aim = dict(aim or {})
+    if aim and (config.supervise_module != "final" or config.supervise_layer != -1):
+        raise HirmError(f"the robust preset aims the text half through the denoiser half, which reads the final "
+                        f"hidden states; {method_name(config)} supervises {config.supervise_module} of layer "
+                        f"{config.supervise_layer}: use method hirm, or --set supervise_module=final")
     concepts = concept_list(concept)
     if len(concepts) > 1 and config.variants:
         raise HirmError("variants name one concept's other names: with several concepts, give each its own "
@@ -259,7 +270,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
         for r in range(rounds + 1):
             result, batch = _misdirect(enc, [p + f for p, f in zip(prompts, found, strict=True)], names, config,
                                        desc=f"{method_name(config)} {enc.name}" + (f" round {r}" if rounds else ""),
-                                       progress=progress)
+                                       progress=progress, aim=aim.get(enc.name))
             spent += result.seconds
             if r < rounds:
                 start = time.perf_counter()
@@ -282,6 +293,7 @@ def erase_hirm(encoders: list[TextEncoder], concept: str | list[str], config: Hi
             **({"measured_on_concepts": int(batch.group.max()) + 1} if _sampled(config, len(concepts)) else {}),
             **({"projection_max": float(batch.projection(final).max())} if batch.direction is not None else {}),
             **({"adversarial_prompts": [p for f in found for p in f]} if rounds else {}),
+            **({"targets": "aimed through the denoiser half"} if enc.name in aim else {}),
         }
     all_prompts = [p for group in prompts for p in group]
     return Patch(tensors=tensors, concepts=concepts, method=method_name(config),
@@ -309,10 +321,11 @@ class PromptSet:
     @classmethod
     @torch.no_grad()
     def build(cls, enc: TextEncoder, prompts: list[list[str]], names: list[list[str]], config: HiRMConfig,
-              anchors: bool = True, numbers: list[int] | None = None) -> PromptSet:
+              anchors: bool = True, numbers: list[int] | None = None,
+              aim: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PromptSet:
         """`prompts[i]` are concept i's prompts, `names[i]` its names, `numbers[i]` its place in the whole list
         (default i: it seeds HiRM-R's random target); `anchors`: also the retain and preserve prompts and their
-        targets."""
+        targets; `aim`: a map applied to the targets (see `erase_hirm`)."""
         flat = [p for group in prompts for p in group]
         by = (config.target or "") if config.variant == "u" else ""
         left_out = ([replace_concept(p, group_names, by)
@@ -349,6 +362,8 @@ class PromptSet:
         # prompts are grouped concept by concept, so per-concept targets stack in order
         target = torch.cat([t.to(before.device).expand(int((group == i).sum()), *shape) if t.shape[0] == 1
                             else t for i, t in enumerate(targets)]).to(before.dtype)
+        if aim is not None:
+            target = aim(target)
         mask = mask.to(before.device)  # built on the CPU
         retain_ids = (_tokenize(enc, list(config.retain_prompts), True,
                                 _sequence_length(enc, list(config.retain_prompts), config))
@@ -391,7 +406,8 @@ def _sampled(config: HiRMConfig, n_concepts: int) -> bool:
 
 
 def _misdirect(enc: TextEncoder, prompts: list[list[str]], names: list[list[str]], config: HiRMConfig, desc: str,
-               progress: bool) -> tuple[LoopResult, PromptSet]:
+               progress: bool, aim: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> tuple[LoopResult, PromptSet]:
     """The HiRM optimisation on one encoder: per-concept masked MSE to the targets (each concept's loss
     normalised by its starting value, then rescaled, so one concept equals the paper's loss exactly), plus the
     retain term. Returns the result and the prompt set its figures are measured on.
@@ -407,7 +423,7 @@ def _misdirect(enc: TextEncoder, prompts: list[list[str]], names: list[list[str]
     sampled = _sampled(config, n_concepts)
     per_step = config.concepts_per_step if sampled else n_concepts
     measured = list(range(per_step))  # the concepts built up front: all, or the first per_step when sampled
-    batch = PromptSet.build(enc, [prompts[i] for i in measured], [names[i] for i in measured], config)
+    batch = PromptSet.build(enc, [prompts[i] for i in measured], [names[i] for i in measured], config, aim=aim)
     with torch.no_grad():
         start = _per_concept_mse(batch.before, batch.target, batch.mask, batch.group, len(measured))
     # each concept's loss starts at loss_scale (0: at the mean starting loss, of the measured concepts if sampled)
@@ -423,7 +439,7 @@ def _misdirect(enc: TextEncoder, prompts: list[list[str]], names: list[list[str]
         chosen = torch.randperm(n_concepts, generator=g)[:per_step]
         with temporarily(enc.model, base):
             part = PromptSet.build(enc, [prompts[i] for i in chosen], [names[i] for i in chosen], config,
-                                   anchors=False, numbers=chosen.tolist())
+                                   anchors=False, numbers=chosen.tolist(), aim=aim)
         first = _per_concept_mse(part.before, part.target, part.mask, part.group, per_step)
         chosen = chosen.to(part.group.device)
         scales = torch.zeros(n_concepts, device=first.device)

@@ -16,6 +16,7 @@ and edit again; `epochs` rounds.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -149,17 +150,43 @@ def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool 
                  seconds={"unet": time.perf_counter() - start})
 
 
-def adversarial_embedding(originals: dict[str, torch.Tensor], edited: dict[str, torch.Tensor],
-                          concept: torch.Tensor, lamb: float) -> torch.Tensor:
-    """RECE's closed form: c' = argmin sum_l |W_l c' - W0_l c|^2 + lamb |c'|^2 (every projection l)."""
-    d = concept.shape[1]
+def preimage_matrix(originals: dict[str, torch.Tensor], edited: dict[str, torch.Tensor], lamb: float,
+                    anchored: bool) -> torch.Tensor:
+    """M [d, d] with x = M v = argmin_x sum_l |W_l x - W0_l v|^2 + lamb |x - a|^2 over every projection l: the
+    input that the edited projections W turn into what the original ones W0 made of v. a = v when `anchored`
+    (the nearest such input to v: where the robust preset's text half aims through the denoiser half), else a = 0
+    (RECE's adversarial embedding). Float64."""
+    d = next(iter(originals.values())).shape[1]
     a = lamb * torch.eye(d, dtype=torch.float64)
-    b = torch.zeros(concept.shape[0], d, dtype=torch.float64)
+    b = lamb * torch.eye(d, dtype=torch.float64) if anchored else torch.zeros(d, d, dtype=torch.float64)
     for n, w in edited.items():
         wd = w.double()
         a = a + wd.T @ wd
-        b = b + (concept.double() @ originals[n].double().T) @ wd
-    return torch.linalg.solve(a, b.T).T.to(concept.dtype)
+        b = b + wd.T @ originals[n].double()
+    return torch.linalg.solve(a, b)
+
+
+def adversarial_embedding(originals: dict[str, torch.Tensor], edited: dict[str, torch.Tensor],
+                          concept: torch.Tensor, lamb: float) -> torch.Tensor:
+    """RECE's closed form: c' = argmin sum_l |W_l c' - W0_l c|^2 + lamb |c'|^2 (every projection l)."""
+    return (concept.double() @ preimage_matrix(originals, edited, lamb, anchored=False).T).to(concept.dtype)
+
+
+def through_denoiser(pipe, patch: Patch, lamb: float = 1e-2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map v -> the text-encoder output that `pipe`'s UNet, with `patch`'s cross-attention edit, turns into
+    what the original UNet made of v (`preimage_matrix`, anchored at v): applied to a text-encoder edit's
+    targets, it makes text prompts end, through the edited UNet, where that edit alone would send them."""
+    projections = cross_attention_projections(pipe.unet)
+    originals = {n: m.weight.detach() for n, m in projections.items()}
+    edited = {n: patch.tensors[f"unet{SEP}{n}"] for n in projections if f"unet{SEP}{n}" in patch.tensors}
+    if not edited:
+        raise HirmError(f"{patch.method} edits no cross-attention projection of this UNet: nothing to aim through")
+    m = preimage_matrix({n: originals[n] for n in edited}, edited, lamb, anchored=True)
+
+    def aim(v: torch.Tensor) -> torch.Tensor:
+        return (v.double() @ m.T.to(v.device)).to(v.dtype)
+
+    return aim
 
 
 def default_preserve(pipe, concepts: list[str]) -> tuple[str, ...]:

@@ -112,11 +112,11 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
     `hirm-r+esd-x.lr`) go to the parts that have them; `robust: true` makes the label the robust preset. HiRM-S
     targets the world's super-category unless told otherwise, as in the paper."""
     own = dict(options.get(label, {}) if label not in parts else {})
-    preset: dict[str, Any] = {}
-    if own.pop("robust", False):  # e.g. "hirm/robust" with {"robust": true}: the robust preset of its method
-        joined, preset = robust_method("+".join(parts), api.model_components(pipe))
-        parts = method_parts(joined)
-    kw = {**preset, **{f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}}
+    method = "+".join(parts)
+    robust = bool(own.pop("robust", False))  # e.g. "hirm/robust" with {"robust": true}: the robust preset
+    if robust:  # options reach its denoiser half too
+        parts = method_parts(robust_method(method, api.model_components(pipe))[0])
+    kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
     # "hirm-r/robust", "hirm-r+esd-x": the label's own options beat its parts' (esd-x/lr3e-4 next to esd-x's
     # budget); scoped to each part that has the option, left unscoped where none has it (erase then says so)
     for k, v in own.items():
@@ -125,7 +125,7 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
     if "hirm-s" in parts and "target" not in kw and "hirm-s.target" not in kw:
         kw["hirm-s.target"] = world.supercategory(concept)
     try:
-        return api.erase(pipe, concept, method="+".join(parts), progress=False, **kw)
+        return api.erase(pipe, concept, method=method, progress=False, robust=robust, **kw)
     except HirmError as e:
         raise HirmError(f"--option {label}: {e}") from None
 
