@@ -21,8 +21,8 @@ from hirm.encoders import (
     find_text_encoders,
     load_pipeline,
     load_text_encoders,
+    model_components,
     parse_dtype,
-    pipeline_components,
     resolve_device,
     trainable_copies,
 )
@@ -33,16 +33,6 @@ from hirm.patch import Patch
 
 def _is_path(model: Any) -> bool:
     return isinstance(model, str | bytes) or hasattr(model, "__fspath__")
-
-
-def model_components(model: Any) -> list[str]:
-    """The component names of `model`: a path's declared pipeline components, a loaded pipeline's, or the names
-    of a `TextEncoder` list."""
-    if _is_path(model):
-        return pipeline_components(model.decode() if isinstance(model, bytes) else model)
-    if isinstance(model, list):
-        return [e.name for e in model]
-    return [n for n, m in getattr(model, "components", {}).items() if m is not None]
 
 
 def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,

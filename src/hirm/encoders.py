@@ -17,6 +17,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -217,6 +218,16 @@ def pipeline_components(model: str | Path) -> list[str]:
     spec = _read_json(index)
     return [k for k, v in spec.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
             and v[1] is not None]
+
+
+def model_components(model: Any) -> list[str]:
+    """The component names of `model`: a path's declared pipeline components, a loaded pipeline's, or the names
+    of a `TextEncoder` list."""
+    if isinstance(model, str | bytes) or hasattr(model, "__fspath__"):
+        return pipeline_components(model.decode() if isinstance(model, bytes) else model)
+    if isinstance(model, list):
+        return [e.name for e in model]
+    return [n for n, m in getattr(model, "components", {}).items() if m is not None]
 
 
 def declared_family(model: str | Path) -> str | None:

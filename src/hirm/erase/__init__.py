@@ -13,7 +13,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hirm.encoders import TextEncoder, find_text_encoders, load_pipeline, load_text_encoders
+from hirm.encoders import (
+    TextEncoder,
+    find_text_encoders,
+    load_pipeline,
+    load_text_encoders,
+    model_components,
+)
 from hirm.erase import fewshot
 from hirm.erase import hirm as hirm_method
 from hirm.erase.advunlearn import AdvUnlearnConfig, erase_advunlearn
@@ -121,8 +127,7 @@ def _erase_robust(model: Any, concept: str | list[str], method: str, encoder, ki
     """The robust preset: the denoiser half on the base model, then the text half aimed through it, merged."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_pipeline(model)
-    components = ([e.name for e in model] if isinstance(model, list)
-                  else [n for n, m in getattr(model, "components", {}).items() if m is not None])
+    components = model_components(model)
     joined, preset = robust_method(method, components)
     if joined == method:
         log.warning("--robust: the denoiser half (%s) edits Stable-Diffusion-1.x/2.x-style UNets; this model (%s) "

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hirm import api
 from hirm.attacks import ATTACKS, attack
-from hirm.encoders import load_pipeline
+from hirm.encoders import load_pipeline, model_components
 from hirm.erase import METHODS, method_parts, robust_method
 from hirm.errors import HirmError
 from hirm.eval.erasure import evaluate_erasure
@@ -115,7 +115,7 @@ def _erase(pipe, concept: str, label: str, parts: list[str], options: dict[str, 
     method = "+".join(parts)
     robust = bool(own.pop("robust", False))  # e.g. "hirm/robust" with {"robust": true}: the robust preset
     if robust:  # options reach its denoiser half too
-        parts = method_parts(robust_method(method, api.model_components(pipe))[0])
+        parts = method_parts(robust_method(method, model_components(pipe))[0])
     kw = {f"{part}.{k}": v for part in parts for k, v in options.get(part, {}).items()}
     # "hirm-r/robust", "hirm-r+esd-x": the label's own options beat its parts' (esd-x/lr3e-4 next to esd-x's
     # budget); scoped to each part that has the option, left unscoped where none has it (erase then says so)
