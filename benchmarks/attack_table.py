@@ -78,11 +78,13 @@ def plot(summary: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for s in summary:
-        x = (s["ira_d"] + s["cra_d"]) / 2
-        ax.scatter([x], [s["worst"]], s=40)
-        ax.annotate(s["method"], (x, s["worst"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    markers = "osD^vP*Xh<>p"
+    for i, s in enumerate(summary):
+        label = f"{s['method']} (UA {s['ua']:.2f}" + (f", {s['n']} concepts)" if s["n"] < 8 else ")")
+        ax.scatter([(s["ira_d"] + s["cra_d"]) / 2], [s["worst"]], s=45, marker=markers[i % len(markers)],
+                   label=label, alpha=0.85)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     ax.axhline(0.05, color="grey", lw=0.8, ls="--")
     ax.axvline(-0.03, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("locality: mean of IRA - base and CRA - base (right is better)")
