@@ -19,6 +19,7 @@ from hirm.encoders import (
     TextEncoder,
     dtype_name,
     find_text_encoders,
+    is_path,
     load_pipeline,
     load_text_encoders,
     model_components,
@@ -29,10 +30,6 @@ from hirm.encoders import (
 from hirm.erase import METHODS, method_parts, robust_method
 from hirm.errors import HirmError
 from hirm.patch import Patch
-
-
-def _is_path(model: Any) -> bool:
-    return isinstance(model, str | bytes) or hasattr(model, "__fspath__")
 
 
 def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: str | list[str] | None = None,
@@ -61,7 +58,7 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
         robust and robust_method(method, model_components(model))[0] != method)
     read_as = parse_dtype(dtype) or torch.float32
     target: Any
-    if _is_path(model):
+    if is_path(model):
         where = resolve_device(device) if device is not None else None
         name = model.decode() if isinstance(model, bytes) else model
         if needs_pipeline:

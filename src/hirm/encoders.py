@@ -220,10 +220,15 @@ def pipeline_components(model: str | Path) -> list[str]:
             and v[1] is not None]
 
 
+def is_path(model: Any) -> bool:
+    """Whether `model` names a model (a path, MiniCanvas name or hub id) rather than being a loaded one."""
+    return isinstance(model, str | bytes) or hasattr(model, "__fspath__")
+
+
 def model_components(model: Any) -> list[str]:
     """The component names of `model`: a path's declared pipeline components, a loaded pipeline's, or the names
     of a `TextEncoder` list."""
-    if isinstance(model, str | bytes) or hasattr(model, "__fspath__"):
+    if is_path(model):
         return pipeline_components(model.decode() if isinstance(model, bytes) else model)
     if isinstance(model, list):
         return [e.name for e in model]

@@ -16,6 +16,7 @@ from typing import Any
 from hirm.encoders import (
     TextEncoder,
     find_text_encoders,
+    is_path,
     load_pipeline,
     load_text_encoders,
     model_components,
@@ -125,7 +126,7 @@ def robust_method(method: str, components: Collection[str]) -> tuple[str, dict[s
 def _erase_robust(model: Any, concept: str | list[str], method: str, encoder, kind, paper_defaults: bool,
                   progress: bool, overrides: dict[str, Any]) -> Patch:
     """The robust preset: the denoiser half on the base model, then the text half aimed through it, merged."""
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+    if is_path(model):
         model = load_pipeline(model)
     components = model_components(model)
     joined, preset = robust_method(method, components)
@@ -135,13 +136,12 @@ def _erase_robust(model: Any, concept: str | list[str], method: str, encoder, ki
                     "embeddings, a learnt input embedding) undo", ROBUST_DENOISER, ", ".join(components) or "?")
         return erase(model, concept, method, encoder=encoder, kind=kind, paper_defaults=paper_defaults,
                      progress=progress, **overrides)
-    prefix = f"{ROBUST_DENOISER}."
-    options = {**preset, **{k: v for k, v in overrides.items() if k.startswith(prefix)}}
-    denoiser = erase(model, concept, ROBUST_DENOISER, progress=progress,
-                     **{k.removeprefix(prefix): v for k, v in options.items()})
+    # each half takes its own scoped options ("uce.erase_scale", "hirm.steps"; `erase` reads a part's scope)
+    mine = {k: v for k, v in overrides.items() if k.startswith(f"{ROBUST_DENOISER}.")}
+    denoiser = erase(model, concept, ROBUST_DENOISER, progress=progress, **{**preset, **mine})
     text = erase(model, concept, method, encoder=encoder, kind=kind, paper_defaults=paper_defaults, progress=progress,
                  aim={"text_encoder": through_denoiser(model, denoiser)},
-                 **{k.removeprefix(f"{method}."): v for k, v in overrides.items() if not k.startswith(prefix)})
+                 **{k: v for k, v in overrides.items() if k not in mine})
     return Patch.merge([text, denoiser])
 
 
@@ -207,17 +207,15 @@ def erase(model: Any, concept: str | list[str], method: str = "hirm", encoder: s
     overrides.update(scoped.get(method, {}))
     spec = METHODS[method]
     if spec.takes == "pipeline":
-        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        if is_path(model):
             model = load_pipeline(model)
         if isinstance(model, list):
             raise HirmError(f"{method} edits the denoiser: pass the whole pipeline, not only its text encoder")
         config = make_config(method, kind=kind, paper_defaults=paper_defaults, family=model_family(model),
                              **overrides)
         return spec.run(model, concept, config, progress=progress)
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        encoders = load_text_encoders(model, which=encoder)
-    else:
-        encoders = find_text_encoders(model, which=encoder)
+    load = load_text_encoders if is_path(model) else find_text_encoders
+    encoders = load(model, which=encoder)
     t5 = [e.name for e in encoders if not e.is_clip]
     if t5 and not spec.edits_t5:
         raise HirmError(f"{method} edits CLIP encoders only, not the T5 encoder {t5[0]!r}: pass --encoder clip")
