@@ -110,7 +110,7 @@ def test_methods_lists_hirm():
 
 def test_methods_shows_every_option_with_its_default_and_help():
     """`hirm methods NAME` documents every --set KEY from the config's field metadata, with the method's own
-    defaults (hirm's 200 steps, not HiRMConfig's 50)."""
+    defaults (hirm's 100 steps and retain_at trained, not HiRMConfig's 50 and final)."""
     import dataclasses
 
     from hirm.erase import METHODS
@@ -123,7 +123,8 @@ def test_methods_shows_every_option_with_its_default_and_help():
         for f in fields:
             assert f"│ {f.name} " in r.output, (name, f.name)
     rows = {n: d for n, d, _ in METHODS["hirm"].option_help()}
-    assert rows["steps"] == 200 and rows["variant"] == "u" and rows["supervise_module"] == "final"
+    assert rows["steps"] == 100 and rows["variant"] == "u" and rows["supervise_module"] == "final"
+    assert rows["retain_at"] == "trained"
 
 
 @pytest.mark.parametrize(("args", "message"), [

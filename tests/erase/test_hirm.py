@@ -554,3 +554,49 @@ def test_sequence_length_computes_only_the_leading_positions_and_keeps_them_exac
 def test_speed_options_validated():
     with pytest.raises(HirmError, match="retain_per_step -1"):
         erase_r([dummies.text_encoder()], "a red star", steps=1, retain_per_step=-1, progress=False)
+
+
+@pytest.mark.parametrize(("layers", "deepest"), [("first-attn", 0), ("final-attn", 3), ("0,1", 1), ("mlp-only", 0)])
+def test_deepest_trained_layer(layers, deepest):
+    from hirm.erase.textenc import deepest_trained_layer
+
+    assert deepest_trained_layer(dummies.text_encoder(), layers) == deepest
+
+
+def test_retain_at_trained_holds_the_trained_layers_output_and_computes_nothing_above_it():
+    """retain_at=trained anchors the retain prompts at layer 0's output (what the frozen layers above turn into
+    the final states): the anchor forward never runs layer 1, and the term still keeps those prompts in place."""
+    from hirm.erase.hirm import HiRMConfig, anchor_states
+    from hirm.eval.locality import final_states
+
+    enc = dummies.text_encoder()
+    layers = getattr(enc.model, "text_model", enc.model).encoder.layers
+    ids = enc.tokenize(["a blue circle", "a red painting"])
+    calls = []
+    hook = layers[1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            anchored = anchor_states(enc, ids, HiRMConfig(retain_at="trained"))
+        assert not calls
+        assert torch.equal(anchored, representation(enc, ids, 0, "output"))
+        with torch.no_grad():
+            final = anchor_states(enc, ids, HiRMConfig())
+        assert calls and torch.equal(final, enc.model(input_ids=ids).last_hidden_state)
+    finally:
+        hook.remove()
+
+    others = ["a blue circle", "a photo of a cat", "a red painting"]
+    kw = {"steps": 20, "lr": 1e-3, "progress": False}
+    free = erase_r([enc], "a red star", **kw)
+    kept = erase_r([enc], "a red star", retain_weight=1e4, retain_prompts=tuple(others), retain_at="trained", **kw)
+    assert kept.config["retain_at"] == "trained"
+    base, _ = final_states(enc, others)
+
+    def drift(patch):
+        with patch.applied([enc]):
+            moved, _ = final_states(enc, others)
+        return float((moved - base).norm() / base.norm())
+
+    assert drift(kept) < 0.5 * drift(free)
+    with pytest.raises(HirmError, match="retain_at 'middle'"):
+        erase_r([enc], "a red star", steps=1, retain_at="middle", progress=False)

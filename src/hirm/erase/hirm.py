@@ -33,7 +33,13 @@ from hirm.erase.prompts import (
     known_synonyms,
     replace_concept,
 )
-from hirm.erase.textenc import concept_span, representation, representation_and_final, trainable_parameter_names
+from hirm.erase.textenc import (
+    concept_span,
+    deepest_trained_layer,
+    representation,
+    representation_and_final,
+    trainable_parameter_names,
+)
 from hirm.errors import HirmError
 from hirm.patch import SEP, Patch, fingerprint
 from hirm.registry import option
@@ -54,6 +60,9 @@ REFERENCE_SHAPE = (77, 768)
 
 # Token positions the misdirection loss may cover (see supervised_positions); the paper's is "all".
 POSITIONS = ("all", "concept", "concept+eos", "no-bos")
+
+# Where the retain and preserve terms hold their prompts (see HiRMConfig.retain_at).
+RETAIN_AT = ("final", "trained")
 
 # Training templates of hirm's default recipe: generic phrasings (none names a domain), so the edit is learnt in
 # several contexts and carries to prompts it never saw.
@@ -121,6 +130,10 @@ class HiRMConfig:
                                        "prompts where they were (the paper: 0)")
     retain_prompts: tuple[str, ...] = option((), "the retain term's prompts (empty: the model's own set where the "
                                                  "term is on: MiniCanvas's captions, else everyday prompts)")
+    retain_at: str = option("final", "where the retain and preserve terms hold their prompts: final (the "
+                                     "encoder's final hidden states) or trained (the output of the deepest "
+                                     "trained layer: the frozen layers above it then give the same final states, "
+                                     "and the term costs that layer's forward, not the whole encoder's)")
     retain_per_step: int = option(0, "speed: retain prompts each step takes, a seeded sample (0: all)")
     sequence_length: int = option(0, "speed: token positions the optimisation computes per CLIP prompt (0: the "
                                      "encoder's full length; never fewer than the longest prompt). Padding after "
@@ -186,6 +199,8 @@ class HiRMConfig:
                             "have no unnamed version to aim at: use robust_slots prefix with method hirm")
         if not (math.isfinite(self.margin) and self.margin >= 0 and self.loss_scale >= 0):
             raise HirmError(f"margin {self.margin} / loss_scale {self.loss_scale}: need finite values >= 0")
+        if self.retain_at not in RETAIN_AT:
+            raise HirmError(f"retain_at {self.retain_at!r}: use one of {', '.join(RETAIN_AT)}")
         if self.retain_per_step < 0 or self.sequence_length < 0:
             raise HirmError(f"retain_per_step {self.retain_per_step} / sequence_length {self.sequence_length}: "
                             "need counts >= 0 (0: all)")
@@ -368,12 +383,12 @@ class PromptSet:
         retain_ids = (_tokenize(enc, list(config.retain_prompts), True,
                                 _sequence_length(enc, list(config.retain_prompts), config))
                       if config.retain_weight > 0 and anchors else None)
-        retain_target = enc.model(input_ids=retain_ids).last_hidden_state if retain_ids is not None else None
+        retain_target = anchor_states(enc, retain_ids, config) if retain_ids is not None else None
         preserve_ids = preserve_target = None
         if config.preserve and anchors:
             kept = list(dict.fromkeys(t.format(p) for p in config.preserve for t in config.templates))
             preserve_ids = _tokenize(enc, kept, True, _sequence_length(enc, kept, config))
-            preserve_target = enc.model(input_ids=preserve_ids).last_hidden_state
+            preserve_target = anchor_states(enc, preserve_ids, config)
         return cls(ids, mask, group, before, target, retain_ids, retain_target, preserve_ids, preserve_target,
                    unnamed, direction)
 
@@ -381,6 +396,14 @@ class PromptSet:
         """[N] each prompt's final hidden states projected on its concept direction: 1 = as before erasure,
         0 = as with the concept's words left out."""
         return ((final - self.unnamed) * self.direction).sum((1, 2)) / (self.direction ** 2).sum((1, 2))
+
+
+def anchor_states(enc: TextEncoder, ids: torch.Tensor, config: HiRMConfig) -> torch.Tensor:
+    """The states the retain and preserve terms hold in place (`retain_at`): the final hidden states, or the
+    deepest trained layer's output, which determines them (the forward stops there)."""
+    if config.retain_at == "final":
+        return enc.model(input_ids=ids).last_hidden_state
+    return representation(enc, ids, deepest_trained_layer(enc, config.layers), "output")
 
 
 def _sequence_length(enc: TextEncoder, prompts: list[str], config: HiRMConfig) -> int | None:
@@ -467,7 +490,7 @@ def _misdirect(enc: TextEncoder, prompts: list[list[str]], names: list[list[str]
         for ids, wanted, weight in ((retain_ids, retain_target, config.retain_weight),
                                     (batch.preserve_ids, batch.preserve_target, config.preserve_term_weight)):
             if ids is not None:
-                loss = loss + weight * F.mse_loss(enc.model(input_ids=ids).last_hidden_state, wanted)
+                loss = loss + weight * F.mse_loss(anchor_states(enc, ids, config), wanted)
         return loss
 
     def done() -> bool:

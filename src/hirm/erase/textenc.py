@@ -36,6 +36,21 @@ PRESETS: dict[str, Callable[[int], list[tuple[int, tuple[str, ...]]]]] = {
 
 def trainable_parameter_names(encoder: TextEncoder, layers: str) -> list[str]:
     """Parameter names (weights and biases; never layer norms or embeddings) for a preset or "0,1"."""
+    prefix = _layers_prefix(encoder)
+    names = [f"{prefix}.{i}.{m}.{p}" for i, mods in _layer_spec(encoder, layers) for clip_name in mods
+             for m in module_names(encoder, clip_name) for p in ("weight", "bias")]
+    params = dict(encoder.model.named_parameters())
+    return [n for n in names if n in params]
+
+
+def deepest_trained_layer(encoder: TextEncoder, layers: str) -> int:
+    """Index of the deepest layer that `layers` trains: the layers above it are frozen, so equal outputs of it
+    give equal final hidden states."""
+    return max(i for i, _ in _layer_spec(encoder, layers))
+
+
+def _layer_spec(encoder: TextEncoder, layers: str) -> list[tuple[int, tuple[str, ...]]]:
+    """[(layer index, module names)] that a preset or "0,1" trains."""
     n = len(encoder.layers)
     if layers in PRESETS:
         spec = PRESETS[layers](n)
@@ -49,11 +64,7 @@ def trainable_parameter_names(encoder: TextEncoder, layers: str) -> list[str]:
         if not idx or any(i < -n or i >= n for i in idx):
             raise HirmError(f"--layers {layers!r}: this encoder has layers 0..{n - 1}")
         spec = [(i % n, ATTN + MLP) for i in idx]
-    prefix = _layers_prefix(encoder)
-    names = [f"{prefix}.{i}.{m}.{p}" for i, mods in spec for clip_name in mods
-             for m in module_names(encoder, clip_name) for p in ("weight", "bias")]
-    params = dict(encoder.model.named_parameters())
-    return [n for n in names if n in params]
+    return spec
 
 
 def module_names(encoder: TextEncoder, clip_name: str) -> tuple[str, ...]:
