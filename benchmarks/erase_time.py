@@ -33,6 +33,9 @@ def main() -> None:
     p.add_argument("--runs", default=",".join(RUNS), help="labels to time, comma-separated")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
+    unknown = [label for label in a.runs.split(",") if label not in RUNS]
+    if unknown:
+        raise SystemExit(f"unknown run {unknown[0]!r}; known: {', '.join(RUNS)}")
     runs = {label: RUNS[label] for label in a.runs.split(",")}
     torch.set_num_threads(a.threads)
     pipe = load_pipeline("minicanvas")

@@ -572,10 +572,9 @@ def test_retain_at_trained_holds_the_trained_layers_output_and_computes_nothing_
     from hirm.erase.hirm import HiRMConfig, anchor_states
 
     enc = dummies.text_encoder()
-    layers = getattr(enc.model, "text_model", enc.model).encoder.layers
     ids = enc.tokenize(["a blue circle", "a red painting"])
     calls = []
-    hook = layers[1].register_forward_hook(lambda *_: calls.append(1))
+    hook = enc.layers[1].register_forward_hook(lambda *_: calls.append(1))
     try:
         with torch.no_grad():
             anchored = anchor_states(enc, ids, HiRMConfig(retain_at="trained"))

@@ -53,18 +53,16 @@ def _layer_spec(encoder: TextEncoder, layers: str) -> list[tuple[int, tuple[str,
     """[(layer index, module names)] that a preset or "0,1" trains."""
     n = len(encoder.layers)
     if layers in PRESETS:
-        spec = PRESETS[layers](n)
-    else:
-        try:
-            idx = [int(x) for x in str(layers).split(",") if x.strip() != ""]
-        except ValueError:
-            raise HirmError(
-                f"--layers {layers!r}: give layer indices like 0 or 0,1, or a preset: {', '.join(PRESETS)}"
-            ) from None
-        if not idx or any(i < -n or i >= n for i in idx):
-            raise HirmError(f"--layers {layers!r}: this encoder has layers 0..{n - 1}")
-        spec = [(i % n, ATTN + MLP) for i in idx]
-    return spec
+        return PRESETS[layers](n)
+    try:
+        idx = [int(x) for x in str(layers).split(",") if x.strip() != ""]
+    except ValueError:
+        raise HirmError(
+            f"--layers {layers!r}: give layer indices like 0 or 0,1, or a preset: {', '.join(PRESETS)}"
+        ) from None
+    if not idx or any(i < -n or i >= n for i in idx):
+        raise HirmError(f"--layers {layers!r}: this encoder has layers 0..{n - 1}")
+    return [(i % n, ATTN + MLP) for i in idx]
 
 
 def module_names(encoder: TextEncoder, clip_name: str) -> tuple[str, ...]:
