@@ -1,7 +1,7 @@
 """The `hirm` command line (`hirm.cli:app`): one module per group of commands, on the shared `base`."""
 
 # each module registers its commands on `app`, in the order `hirm --help` lists them
-from hirm.cli import erase, eval, attack, minicanvas  # noqa: F401, I001
+from hirm.cli import erase, eval, attack, minicanvas, ui  # noqa: F401, I001
 from hirm.cli.base import app
 
 

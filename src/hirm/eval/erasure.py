@@ -40,6 +40,18 @@ def probe_prompts(concept: str, per_template: int = 3) -> tuple[list[str], list[
     return fill(concept), [p for c in same if c != concept for p in fill(c)]
 
 
+def showcase_prompts(concept: str, others: list[str], settings: int = 5) -> tuple[list[str], list[str]]:
+    """Captions for before/after images: `concept` in the first `settings` settings of the other domain (styles
+    for an object), and each of `others` (concepts of its own domain) in the first of those settings."""
+    domain, _ = concept_domain(concept)
+    settings_of = world.STYLES if domain == "object" else world.OBJECTS
+
+    def caption(c: str, setting: str) -> str:
+        return f"a {c} image in {setting} style" if domain == "object" else f"a {setting} image in {c} style"
+
+    return [caption(concept, s) for s in settings_of[:settings]], [caption(c, settings_of[0]) for c in others]
+
+
 def evaluate_erasure(model: str, concept: str | None, patches: list, seeds: tuple[int, ...] = (0, 1),
                      templates: tuple[str, ...] | None = None, base: bool = False, probe: bool = False,
                      steps: int | None = None, guidance: float | None = None, out: Path | None = None,
@@ -117,13 +129,10 @@ def run_demo(out: Path, concept: str, seeds: tuple[int, ...],
     patch = api.erase(pipe, concept, progress=False)
     patch_path = patch.save(out / f"{concept.replace(' ', '-')}.safetensors")
     logger.info("patch %s (%.2f MB) made in %.1fs", patch_path, patch.nbytes / 1e6, sum(patch.seconds.values()))
-    # before/after: the concept in every other-domain setting, then unrelated prompts
-    others = world.STYLES if domain == "object" else world.OBJECTS
+    # before/after: the concept in five other-domain settings, then five other concepts of its domain
     same = [c for c in (world.OBJECTS if domain == "object" else world.STYLES) if c != concept][:5]
-    prompts = [f"a {concept if domain == 'object' else o} image in {o if domain == 'object' else concept} style"
-               for o in others[:5]]
-    prompts += [f"a {c} image in {others[0]} style" if domain == "object" else f"a {others[0]} image in {c} style"
-                for c in same]
+    concept_prompts, other_prompts = showcase_prompts(concept, same)
+    prompts = concept_prompts + other_prompts
     results, lines, files = {}, [], []
     for model in available_models():
         if model != "minicanvas":
