@@ -14,16 +14,18 @@ PACKAGE = Path(hirm.__file__).parent
 
 # part -> parts of hirm it must never import
 FORBIDDEN = {
-    "hirm.erase": {"hirm.attacks", "hirm.eval", "hirm.cli", "hirm.bench"},
-    "hirm.attacks": {"hirm.eval", "hirm.cli", "hirm.bench"},
-    "hirm.minicanvas": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.cli", "hirm.bench"},
+    "hirm.ui": {"hirm.cli", "hirm.bench"},  # the page sits beside the command line, on the library
+    "hirm.eval": {"hirm.cli", "hirm.bench", "hirm.ui"},
+    "hirm.erase": {"hirm.attacks", "hirm.eval", "hirm.cli", "hirm.bench", "hirm.ui"},
+    "hirm.attacks": {"hirm.eval", "hirm.cli", "hirm.bench", "hirm.ui"},
+    "hirm.minicanvas": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.cli", "hirm.bench", "hirm.ui"},
     "hirm.tokens": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.encoders", "hirm.patch", "hirm.cli"},
     "hirm.errors": {"hirm"},
     "hirm.compat": {"hirm"},
     "hirm.registry": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch",
                       "hirm.tokens", "hirm.io", "hirm.generate", "hirm.cli"},
     "hirm.io": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.encoders", "hirm.patch"},
-    "hirm.export": {"hirm.attacks", "hirm.cli", "hirm.bench"},
+    "hirm.export": {"hirm.attacks", "hirm.cli", "hirm.bench", "hirm.ui"},
     "hirm.generate": {"hirm.attacks", "hirm.eval", "hirm.erase", "hirm.minicanvas", "hirm.cli"},
 }
 

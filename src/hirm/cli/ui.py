@@ -10,6 +10,7 @@ from hirm.cli.base import Model, app, handles_errors, quiet_libraries
 from hirm.encoders import resolve_model_path
 from hirm.errors import HirmError
 from hirm.minicanvas import registry
+from hirm.ui import launch, require_gradio
 
 
 @app.command()
@@ -21,8 +22,6 @@ def ui(
 ) -> None:
     """A local web page (Gradio) to erase concepts: pick a model and method, type concepts, see before / after
     images of each concept and its nearest neighbours with the scores, download the patch or an export."""
-    from hirm.ui import launch, require_gradio
-
     quiet_libraries()
     if model not in registry.NAMES and not (resolve_model_path(model) / "model_index.json").exists():
         raise HirmError(f"--model {model}: not a diffusers pipeline folder (no model_index.json); give a pipeline "
