@@ -46,6 +46,18 @@ def test_erase_on_any_pipeline_shows_the_change_and_writes_the_patch(sd_folder, 
     assert again.files[0].name.startswith("002-") and len(bench._pipes) == 1
 
 
+def test_a_targeted_and_a_robust_erase(sd_folder, tmp_path):
+    bench = Workbench(tmp_path)
+    with pytest.raises(HirmError, match="needs a semantic target"):
+        bench.erase(str(sd_folder), ["a red car"], method="hirm-s", neighbours=["a dog"])
+    result = bench.erase(str(sd_folder), ["a red car"], method="hirm-s", target="a painting", neighbours=["a dog"])
+    assert Patch.load(result.files[0]).config["target"] == "a painting"
+    # a two-half patch: both halves drawn, the probe reads the text half
+    result = bench.erase(str(sd_folder), ["a red car"], robust=True, neighbours=["a dog"])
+    assert set(Patch.load(result.files[0]).components) == {"text_encoder", "unet"}
+    assert "Locality probe" in result.scores
+
+
 def test_bad_input_fails_before_any_work(tmp_path):
     bench = Workbench(tmp_path)
     with pytest.raises(HirmError, match="method 'nope'"):

@@ -106,10 +106,11 @@ class Workbench:
 
     def erase(self, model: str, concepts: list[str], method: str = "hirm", robust: bool = False,
               neighbours: list[str] | None = None, seed: int = 0, scored: bool = True, export: str = "none",
-              progress: Progress | None = None) -> Erasure:
+              target: str = "", progress: Progress | None = None) -> Erasure:
         """Erase `concepts` from `model` with `method` and show the change (see the module docstring).
         `neighbours`: what to compare with (None: each concept's nearest of its MiniCanvas domain, or
-        DEFAULT_NEIGHBOURS on another model)."""
+        DEFAULT_NEIGHBOURS on another model). `target`: the method's `target` option where given (HiRM-S's semantic
+        target, the words hirm puts in the concept's place)."""
         progress = progress or (lambda fraction, text: None)
         if method not in METHODS:
             raise HirmError(f"method {method!r}: use one of {', '.join(METHODS)}")
@@ -123,8 +124,9 @@ class Workbench:
         progress(0.0, f"loading {model}")
         pipe = self.pipeline(model)
         progress(0.05, f"erasing {', '.join(concepts)} with {method}{' (robust)' if robust else ''}")
+        options = {"target": target.strip()} if target.strip() else {}
         patch = api.erase(pipe, concepts if len(concepts) > 1 else concepts[0], method=method, robust=robust,
-                          progress=True)
+                          progress=True, **options)
         stem = f"{next(self._count):03d}-{_file_stem(concepts, method)}"
         files = [patch.save(self.workdir / f"{stem}.safetensors")]
         files += self._export(patch, pipe, export, stem)
@@ -240,12 +242,13 @@ def build_app(model: str = "minicanvas", workbench: Workbench | None = None):
     models = list(dict.fromkeys([model, *available_models()]))
     methods = list(METHODS)
 
-    def run(model_name: str, concepts_text: str, method: str, robust: bool, neighbours_text: str, seed: float,
-            scored: bool, export: str, progress=gr.Progress(track_tqdm=True)):
+    def run(model_name: str, concepts_text: str, method: str, target: str, robust: bool, neighbours_text: str,
+            seed: float, scored: bool, export: str, progress=gr.Progress(track_tqdm=True)):
         try:
             neighbours = parse_concepts(neighbours_text) if neighbours_text.strip() else None
             result = workbench.erase(model_name.strip(), parse_concepts(concepts_text), method, robust, neighbours,
-                                     int(seed), scored, export, progress=lambda f, text: progress(f, desc=text))
+                                     int(seed), scored, export, target,
+                                     progress=lambda f, text: progress(f, desc=text))
         except HirmError as e:
             raise gr.Error(str(e)) from None
         return result.before, result.after, result.scores, [str(f) for f in result.files]
@@ -259,6 +262,8 @@ def build_app(model: str = "minicanvas", workbench: Workbench | None = None):
             concepts_box = gr.Textbox(label="concepts to erase", placeholder="star, watercolor", elem_id="concepts")
             method_box = gr.Dropdown(methods, value="hirm", label="method", info="hirm-r / hirm-s: the paper's "
                                      "variants; the others: baselines")
+            target_box = gr.Textbox(label="target (optional)", placeholder="hirm-s: a painting",
+                                    info="hirm-s: the semantic target (needed); hirm: words put in the concept's place")
             robust_box = gr.Checkbox(False, label="robust (also edit the denoiser's cross-attention)")
         with gr.Row():
             neighbours_box = gr.Textbox(label="compare with (comma-separated; empty: the nearest concepts)",
@@ -273,8 +278,8 @@ def build_app(model: str = "minicanvas", workbench: Workbench | None = None):
         after = gr.Image(label="after", type="pil", format="png", elem_id="after", interactive=False)
         scores = gr.Markdown(elem_id="scores")
         files = gr.File(label="patch (and export)", file_count="multiple", elem_id="files", interactive=False)
-        button.click(run, [model_box, concepts_box, method_box, robust_box, neighbours_box, seed_box, scored_box,
-                           export_box], [before, after, scores, files])
+        button.click(run, [model_box, concepts_box, method_box, target_box, robust_box, neighbours_box, seed_box,
+                           scored_box, export_box], [before, after, scores, files])
     app.workbench = workbench
     return app
 

@@ -45,10 +45,11 @@ def relative_change(before: torch.Tensor, after: torch.Tensor, eos: torch.Tensor
 
 
 def locality_probe(encoder: TextEncoder, patch: Patch, in_prompts: list[str], out_prompts: list[str]) -> dict[str, Any]:
-    """Median relative change per region for IN and OUT prompts, and their ratio (higher = more local)."""
+    """Median relative change per region for IN and OUT prompts, and their ratio (higher = more local). Only the
+    patch's edit of `encoder` is applied (a robust patch also edits the denoiser)."""
     prompts = in_prompts + out_prompts
     before, eos = final_states(encoder, prompts)
-    with patch.applied([encoder]):
+    with patch.only([encoder.name]).applied([encoder]):
         after, _ = final_states(encoder, prompts)
     change = relative_change(before, after, eos)
     n_in = len(in_prompts)
