@@ -35,6 +35,19 @@ def test_erase_changes_only_layer0_and_leaves_caller_model_untouched():
     assert changed == names  # every patched tensor moved, nothing else did
 
 
+def test_the_key_bias_is_not_trained_as_no_loss_moves_it():
+    """softmax ignores the q . b_k that the key bias adds to all of a query's scores: its gradient is rounding
+    noise (which Adam would amplify into host-dependent steps), so HiRM leaves it out."""
+    enc = dummies.text_encoder()
+    patch = erase_r([enc], "a red star", steps=2, lr=1e-3, progress=False)
+    assert not any(k.endswith("k_proj.bias") for k in patch.tensors)
+    assert any(k.endswith("k_proj.weight") for k in patch.tensors)
+    attn = enc.layers[0].self_attn
+    enc.model.zero_grad()
+    enc.model(input_ids=enc.tokenize(["a red star", "a cat"])).last_hidden_state.pow(2).sum().backward()
+    assert attn.k_proj.bias.grad.norm() < 1e-5 * attn.q_proj.bias.grad.norm()
+
+
 def test_supervised_representation_moves_toward_random_target():
     enc = dummies.text_encoder()
     patch = erase_r([enc], "a red star", steps=20, lr=1e-3, progress=False)

@@ -34,13 +34,19 @@ PRESETS: dict[str, Callable[[int], list[tuple[int, tuple[str, ...]]]]] = {
 }
 
 
+# The key projection's bias adds q . b_k to every attention score of a query alike, which softmax ignores: its
+# gradient is zero up to rounding, and Adam would turn that rounding (different on every host) into full steps.
+NO_GRADIENT = ("self_attn.k_proj.bias",)
+
+
 def trainable_parameter_names(encoder: TextEncoder, layers: str) -> list[str]:
-    """Parameter names (weights and biases; never layer norms or embeddings) for a preset or "0,1"."""
+    """Parameter names (weights and biases; never layer norms or embeddings, nor the key projection's bias, which
+    no loss can move) for a preset or "0,1"."""
     prefix = _layers_prefix(encoder)
     names = [f"{prefix}.{i}.{m}.{p}" for i, mods in _layer_spec(encoder, layers) for clip_name in mods
              for m in module_names(encoder, clip_name) for p in ("weight", "bias")]
     params = dict(encoder.model.named_parameters())
-    return [n for n in names if n in params]
+    return [n for n in names if n in params and not n.endswith(NO_GRADIENT)]
 
 
 def deepest_trained_layer(encoder: TextEncoder, layers: str) -> int:
