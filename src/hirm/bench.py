@@ -5,10 +5,12 @@ Each measurement runs in a fresh process, so its peak memory is its own.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import resource
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from hirm import api
@@ -179,3 +181,133 @@ def cost_at_equal_ua(concept: str = "striped", methods: tuple[str, ...] = ("esd-
         rows.append({"method": method, "steps": steps, **result, "ratio": result["seconds"] / reference["seconds"],
                      "reached": result["ua"] >= reference["ua"]})
     return [{**r, "seconds": round(r["seconds"], 2), "ratio": round(r["ratio"], 2)} for r in rows]
+
+
+# The plain reference of `whole_process`: the paper's HiRM-R written as a short script with nothing skipped and
+# nothing added (no fingerprints, no checks): import, load the tokenizer and text encoder from the pipeline folder,
+# 50 AdamW steps on layer 0's attention with the last layer's attention output (a forward hook) pulled toward a
+# random target, save the trained tensors. Arguments: folder, output file, steps; it prints its phase times.
+PLAIN_REFERENCE = '''
+import json, sys, time
+start = time.perf_counter()
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTokenizer
+folder, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = {"import": time.perf_counter() - start}
+tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+model = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").eval()
+t["load"] = time.perf_counter() - start - sum(t.values())
+model.requires_grad_(False)
+layers = model.encoder.layers if hasattr(model, "encoder") else model.text_model.encoder.layers
+trained = [p for p in layers[0].self_attn.parameters()]
+for p in trained:
+    p.requires_grad_(True)
+seen = {}
+layers[-1].self_attn.out_proj.register_forward_hook(lambda m, i, o: seen.update(out=o))
+ids = tokenizer(["Van Gogh"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+torch.manual_seed(42)
+with torch.no_grad():
+    model(input_ids=ids)
+    target = torch.randn_like(seen["out"])
+    target *= 5000.0 * (seen["out"].numel() / (77 * 768)) ** 0.5 / target.norm()
+optimizer = torch.optim.AdamW(trained, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-8)
+for _ in range(steps):
+    model(input_ids=ids)
+    loss = torch.nn.functional.mse_loss(seen["out"], target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+t["steps"] = time.perf_counter() - start - sum(t.values())
+save_file({n: p.detach().contiguous() for n, p in layers[0].self_attn.named_parameters()}, out)
+t["save"] = time.perf_counter() - start - sum(t.values())
+print(json.dumps(t))
+'''
+
+# hirm's phases in one process, as `hirm erase --method hirm-r` runs them (start-up = importing the command line)
+HIRM_PHASES = '''
+import json, sys, time
+start = time.perf_counter()
+import hirm.cli
+import torch
+from hirm import api
+from hirm.encoders import load_text_encoders
+from hirm.patch import fingerprint
+folder, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = {"import": time.perf_counter() - start}
+encoders = load_text_encoders(folder)
+t["load"] = time.perf_counter() - start - sum(t.values())
+mark = time.perf_counter()
+for dtype in (torch.float16, torch.bfloat16):  # what the patch records; kept, so the erase does not hash again
+    fingerprint(encoders[0].model, dtype)
+t["fingerprints"] = time.perf_counter() - mark
+mark = time.perf_counter()
+patch = api.erase(encoders, "Van Gogh", method="hirm-r", steps=steps, progress=False)
+t["erase"] = time.perf_counter() - mark
+t["of which steps"] = patch.seconds["text_encoder"]
+mark = time.perf_counter()
+patch.save(out)
+t["save"] = time.perf_counter() - mark
+print(json.dumps(t))
+'''
+
+
+def _clip_pipeline_folder(shape: str, root: Path) -> Path:
+    """A pipeline folder with a text encoder of `shape` (random weights) and the CLIP tokenizer, made once."""
+    import json
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = root / f"{shape}-pipeline"
+    if (folder / "model_index.json").exists():
+        return folder
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **SHAPES[shape])
+    CLIPTextModel(cfg).save_pretrained(folder / "text_encoder")
+    load_tokenizer().save_pretrained(folder / "tokenizer")
+    index = {"_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def whole_process(shape: str = "clip-l", steps: int = 50, rounds: int = 3, threads: int = 2,
+                  workdir: Path | None = None) -> dict[str, Any]:
+    """`hirm erase --method hirm-r` against the plain reference script (`PLAIN_REFERENCE`), each timed as a whole
+    process (interpreter start to exit) on the same pipeline folder, alternating (reference first in odd rounds,
+    hirm first in even ones) so that drift in the CPU's speed falls on both; then one process of each with its
+    phases timed. Returns the wall times, their medians and ratio, and both breakdowns."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="hirm-bench-"))
+    folder = _clip_pipeline_folder(shape, root)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    hirm_exe = str(Path(sys.executable).with_name("hirm"))
+    commands = {
+        "plain": [sys.executable, "-c", PLAIN_REFERENCE, str(folder), str(root / "plain.safetensors"), str(steps)],
+        "hirm": [hirm_exe, "--quiet", "erase", "--model", str(folder), "--concept", "Van Gogh", "--method", "hirm-r",
+                 "--steps", str(steps), "--out", str(root / "hirm.safetensors")],
+    }
+    walls: dict[str, list[float]] = {"plain": [], "hirm": []}
+    for r in range(rounds):
+        for name in ("plain", "hirm") if r % 2 == 0 else ("hirm", "plain"):
+            (root / f"{name}.safetensors").unlink(missing_ok=True)
+            start = time.perf_counter()
+            subprocess.run(commands[name], env=env, check=True, capture_output=True)
+            walls[name].append(round(time.perf_counter() - start, 2))
+    phases = {}
+    for name, script in (("plain", PLAIN_REFERENCE), ("hirm", HIRM_PHASES)):
+        (root / f"{name}.safetensors").unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-c", script, str(folder), str(root / f"{name}.safetensors"),
+                               str(steps)], env=env, check=True, capture_output=True, text=True)
+        phases[name] = {k: round(v, 2) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    median = {k: statistics.median(v) for k, v in walls.items()}
+    return {"shape": shape, "steps": steps, "threads": threads, "rounds": rounds, "wall_seconds": walls,
+            "median_seconds": median, "hirm_over_plain": round(median["hirm"] / median["plain"], 3),
+            "phases": phases}

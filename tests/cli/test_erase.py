@@ -287,3 +287,25 @@ def test_cost_at_equal_ua_doubles_a_trained_methods_budget_until_it_reaches_hirm
     assert all({"method", "seconds", "ratio", "ua", "ira", "cra"} <= set(r) for r in rows)
     with pytest.raises(HirmError, match="single methods"):
         bench.cost_at_equal_ua("striped", ("hirm-r+esd-x",))
+
+
+@pytest.mark.slow
+def test_whole_process_times_hirm_against_the_plain_reference(monkeypatch, tmp_path):
+    """Both processes run on one tiny pipeline folder, each writes its trained tensors, and the phases add up to
+    less than the whole process (the interpreter's own start is outside them)."""
+    from safetensors.torch import load_file
+
+    from hirm import bench
+
+    monkeypatch.setitem(bench.SHAPES, "tiny", {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                               "intermediate_size": 64})
+    r = bench.whole_process("tiny", steps=2, rounds=1, threads=1, workdir=tmp_path)
+    assert len(r["wall_seconds"]["plain"]) == len(r["wall_seconds"]["hirm"]) == 1
+    assert r["hirm_over_plain"] == pytest.approx(r["median_seconds"]["hirm"] / r["median_seconds"]["plain"], rel=0.01)
+    plain = load_file(str(tmp_path / "plain.safetensors"))
+    assert {k.rsplit(".", 2)[0] for k in plain} == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    assert (tmp_path / "hirm.safetensors").exists()
+    for name in ("plain", "hirm"):
+        phases = r["phases"][name]
+        assert {"import", "load", "save"} <= set(phases) and all(v >= 0 for v in phases.values())
+        assert sum(v for k, v in phases.items() if k != "of which steps") < max(r["wall_seconds"][name]) + 5

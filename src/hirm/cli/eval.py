@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost
+from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost, whole_process
 from hirm.cli.base import (
     DEVICE_HELP,
     Model,
@@ -87,6 +87,9 @@ def bench(
     baselines: Annotated[str, typer.Option(help="also time these methods on mini-SD at HiRM-R's UA, as ratios to "
                                            "HiRM-R (e.g. esd-x,uce; minutes)")] = "",
     concept: Annotated[str, typer.Option(help="the MiniCanvas concept for --baselines")] = "striped",
+    reference: Annotated[int, typer.Option(help="also time `hirm erase` against a plain script of the same HiRM-R "
+                                                "erase as whole processes, alternating, this many rounds each (0: "
+                                                "no); then each once more with its phases timed")] = 0,
 ) -> None:
     """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size, inference
     latency with and without the patch, and the fraction of the measured matmul limit the erase reaches; with
@@ -100,8 +103,12 @@ def bench(
     methods = tuple(m.strip() for m in baselines.split(",") if m.strip())
     if methods:
         concept_domain(concept)
+    if reference < 0:
+        raise HirmError(f"--reference {reference}: give a number of rounds >= 0, e.g. 3")
     r = erase_cost(shape, steps, threads, concepts, concepts_per_step, flops)
     typer.echo(json.dumps(r))
+    if reference:
+        typer.echo(json.dumps(whole_process(shape, steps, rounds=reference, threads=threads)))
     if methods:
         torch.set_num_threads(threads)
         for row in cost_at_equal_ua(concept, methods):
