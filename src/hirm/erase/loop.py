@@ -48,8 +48,12 @@ def optimise(model: torch.nn.Module, names: list[str], loss_fn: Callable[[int], 
     model.eval()
     for n, p in params.items():
         p.requires_grad_(n in originals)
-    optimizer = torch.optim.AdamW([params[n] for n in names], lr=opt.lr, betas=opt.betas, eps=opt.eps,
-                                  weight_decay=opt.weight_decay)
+    trained_params = [params[n] for n in names]
+    # PyTorch's fused kernel: the same update in one pass over every tensor (on CPU ~20x faster than the default
+    # per-tensor loop, which cost 5-10% of a CLIP-L HiRM step)
+    fused = all(p.device.type in ("cpu", "cuda") for p in trained_params)
+    optimizer = torch.optim.AdamW(trained_params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
+                                  weight_decay=opt.weight_decay, fused=fused or None)
     losses: list[float] = []
     start = time.perf_counter()
     try:
