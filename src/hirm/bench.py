@@ -149,11 +149,13 @@ MINICANVAS_OVERRIDES: dict[str, dict[str, Any]] = {"esd-x": {"lr": 1e-4, "ddim_s
 
 
 def cost_at_equal_ua(concept: str = "striped", methods: tuple[str, ...] = ("esd-x", "uce"),
-                     seeds: tuple[int, ...] = (0,), budgets: tuple[int, ...] = BUDGETS) -> list[dict[str, Any]]:
-    """Erase wall time of each method at HiRM-R's UA on mini-SD, as a ratio to HiRM-R's (hirm's MiniCanvas
-    recipe), all in this process. A trained method runs from the base model at doubling step budgets until its UA
-    reaches HiRM-R's (its time is that run's); a closed-form one (no `steps`) has no budget: its one edit is
-    timed and its UA stands next to HiRM-R's. Rows: method, steps, seconds, ratio, ua, ira, cra, reached."""
+                     seeds: tuple[int, ...] = (0,), budgets: tuple[int, ...] = BUDGETS,
+                     reference: str = "hirm") -> list[dict[str, Any]]:
+    """Erase wall time of each method at `reference`'s UA on mini-SD (default: hirm's default method), as a ratio
+    to `reference`'s time, all in this process. A trained method runs from the base model at doubling step budgets
+    until its UA reaches the reference's (its time is that run's); a closed-form one (no `steps`) has no budget:
+    its one edit is timed and its UA stands next to the reference's. Rows: method, steps, seconds, ratio, ua, ira,
+    cra, reached; the reference first."""
     import dataclasses
 
     pipe = load_pipeline("minicanvas")
@@ -167,20 +169,36 @@ def cost_at_equal_ua(concept: str = "striped", methods: tuple[str, ...] = ("esd-
                                   progress=False)
         return {"seconds": seconds, **{k: round(scores[k], 4) for k in ("ua", "ira", "cra")}}
 
-    reference = run("hirm-r")
-    rows = [{"method": "hirm-r", "steps": None, **reference, "ratio": 1.0, "reached": True}]
     for method in methods:
         if len(method_parts(method)) > 1:  # also a clear error for an unknown name
-            raise HirmError(f"{method}: time single methods against HiRM-R, e.g. esd-x,uce")
+            raise HirmError(f"{method}: time single methods against {reference}, e.g. esd-x,uce")
+    base = run(reference)
+    rows = [{"method": reference, "steps": None, **base, "ratio": 1.0, "reached": True}]
+    for method in methods:
         overrides = MINICANVAS_OVERRIDES.get(method, {})
         trained = "steps" in {f.name for f in dataclasses.fields(METHODS[method].config_cls)}
         for steps in budgets if trained else (None,):
             result = run(method, **overrides, **({"steps": steps} if trained else {}))
-            if result["ua"] >= reference["ua"]:
+            if result["ua"] >= base["ua"]:
                 break
-        rows.append({"method": method, "steps": steps, **result, "ratio": result["seconds"] / reference["seconds"],
-                     "reached": result["ua"] >= reference["ua"]})
-    return [{**r, "seconds": round(r["seconds"], 2), "ratio": round(r["ratio"], 2)} for r in rows]
+        rows.append({"method": method, "steps": steps, **result, "ratio": result["seconds"] / base["seconds"],
+                     "reached": result["ua"] >= base["ua"]})
+    return [{**r, "seconds": round(r["seconds"], 2), "ratio": round(r["ratio"], 3)} for r in rows]
+
+
+def ratios(cost: dict[str, Any], process: dict[str, Any] | None, equal_ua: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of one `hirm bench` run as the ratios its goals are stated in: hirm's time over each other
+    method's at equal UA (a closed form's at its own UA), over the plain script's as a whole process, and the step's
+    fraction of this host's measured matmul peak."""
+    out: dict[str, Any] = {}
+    if "matmul_limit_fraction" in cost:
+        out |= {"step_of_matmul_peak": cost["matmul_limit_fraction"], "matmul_peak_gflops": cost["matmul_peak_gflops"]}
+    if process is not None:
+        out["hirm_process_over_plain_script"] = process["hirm_over_plain"]
+    for row in equal_ua[1:]:
+        key = f"{equal_ua[0]['method']}_over_{row['method']}" + ("_at_equal_ua" if row["reached"] else "")
+        out[key] = round(1 / row["ratio"], 3) if row["ratio"] else None
+    return out
 
 
 # The plain reference of `whole_process`: the paper's HiRM-R written as a short script with nothing skipped and

@@ -249,7 +249,10 @@ def test_hub_id_resolved_from_local_cache_only(tmp_path, monkeypatch):
 def test_bench_prints_measured_figures():
     r = run("bench", "--shape", "clip-l", "--steps", "1", "--threads", "1")
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in r.output.strip().splitlines()]
+    data, last = lines[0], lines[-1]
+    assert last == {"ratios": {"step_of_matmul_peak": data["matmul_limit_fraction"],
+                               "matmul_peak_gflops": data["matmul_peak_gflops"]}}
     assert data["shape"] == "clip-l" and data["steps"] == 1
     assert data["peak_rss_mb"] > data["encoder_mb"] > 400  # CLIP-L text encoder, fp32
     assert 0 < data["patch_fraction"] < 0.1
@@ -267,14 +270,14 @@ def test_cost_at_equal_ua_doubles_a_trained_methods_budget_until_it_reaches_hirm
 
     calls = []
 
-    def fake_erase(pipe, concept, method="hirm-r", progress=True, **overrides):
+    def fake_erase(pipe, concept, method="hirm", progress=True, **overrides):
         calls.append((method, overrides.get("steps")))
         time.sleep(0.001)
         return (method, overrides.get("steps"))
 
     def fake_scores(model, concept, patches, **kw):
         method, steps = patches[0]
-        ua = {"hirm-r": 0.9, "uce": 0.5}.get(method, min(1.0, (steps or 0) / 100))
+        ua = {"hirm": 0.9, "uce": 0.5}.get(method, min(1.0, (steps or 0) / 100))
         return {"ua": ua, "ira": 0.8, "cra": 0.8}
 
     monkeypatch.setattr(api, "erase", fake_erase)
@@ -285,6 +288,10 @@ def test_cost_at_equal_ua_doubles_a_trained_methods_budget_until_it_reaches_hirm
     assert esd["steps"] == 100 and esd["reached"] and esd["ua"] >= rows[0]["ua"]
     assert uce["steps"] is None and not uce["reached"] and ("uce", None) in calls
     assert all({"method", "seconds", "ratio", "ua", "ira", "cra"} <= set(r) for r in rows)
+    summary = bench.ratios({}, {"hirm_over_plain": 1.06}, rows)
+    assert summary["hirm_process_over_plain_script"] == 1.06
+    assert summary["hirm_over_esd-x_at_equal_ua"] == pytest.approx(1 / esd["ratio"], rel=1e-2)
+    assert "hirm_over_uce" in summary  # UCE short of hirm's UA: its time, not at equal UA
     with pytest.raises(HirmError, match="single methods"):
         bench.cost_at_equal_ua("striped", ("hirm-r+esd-x",))
 

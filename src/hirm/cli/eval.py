@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost, whole_process
+from hirm.bench import SHAPES, cost_at_equal_ua, erase_cost, ratios, whole_process
 from hirm.cli.base import (
     DEVICE_HELP,
     Model,
@@ -84,8 +84,8 @@ def bench(
     concepts_per_step: Annotated[int, typer.Option(help="concepts sampled per step (0: all)")] = 0,
     flops: Annotated[bool, typer.Option(help="also count a step's FLOPs and compare the rate achieved with this "
                                         "CPU's measured matmul peak")] = True,
-    baselines: Annotated[str, typer.Option(help="also time these methods on mini-SD at HiRM-R's UA, as ratios to "
-                                           "HiRM-R (e.g. esd-x,uce; minutes)")] = "",
+    baselines: Annotated[str, typer.Option(help="also time these methods on mini-SD at the UA of hirm's default "
+                                           "method, as ratios to its time (e.g. esd-x,uce; minutes)")] = "",
     concept: Annotated[str, typer.Option(help="the MiniCanvas concept for --baselines")] = "striped",
     reference: Annotated[int, typer.Option(help="also time `hirm erase` against a plain script of the same HiRM-R "
                                                 "erase as whole processes, alternating, this many rounds each (0: "
@@ -93,7 +93,8 @@ def bench(
 ) -> None:
     """Time and peak memory of an erase on a real encoder shape (random weights), patch vs encoder size, inference
     latency with and without the patch, and the fraction of the measured matmul limit the erase reaches; with
-    --baselines, each method's erase time at HiRM-R's UA on mini-SD, as a ratio to HiRM-R's."""
+    --reference, the whole `hirm erase` process against a plain script of the same erase; with --baselines, each
+    method's erase time at the UA of hirm's default method on mini-SD. The last line: the run's ratios."""
     import torch
 
     if shape not in SHAPES:
@@ -105,14 +106,18 @@ def bench(
         concept_domain(concept)
     if reference < 0:
         raise HirmError(f"--reference {reference}: give a number of rounds >= 0, e.g. 3")
-    r = erase_cost(shape, steps, threads, concepts, concepts_per_step, flops)
-    typer.echo(json.dumps(r))
-    if reference:
-        typer.echo(json.dumps(whole_process(shape, steps, rounds=reference, threads=threads)))
+    cost = erase_cost(shape, steps, threads, concepts, concepts_per_step, flops)
+    typer.echo(json.dumps(cost))
+    process = whole_process(shape, steps, rounds=reference, threads=threads) if reference else None
+    if process is not None:
+        typer.echo(json.dumps(process))
+    rows = []
     if methods:
         torch.set_num_threads(threads)
-        for row in cost_at_equal_ua(concept, methods):
+        rows = cost_at_equal_ua(concept, methods)
+        for row in rows:
             typer.echo(json.dumps({"concept": concept, **row}))
+    typer.echo(json.dumps({"ratios": ratios(cost, process, rows)}))
 
 
 
