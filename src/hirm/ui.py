@@ -295,5 +295,6 @@ def launch(model: str = "minicanvas", host: str = "127.0.0.1", port: int = 7860)
             logger.warning("%s", e)
 
     threading.Thread(target=preload, daemon=True).start()
+    logger.info("patches and exports are written to %s (kept after the page closes)", app.workbench.workdir)
     app.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, inbrowser=False,
                                                   show_error=True, allowed_paths=[str(app.workbench.workdir)])
