@@ -197,7 +197,7 @@ def ratios(cost: dict[str, Any], process: dict[str, Any] | None, equal_ua: list[
         out["hirm_process_over_plain_script"] = process["hirm_over_plain"]
     for row in equal_ua[1:]:
         key = f"{equal_ua[0]['method']}_over_{row['method']}" + ("_at_equal_ua" if row["reached"] else "")
-        out[key] = round(1 / row["ratio"], 3) if row["ratio"] else None
+        out[key] = round(equal_ua[0]["seconds"] / row["seconds"], 2) if row["seconds"] else None
     return out
 
 
