@@ -1,4 +1,5 @@
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,3 +41,15 @@ def replace_everywhere(monkeypatch):
         return count
 
     return replace
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The headless Chromium binary: a failure in CI, which must run the browser tests (`.ci/run` installs it),
+    a skip elsewhere."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("headless Chromium not installed, and CI must run this test: apt-get install chromium")
+        pytest.skip("headless Chromium not installed: apt-get install chromium")
+    return binary

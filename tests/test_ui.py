@@ -2,7 +2,6 @@
 
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -76,14 +75,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ui_in_a_real_browser(tmp_path):
+def test_ui_in_a_real_browser(tmp_path, chromium):
     """Start `hirm ui`, type a concept in headless Chromium, erase, and check the page's result."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("headless Chromium not installed, and CI must run this test: apt-get install chromium")
-        pytest.skip("headless Chromium not installed: apt-get install chromium")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    from playwright.sync_api import sync_playwright  # the dev extra's
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     log = (tmp_path / "ui.log").open("w")
