@@ -147,6 +147,35 @@ def test_export_cli(tmp_path):
     assert not (tmp_path / "new").exists() and not (tmp_path / "x.pt").exists()
 
 
+def test_export_of_a_two_half_patch_writes_its_text_half_and_says_so(tmp_path, caplog):
+    """A --robust patch also edits the UNet, which none of the formats holds: the export writes the text half
+    (exactly) and logs what it left out; a patch with no text-encoder edit is refused in one line."""
+    from safetensors.torch import load_file
+
+    from hirm.cli import app
+
+    pipe = dummies.sd_pipeline()
+    patch = hirm.erase(pipe, "cat", robust=True, steps=2, progress=False)
+    assert set(patch.components) == {"text_encoder", "unet"}
+    with caplog.at_level("WARNING", logger="hirm.export"):
+        export_clip(patch, find_text_encoders(pipe), tmp_path / "clip")
+    assert "unet edit is not in this export" in caplog.text
+    with patch.only(["text_encoder"]).applied(pipe):
+        want = states(pipe)
+    written = load_file(str(tmp_path / "clip" / "text_encoder.safetensors"))
+    written = {k.removeprefix("text_model."): v for k, v in written.items()}
+    fresh = dummies.sd_pipeline()
+    fresh.text_encoder.load_state_dict(written)
+    assert torch.allclose(states(fresh), want, atol=1e-6)
+    folder = tmp_path / "sd"
+    dummies.sd_pipeline().save_pretrained(folder)
+    hirm.erase(pipe, "cat", method="uce", progress=False).save(tmp_path / "uce.safetensors")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "uce.safetensors"), "--model", str(folder), "--out",
+                                 str(tmp_path / "none")])
+    assert r.exit_code == 2 and "edits no text encoder (it edits unet)" in r.output, r.output
+    assert not (tmp_path / "none").exists()
+
+
 def test_erase_as_a_lora_is_a_low_rank_patch_that_exports_exactly(tmp_path):
     """`--lora-rank`: peft adapters on the trained weights; the patch changes each weight by rank <= R and no
     bias, the model is left as it was (no adapter modules, same weights), the same seed gives the same patch,

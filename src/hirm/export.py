@@ -20,6 +20,7 @@ what the export did; the export refuses a model whose weights are not the ones t
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,24 @@ _OTHER_PROMPTS = ("a photo of a dog", "a city street at night", "a bowl of fruit
                   "a portrait of a woman, oil painting")
 
 
+logger = logging.getLogger(__name__)
+
+
 @dataclass
 class ExportResult:
     files: list[Path]
     info: dict[str, Any] = field(default_factory=dict)  # per component: what was written, errors measured
+
+
+def text_part(patch: Patch, encoders: list[TextEncoder]) -> Patch:
+    """The part of `patch` that edits `encoders`, which is what every format here carries: a denoiser half (a
+    `--robust` patch's UNet edit) is left out, and the log says so."""
+    names = [e.name for e in encoders]
+    left = [c for c in patch.components if c not in names]
+    if left:
+        logger.warning("the patch's %s edit is not in this export (the formats hold text encoders): apply the patch "
+                       "with hirm (hirm apply --out DIR) to keep it", ", ".join(left))
+    return patch.only(names)
 
 
 def _metadata(patch: Patch, export: dict[str, Any]) -> dict[str, str]:
@@ -74,6 +89,7 @@ def clip_file_name(encoder: TextEncoder) -> str:
 
 def export_clip(patch: Patch, encoders: list[TextEncoder], out: Path) -> ExportResult:
     """Write the patched encoders into folder `out`, one file per encoder (all or nothing)."""
+    patch = text_part(patch, encoders)
     files, info = [], {}
     with patch.applied(encoders), atomic_dir(out) as tmp:
         for enc in encoders:
@@ -115,6 +131,7 @@ def export_lora(patch: Patch, encoders: list[TextEncoder], text_components: list
         raise HirmError(f"--lora-layout {layout!r}: use one of {', '.join(LORA_LAYOUTS)}")
     if rank < 1:
         raise HirmError(f"--rank {rank}: give a positive rank, e.g. 16")
+    patch = text_part(patch, encoders)
     t5 = [e.name for e in encoders if not e.is_clip]
     if t5:
         raise HirmError(f"the patch edits the T5 encoder {t5[0]!r}: a text-encoder LoRA here covers CLIP encoders; "
@@ -239,6 +256,7 @@ def export_checkpoint(patch: Patch, encoders: list[TextEncoder], model_root: Pat
 
     if checkpoint.suffix != ".safetensors":
         raise HirmError(f"--checkpoint {checkpoint}: give a .safetensors single-file checkpoint (never pickle)")
+    patch = text_part(patch, encoders)
     try:
         with safe_open(str(checkpoint), "pt") as f:
             meta = f.metadata() or {}

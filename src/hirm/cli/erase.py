@@ -261,7 +261,11 @@ def export(
     loaded = Patch.load(patch)
     if file_format != "clip":  # compared and measured in float32; a checkpoint keeps its own dtypes
         written_as = None
-    encoders = load_text_encoders(model, which=loaded.components,
+    text = [c for c in loaded.components if c.startswith("text_encoder")]
+    if not text:
+        raise HirmError(f"{patch} edits no text encoder (it edits {', '.join(loaded.components)}): these formats "
+                        "hold text encoders; apply it with hirm apply --out DIR instead")
+    encoders = load_text_encoders(model, which=text,
                                   dtype=written_as or (stored_dtype(model) if file_format == "clip" else "float32"))
     if file_format == "clip":
         result = export_clip(loaded, encoders, out)
