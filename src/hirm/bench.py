@@ -312,19 +312,23 @@ def whole_process(shape: str = "clip-l", steps: int = 50, rounds: int = 3, threa
         "hirm": [hirm_exe, "--quiet", "erase", "--model", str(folder), "--concept", "Van Gogh", "--method", "hirm-r",
                  "--steps", str(steps), "--out", str(root / "hirm.safetensors")],
     }
+    def timed(name: str, command: list[str]) -> tuple[float, str]:
+        (root / f"{name}.safetensors").unlink(missing_ok=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HirmError(f"the {name} process failed (exit {done.returncode}): {last}")
+        return time.perf_counter() - start, done.stdout
+
     walls: dict[str, list[float]] = {"plain": [], "hirm": []}
     for r in range(rounds):
         for name in ("plain", "hirm") if r % 2 == 0 else ("hirm", "plain"):
-            (root / f"{name}.safetensors").unlink(missing_ok=True)
-            start = time.perf_counter()
-            subprocess.run(commands[name], env=env, check=True, capture_output=True)
-            walls[name].append(round(time.perf_counter() - start, 2))
+            walls[name].append(round(timed(name, commands[name])[0], 2))
     phases = {}
     for name, script in (("plain", PLAIN_REFERENCE), ("hirm", HIRM_PHASES)):
-        (root / f"{name}.safetensors").unlink(missing_ok=True)
-        done = subprocess.run([sys.executable, "-c", script, str(folder), str(root / f"{name}.safetensors"),
-                               str(steps)], env=env, check=True, capture_output=True, text=True)
-        phases[name] = {k: round(v, 2) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+        out = timed(name, [sys.executable, "-c", script, str(folder), str(root / f"{name}.safetensors"), str(steps)])[1]
+        phases[name] = {k: round(v, 2) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
     median = {k: statistics.median(v) for k, v in walls.items()}
     return {"shape": shape, "steps": steps, "threads": threads, "rounds": rounds, "wall_seconds": walls,
             "median_seconds": median, "hirm_over_plain": round(median["hirm"] / median["plain"], 3),

@@ -316,3 +316,14 @@ def test_whole_process_times_hirm_against_the_plain_reference(monkeypatch, tmp_p
         phases = r["phases"][name]
         assert {"import", "load", "save"} <= set(phases) and all(v >= 0 for v in phases.values())
         assert sum(v for k, v in phases.items() if k != "of which steps") < max(r["wall_seconds"][name]) + 5
+
+
+def test_whole_process_says_which_process_failed(monkeypatch, tmp_path):
+    from hirm import bench
+    from hirm.errors import HirmError
+
+    monkeypatch.setitem(bench.SHAPES, "tiny", {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                               "intermediate_size": 64})
+    monkeypatch.setattr(bench, "PLAIN_REFERENCE", "import sys; sys.exit('the script broke')")
+    with pytest.raises(HirmError, match=r"the plain process failed \(exit 1\): the script broke"):
+        bench.whole_process("tiny", steps=1, rounds=1, threads=1, workdir=tmp_path)
