@@ -29,17 +29,25 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 
 
-def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_step: int, flops: bool,
-             queue: mp.Queue) -> None:
+def _random_clip(shape: str):
+    """A CLIP text encoder of `shape` (SHAPES) with seeded random weights, in eval mode: the cost of an erase
+    depends on the shape only."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.set_num_threads(threads)
-    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
     cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **SHAPES[shape])
-    model = CLIPTextModel(cfg).eval()
+    return CLIPTextModel(cfg).eval()
+
+
+def _measure(shape: str, steps: int, threads: int, concepts: int, concepts_per_step: int, flops: bool,
+             queue: mp.Queue) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = _random_clip(shape)
     encoder = TextEncoder("text_encoder", model, load_tokenizer())
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
@@ -272,18 +280,10 @@ print(json.dumps(t))
 
 def _clip_pipeline_folder(shape: str, root: Path) -> Path:
     """A pipeline folder with a text encoder of `shape` (random weights) and the CLIP tokenizer, made once."""
-    import json
-
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     folder = root / f"{shape}-pipeline"
     if (folder / "model_index.json").exists():
         return folder
-    torch.manual_seed(0)
-    cfg = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **SHAPES[shape])
-    CLIPTextModel(cfg).save_pretrained(folder / "text_encoder")
+    _random_clip(shape).save_pretrained(folder / "text_encoder")
     load_tokenizer().save_pretrained(folder / "tokenizer")
     index = {"_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"]}
@@ -312,6 +312,7 @@ def whole_process(shape: str = "clip-l", steps: int = 50, rounds: int = 3, threa
         "hirm": [hirm_exe, "--quiet", "erase", "--model", str(folder), "--concept", "Van Gogh", "--method", "hirm-r",
                  "--steps", str(steps), "--out", str(root / "hirm.safetensors")],
     }
+
     def timed(name: str, command: list[str]) -> tuple[float, str]:
         (root / f"{name}.safetensors").unlink(missing_ok=True)
         start = time.perf_counter()

@@ -173,13 +173,13 @@ class Workbench:
         return Erasure(patch, files, before_grid, after_grid, "\n".join(lines), seconds)
 
     def _export(self, patch: Patch, pipe, export: str, stem: str) -> list[Path]:
+        if export == "none":
+            return []
         encoders = find_text_encoders(pipe, which=[c for c in patch.components if c.startswith("text_encoder")])
         if export == "clip":
             return export_clip(patch, encoders, self.workdir / f"{stem}-clip").files
-        if export == "lora":
-            return export_lora(patch, encoders, text_components(pipe),
-                               self.workdir / f"{stem}-lora{LORA_RANK}.safetensors", rank=LORA_RANK).files
-        return []
+        return export_lora(patch, encoders, text_components(pipe),
+                           self.workdir / f"{stem}-lora{LORA_RANK}.safetensors", rank=LORA_RANK).files
 
     def _scores(self, model: str, pipe, patch: Patch, concepts: list[str], seed: int) -> list[str]:
         """UA / IRA / CRA of each concept on one seed of the 120-cell grid, against the base model's (the base
