@@ -99,15 +99,10 @@ def unnamed_pairs(pipe, prompts: list[str], names: list[str]) -> list[tuple[torc
     return pairs
 
 
-def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool = True) -> Patch:
-    """One closed-form edit for `concept` or a list of concepts (UCE's own multi-concept form: every concept's
-    keys in one least squares, the preserve set excluding all of them)."""
-    config.validate()
-    method = "rece" if config.epochs else "uce"
-    require_unet_pipeline(pipe, method)
-    concepts = concept_list(concept)
-    unet = pipe.unet
-    projections = cross_attention_projections(unet, keys=config.with_to_k)
+def erase_set(pipe, concepts: list[str], config: UCEConfig) -> tuple[list[list[tuple[torch.Tensor, torch.Tensor]]],
+                                                                     tuple[str, ...]]:
+    """What the least squares is fitted on: per concept, its (embeddings, what they map to) pairs, one per
+    training prompt; and the preserved prompts."""
     encoders = find_text_encoders(pipe)
     unnamed = config.reference == "unnamed"
     retain = default_retain_prompts(encoders, concepts) if unnamed or config.context_prompts else ()
@@ -119,6 +114,19 @@ def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool 
         pairs = [unnamed_pairs(pipe, [t.format(n) for n in group for t in templates], group) for group in names]
     else:
         pairs = [[aligned_pair(pipe, t.format(c), config.guide) for t in templates] for c in concepts]
+    return pairs, tuple(preserve)
+
+
+def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool = True) -> Patch:
+    """One closed-form edit for `concept` or a list of concepts (UCE's own multi-concept form: every concept's
+    keys in one least squares, the preserve set excluding all of them)."""
+    config.validate()
+    method = "rece" if config.epochs else "uce"
+    require_unet_pipeline(pipe, method)
+    concepts = concept_list(concept)
+    unet = pipe.unet
+    projections = cross_attention_projections(unet, keys=config.with_to_k)
+    pairs, preserve = erase_set(pipe, concepts, config)
     erase_keys = torch.cat([k for group in pairs for k, _ in group])
     guide_keys = torch.cat([g for group in pairs for _, g in group])
     preserve_keys = encode(pipe, list(preserve)).flatten(0, 1) if preserve else None
