@@ -32,6 +32,9 @@ BUDGET = {
     "fewshot/x5": {"epochs": 20, "lr": 1e-4},
     "hirm-r/robust": {"robust_rounds": 2},
     "hirm/robust": {"robust": True},  # the robust preset: hirm + UCE with the unnamed reference, one patch
+    # the preset's Pareto view: its denoiser half weaker and stronger (UCE's erase scale, 1 by default)
+    "hirm/robust-uce0.3": {"robust": True, "uce.erase_scale": 0.3},
+    "hirm/robust-uce3": {"robust": True, "uce.erase_scale": 3.0},
     # budget knobs raised towards hirm's UA (equal-UA rows): UCE's erase scale and the authors' added prompts,
     # Diff-QuickFix's ridge term, RECE's rounds, ESD-x's learning rate at the same iterations
     "uce/scale10": {"erase_scale": 10.0},
