@@ -26,9 +26,8 @@ from hirm.attacks import attack, budget_options
 from hirm.attacks.inversion import CCEConfig, cce_probes
 from hirm.encoders import load_pipeline
 from hirm.erase import ROBUST_DENOISER, ROBUST_DENOISER_OPTIONS, make_config
-from hirm.erase.closed_form import ridge_edit
 from hirm.erase.denoiser import cross_attention_projections, encode
-from hirm.erase.uce import erase_set, unnamed_pairs
+from hirm.erase.uce import erase_set, least_squares, unnamed_pairs
 from hirm.eval.minicanvas import evaluate
 from hirm.minicanvas import registry
 from hirm.patch import SEP, Patch
@@ -83,10 +82,9 @@ def adversarial_rounds(pipe, concept: str, rounds: int) -> Patch:
         with probes[0].setup(pipe), torch.no_grad():
             pairs = pairs + unnamed_pairs(pipe, [p.prompt for p in probes], [cce.placeholder])
         keys, reference = torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
-        patch = with_tensors(patch, {
-            f"unet{SEP}{n}": ridge_edit(w, [(keys, reference @ w.T, config.erase_scale),
-                                            (kept, kept @ w.T, config.preserve_scale)], config.lamb).contiguous()
-            for n, w in originals.items()})
+        with torch.no_grad():
+            edited = least_squares(originals, keys, reference, kept, config)
+        patch = with_tensors(patch, {f"unet{SEP}{n}": t.contiguous() for n, t in edited.items()})
     return patch
 
 

@@ -117,6 +117,19 @@ def erase_set(pipe, concepts: list[str], config: UCEConfig) -> tuple[list[list[t
     return pairs, tuple(preserve)
 
 
+def least_squares(originals: dict[str, torch.Tensor], keys: torch.Tensor, guide: torch.Tensor,
+                  preserve_keys: torch.Tensor | None, config: UCEConfig) -> dict[str, torch.Tensor]:
+    """UCE's edit of each projection W0 in `originals`: `keys` to what W0 made of `guide`, `preserve_keys` to what
+    W0 made of them, near W0."""
+    out = {}
+    for n, w0 in originals.items():
+        groups = [(keys, guide @ w0.T, config.erase_scale)]
+        if preserve_keys is not None:
+            groups.append((preserve_keys, preserve_keys @ w0.T, config.preserve_scale))
+        out[n] = ridge_edit(w0, groups, config.lamb)
+    return out
+
+
 def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool = True) -> Patch:
     """One closed-form edit for `concept` or a list of concepts (UCE's own multi-concept form: every concept's
     keys in one least squares, the preserve set excluding all of them)."""
@@ -133,24 +146,15 @@ def erase_uce(pipe, concept: str | list[str], config: UCEConfig, progress: bool 
     originals = {n: m.weight.detach().clone() for n, m in projections.items()}
     start = time.perf_counter()
 
-    def solve(keys: torch.Tensor, guide: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        for n, w0 in originals.items():
-            groups = [(keys, guide @ w0.T, config.erase_scale)]
-            if preserve_keys is not None:
-                groups.append((preserve_keys, preserve_keys @ w0.T, config.preserve_scale))
-            out[n] = ridge_edit(w0, groups, config.lamb)
-        return out
-
     with torch.no_grad():
-        edited = solve(erase_keys, guide_keys)
+        edited = least_squares(originals, erase_keys, guide_keys, preserve_keys, config)
         keys, guides = [erase_keys], [guide_keys]
         for _ in range(config.epochs):  # RECE: per concept, its first template's adversarial embedding
             for group in pairs:
                 concept_keys, concept_guide = group[0]
                 keys.append(adversarial_embedding(originals, edited, concept_keys, config.adv_lamb))
                 guides.append(concept_guide)
-            edited = solve(torch.cat(keys), torch.cat(guides))
+            edited = least_squares(originals, torch.cat(keys), torch.cat(guides), preserve_keys, config)
     info = {"unet": {"layers": len(projections), "preserved": len(preserve), "adversarial_rounds": config.epochs}}
     return Patch(tensors={f"unet{SEP}{n}": t.contiguous() for n, t in edited.items()}, concepts=concepts,
                  method=method, config={**asdict(config), "preserve": list(preserve)},
