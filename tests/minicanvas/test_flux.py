@@ -32,6 +32,35 @@ def test_flow_matching_step_trains_transformer_and_t5():
     assert model.t5.shared.weight.grad is not None and model.transformer.proj_out.weight.grad is not None
 
 
+def test_teacher_velocity_is_the_flow_velocity_of_an_exact_noise_estimate():
+    """A teacher that returns the true noise gives exactly noise - x0, and it is fed the DDPM state of its timestep."""
+    from types import SimpleNamespace
+
+    from hirm.minicanvas.build import training_scheduler
+
+    alphas = training_scheduler().alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 8, 8, 8, generator=g), torch.randn(4, 8, 8, 8, generator=g)
+    seen = {}
+
+    def unet(x, k, encoder_hidden_states):
+        seen["x"], seen["k"] = x, k
+        return SimpleNamespace(sample=noise)
+
+    teacher = flux.TeacherVelocity(SimpleNamespace(eval=lambda: SimpleNamespace(requires_grad_=lambda _: unet)),
+                                   alphas)
+    k, inside = teacher.snap(torch.tensor([0.001, 0.2, 0.5, 0.99]))
+    assert inside.tolist() == [False, True, True, False]
+    assert torch.all(teacher.times[1:] > teacher.times[:-1])
+    assert abs(teacher.times[k[1]] - 0.2) < 2e-3 and abs(teacher.times[k[2]] - 0.5) < 2e-3
+    k = torch.tensor([0, 250, 600, 999])
+    t = teacher.times[k].view(-1, 1, 1, 1)
+    v = teacher((1 - t) * x0 + t * noise, k, torch.zeros(4, 77, 256))
+    torch.testing.assert_close(v, noise - x0, rtol=1e-4, atol=1e-4)
+    a = alphas[k].view(-1, 1, 1, 1).float()
+    torch.testing.assert_close(seen["x"], a.sqrt() * x0 + (1 - a).sqrt() * noise, rtol=1e-4, atol=1e-4)
+
+
 def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
     """Two steps on a fake mini-SD training set: data prepared from it, checkpoint written, resume continues."""
     import json
@@ -48,9 +77,11 @@ def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
               metadata={"scaling_factor": "1.0"})
     run = tmp_path / "flux"
     flux_training.train_flux(run, steps=2, batch_size=4, save_every=2, unet_run=unet_run, init_from=None)
-    flux_training.train_flux(run, steps=3, batch_size=4, save_every=1, unet_run=unet_run, init_from=None)
+    # the third step distills from the shipped mini-SD (its UNet reads the set's caption encodings)
+    flux_training.train_flux(run, steps=3, batch_size=4, save_every=1, unet_run=unet_run, init_from=None,
+                             distill=0.5)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert state["step"] == 3 and state["ema_step"] == 3
+    assert state["step"] == 3 and state["ema_step"] == 3 and state["distill"] == 0.5
     # the committed export (raw weights in fp16 + counters) seeds a fresh run elsewhere, which goes on counting
     export = flux_training.export_flux_resume_state(run, tmp_path / "export")
     elsewhere = tmp_path / "flux-elsewhere"

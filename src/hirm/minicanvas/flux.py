@@ -105,13 +105,54 @@ class FluxTrainer(nn.Module):
         )[0]
 
 
+class TeacherVelocity:
+    """Velocity targets from an epsilon-prediction denoiser on a DDPM schedule (mini-SD's UNet): distillation.
+
+    The flow state x_t = (1 - t) x0 + t noise is, divided by sqrt((1 - t)^2 + t^2), the DDPM state of the
+    timestep whose alpha_bar is (1 - t)^2 / ((1 - t)^2 + t^2); the teacher's noise estimate there gives the
+    velocity noise - x0 = (noise - x_t) / (1 - t). That is the conditional mean the data target (one noise, one
+    image) only estimates, so the student regresses on a target without the data target's sampling noise."""
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor):
+        self.unet = unet.eval().requires_grad_(False)
+        ab = alphas_cumprod.double()
+        self.times = (1 / (1 + (ab / (1 - ab)).sqrt())).float()  # flow time of each DDPM timestep, increasing
+
+    def snap(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher timestep nearest each flow time, and whether the time lies inside the teacher's range."""
+        times = self.times.to(t.device)
+        inside = (t >= times[0]) & (t <= times[-1])
+        hi = torch.searchsorted(times, t).clamp(1, len(times) - 1)
+        lo = hi - 1
+        k = torch.where((t - times[lo]).abs() <= (times[hi] - t).abs(), lo, hi)
+        return k, inside
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, k: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        t = self.times.to(x_t.device)[k].view(-1, 1, 1, 1)
+        eps = self.unet(x_t / ((1 - t) ** 2 + t**2).sqrt(), k, encoder_hidden_states=text).sample
+        return (eps - x_t) / (1 - t)
+
+
 def flow_matching_loss(model: FluxTrainer, x0: torch.Tensor, pooled: torch.Tensor, t5_ids: torch.Tensor,
-                       generator: torch.Generator) -> torch.Tensor:
+                       generator: torch.Generator, teacher: TeacherVelocity | None = None,
+                       teacher_text: torch.Tensor | None = None, distill: float = 1.0) -> torch.Tensor:
     """Rectified flow (as Flux): x_t = (1 - t) x0 + t noise, predict the velocity noise - x0.
-    Timesteps from a logit-normal, the SD3/Flux choice."""
+    Timesteps from a logit-normal, the SD3/Flux choice.
+
+    With a `teacher` (conditioned on `teacher_text`), flow times inside its schedule snap to its nearest
+    timestep and the target there is `distill` x the teacher's velocity + (1 - distill) x the data's."""
     b, _, h, w = x0.shape
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # CPU draws: the same on any device
     t = torch.sigmoid(torch.randn(b, generator=generator)).to(x0.device)
+    if teacher is not None:
+        k, inside = teacher.snap(t)
+        t = torch.where(inside, teacher.times.to(t.device)[k], t)
     x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    target = noise - x0
+    if teacher is not None and inside.any():
+        taught = teacher(x_t[inside], k[inside], teacher_text[inside])
+        target = target.clone()
+        target[inside] = distill * taught + (1 - distill) * target[inside]
     pred = model.velocity(pack(x_t), t, pooled, t5_ids, h, w)
-    return F.mse_loss(pred, pack(noise - x0))
+    return F.mse_loss(pred, pack(target))

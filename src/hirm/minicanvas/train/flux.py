@@ -64,13 +64,16 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
                caption_dropout: float = 0.1, sequence_dropout: float = 0.0, pooled_dropout: float = 0.0,
                ema_decay: float = 0.999, save_every: int = 250, unet_run: Path | None = None,
                init_from: Path | None = None, device: str = "cpu", workers: int = 1,
-               time_budget: float | None = None):
+               time_budget: float | None = None, distill: float = 0.0, schedule_start: int = 0):
     """mini-Flux: FluxTransformer2DModel + T5 encoder, rectified flow on the mini-SD training set.
 
     `caption_dropout` drops both conditionings (for true CFG); `sequence_dropout` / `pooled_dropout` drop
     only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway. A fresh
     `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one.
-    `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
+    `distill` > 0 mixes the shipped mini-SD's velocity into the target (`flux.TeacherVelocity`; 1: the teacher's
+    alone), on its caption encodings; `schedule_start` restarts the learning-rate schedule at that step (a new
+    phase from a committed export). `device`, `workers` (rendering processes) and `time_budget` are for leased
+    accelerators."""
     from safetensors import safe_open
 
     seed_everything(seed)
@@ -100,6 +103,17 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
             shipped / "text_encoder_2", dtype=torch.float32).state_dict())
 
     state, ema = resume_with_ema(run_dir, models, opt, ema_model, ema_decay, init_from, seed_from_export)
+    teacher = text = empty_text = None
+    if distill > 0:
+        from diffusers import UNet2DConditionModel
+
+        from hirm.minicanvas.build import training_scheduler
+
+        unet = UNet2DConditionModel.from_pretrained(registry.FOLDERS["minicanvas"] / "unet",
+                                                    **diffusers_dtype(torch.float32)).to(device)
+        teacher = flux.TeacherVelocity(unet, training_scheduler().alphas_cumprod)
+        with safe_open(str(unet_data), "pt") as f:  # fp16, converted per batch
+            text, empty_text = f.get_tensor("text").to(device), f.get_tensor("empty").to(device)
 
     def step(i: int) -> dict[str, float]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
@@ -114,14 +128,20 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
         drop_seq, drop_pool = drop_seq.to(device), drop_pool.to(device)
         ids[drop_seq] = data["empty_t5_ids"].long()
         pooled[drop_pool] = data["empty_pooled"].float()
-        loss = flux.flow_matching_loss(model, x0, pooled, ids, g)
+        if teacher is None:
+            loss = flux.flow_matching_loss(model, x0, pooled, ids, g)
+        else:  # the teacher sees the caption unless both conditionings were dropped
+            cond = text[idx].float()
+            cond[drop_all.to(device)] = empty_text.float()
+            loss = flux.flow_matching_loss(model, x0, pooled, ids, g, teacher, cond, distill)
         update(loss, model, opt, ema)
         return {"loss": float(loss.detach()), "batch": batch_size}
 
     def sync_ema() -> dict:
         ema.copy_to(ema_model.parameters())
         return {"ema_step": ema.optimization_step, "scaling_factor": scaling,
-                "sequence_dropout": sequence_dropout, "pooled_dropout": pooled_dropout}
+                "sequence_dropout": sequence_dropout, "pooled_dropout": pooled_dropout, "distill": distill,
+                "schedule_start": schedule_start}
 
     return run_loop(run_dir, models, opt, steps, step, lr, save_every, desc="flux", before_save=sync_ema,
-                    warmup=200, state=state, time_budget=time_budget)
+                    warmup=200, state=state, time_budget=time_budget, schedule_start=schedule_start)

@@ -105,14 +105,16 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: floa
 def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optimizer, total_steps: int,
              step_fn: Callable[[int], dict[str, float]], base_lr: float, save_every: int = 200,
              desc: str = "train", before_save: Callable[[], dict] | None = None,
-             warmup: int = 100, state: RunState | None = None, time_budget: float | None = None) -> RunState:
+             warmup: int = 100, state: RunState | None = None, time_budget: float | None = None,
+             schedule_start: int = 0) -> RunState:
     """The one training loop: resume, step with a cosine schedule, log, checkpoint, finish.
 
     `before_save` runs before each checkpoint and returns extra counters stored in its state.json; pass
     `state` when the caller already restored the checkpoint itself. With `time_budget` (seconds) the run
     measures its own speed after 100 and 1000 steps and shortens `total_steps` so that the cosine schedule
     ends within the budget (a leased accelerator's time is fixed, its speed is not known in advance), and
-    stops and saves at 1.05 x the budget whatever the schedule.
+    stops and saves at 1.05 x the budget whatever the schedule. `schedule_start` restarts the warm-up and cosine
+    at that step (a new phase of a run resumed from elsewhere) instead of continuing them from step 0.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
@@ -123,7 +125,7 @@ def run_loop(run_dir: Path, models: dict[str, nn.Module], opt: torch.optim.Optim
     first, cap = state.step, total_steps
     while state.step < total_steps:
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(state.step, total_steps, base_lr, warmup=warmup)
+            g["lr"] = cosine_lr(state.step - schedule_start, total_steps - schedule_start, base_lr, warmup=warmup)
         metrics = step_fn(state.step)
         state.step += 1
         now = time.time()
