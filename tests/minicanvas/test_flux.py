@@ -87,3 +87,24 @@ def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
     elsewhere = tmp_path / "flux-elsewhere"
     flux_training.train_flux(elsewhere, steps=4, batch_size=4, save_every=1, unet_run=unet_run, init_from=export)
     assert json.loads((elsewhere / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_assemble_flux_links_mini_sd_parts_and_reloads(tmp_path):
+    """A checkpoint becomes a FluxPipeline folder whose CLIP encoder, tokenizer and VAE are mini-SD's (links),
+    that reloads with from_pretrained and carries the weights it was built from."""
+    import json
+
+    from safetensors.torch import save_model
+
+    from hirm.minicanvas import registry
+    from hirm.minicanvas.build import assemble_flux
+
+    trainer = flux.FluxTrainer(len(flux.make_t5_tokenizer()))
+    save_model(trainer, str(tmp_path / "ema_flux.safetensors"))
+    out = assemble_flux(tmp_path / "ema_flux.safetensors", out=tmp_path / "pipe", records={"flux": {"step": 7}})
+    assert all((out / part).is_symlink() for part in ("text_encoder", "tokenizer", "vae"))
+    assert (out / "text_encoder").resolve() == (registry.path("minicanvas") / "text_encoder").resolve()
+    assert json.loads((out / "training.json").read_text()) == {"flux": {"step": 7}}
+    pipe = FluxPipeline.from_pretrained(out, local_files_only=True)
+    w = trainer.transformer.proj_out.weight
+    torch.testing.assert_close(pipe.transformer.proj_out.weight.float(), w.half().float())

@@ -58,21 +58,27 @@ def flux_scheduler():
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
 
 
-def assemble_flux(flux_checkpoint: Path, out: Path | None = None, records: dict | None = None) -> Path:
-    """EMA transformer + T5 (a FluxTrainer checkpoint) -> FluxPipeline folder. The CLIP text encoder,
-    its tokenizer and the VAE are mini-SD's, linked rather than copied: the same encoder, as in real Flux."""
+def flux_pipeline(flux_checkpoint: Path):
+    """A fp32 FluxPipeline from a FluxTrainer checkpoint (transformer + T5) and mini-SD's CLIP text encoder, its
+    tokenizer and VAE: the shipped mini-Flux before it is saved, or a training run's weights to judge."""
     from diffusers import FluxPipeline
     from safetensors.torch import load_model
 
-    out = out or registry.FOLDERS["minicanvas-flux"]
-    sd = registry.path("minicanvas")
     t5_tokenizer = flux.make_t5_tokenizer()
     trainer = flux.FluxTrainer(len(t5_tokenizer))
     load_model(trainer, str(flux_checkpoint))
     sd_pipe = registry.load_pipeline("minicanvas")
-    pipe = FluxPipeline(scheduler=flux_scheduler(), vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder,
+    return FluxPipeline(scheduler=flux_scheduler(), vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder,
                         tokenizer=sd_pipe.tokenizer, text_encoder_2=trainer.t5.eval(), tokenizer_2=t5_tokenizer,
                         transformer=trainer.transformer.eval())
+
+
+def assemble_flux(flux_checkpoint: Path, out: Path | None = None, records: dict | None = None) -> Path:
+    """EMA transformer + T5 (a FluxTrainer checkpoint) -> FluxPipeline folder. The CLIP text encoder,
+    its tokenizer and the VAE are mini-SD's, linked rather than copied: the same encoder, as in real Flux."""
+    out = out or registry.FOLDERS["minicanvas-flux"]
+    sd = registry.path("minicanvas")
+    pipe = flux_pipeline(flux_checkpoint)
     with atomic_dir(out, replace=True) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         for shared in ("text_encoder", "tokenizer", "vae"):
