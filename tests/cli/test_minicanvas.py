@@ -68,3 +68,25 @@ def test_demo_writes_report_grid_and_patch(tmp_path):
     assert "| patched |" in report
     # the same patch, unchanged, on mini-Flux (which shares mini-SD's CLIP encoder)
     assert "## minicanvas-flux" in report and (out / "minicanvas-flux" / "before-after.png").exists()
+
+
+def test_build_flux_no_ship_writes_only_the_resume_state(tmp_path):
+    """`build flux --no-ship` commits a training phase (raw + EMA weights, counters) without touching the shipped
+    pipeline; mini-SD has no such mode and says so."""
+    from safetensors.torch import save_model
+
+    from hirm.minicanvas import flux
+
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    for name in ("flux", "ema_flux"):
+        save_model(flux.FluxTrainer(len(flux.make_t5_tokenizer())), str(ckpt / f"{name}.safetensors"))
+    (ckpt / "state.json").write_text(json.dumps({"step": 5, "seconds": 1.0, "images_seen": 20, "ema_step": 5}))
+    out = tmp_path / "resume"
+    r = runner.invoke(app, ["minicanvas", "build", "flux", "--run-dir", str(tmp_path / "run"), "--resume-state",
+                            str(out), "--no-ship"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["ema_flux.safetensors", "flux.safetensors", "state.json"]
+    assert json.loads((out / "state.json").read_text())["step"] == 5
+    r = runner.invoke(app, ["minicanvas", "build", "sd", "--run-dir", str(tmp_path / "run"), "--no-ship"])
+    assert r.exit_code != 0 and "--no-ship is for flux" in r.output

@@ -85,7 +85,20 @@ def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
     # the committed export (raw weights in fp16 + counters) seeds a fresh run elsewhere, which goes on counting
     export = flux_training.export_flux_resume_state(run, tmp_path / "export")
     elsewhere = tmp_path / "flux-elsewhere"
-    flux_training.train_flux(elsewhere, steps=4, batch_size=4, save_every=1, unet_run=unet_run, init_from=export)
+    # one step at lr 0 from the export: the raw weights stay the export's, and the EMA moves from the export's EMA
+    # toward them, so each of its values lies between the two (the shipped model's EMA would not)
+    flux_training.train_flux(elsewhere, steps=4, batch_size=4, save_every=1, unet_run=unet_run, init_from=export,
+                             lr=0.0)
+    from safetensors.torch import load_file
+
+    raw, ema = (load_file(str(export / f"{n}.safetensors")) for n in ("flux", "ema_flux"))
+    resumed_raw, resumed_ema = (load_file(str(elsewhere / "checkpoint" / f"{n}.safetensors"))
+                                for n in ("flux", "ema_flux"))
+    for k in raw:
+        r, e = raw[k].float(), ema[k].float()
+        assert torch.equal(resumed_raw[k], r)
+        assert torch.all(resumed_ema[k] >= torch.minimum(r, e) - 1e-6)
+        assert torch.all(resumed_ema[k] <= torch.maximum(r, e) + 1e-6)
     assert json.loads((elsewhere / "checkpoint" / "state.json").read_text())["step"] == 4
 
 

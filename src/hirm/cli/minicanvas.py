@@ -65,6 +65,8 @@ def minicanvas_build(
     resume_state: Annotated[Path | None, typer.Option(
         help="where to write the run's resume state (raw weights + counters) for training elsewhere (default: "
              "the checkout's training/minicanvas-sd-unet or training/minicanvas-flux)")] = None,
+    ship: Annotated[bool, typer.Option(help="--no-ship: write only the resume state (flux), keeping the shipped "
+                                            "pipeline: a phase committed before it is good enough to ship")] = True,
 ) -> None:
     """Assemble a shipped pipeline (fp16) from a training run: mini-SD (and its resume state) or mini-Flux."""
     from safetensors import safe_open
@@ -77,6 +79,11 @@ def minicanvas_build(
         raise HirmError(f"{run_dir} has no checkpoint: train one with `hirm minicanvas train "
                         f"{'unet' if what == 'sd' else 'flux'}`")
     metrics = run_dir / "generator_metrics.json"
+    if what == "flux" and not ship:
+        typer.echo(f"wrote {export_flux_resume_state(run_dir, resume_state or RESUME_STATE['flux'])}")
+        return
+    if not ship:
+        raise HirmError("--no-ship is for flux: mini-SD's resume state is its shipped UNet's raw twin")
     if what == "flux":
         records = {"flux": json.loads(state.read_text())}
         if metrics.exists():

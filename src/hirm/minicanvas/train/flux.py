@@ -50,12 +50,14 @@ def prepare_flux_data(path: Path, unet_data: Path, n_images: int, seed: int, wor
 
 
 def export_flux_resume_state(run_dir: Path, out: Path) -> Path:
-    """Raw (non-EMA) mini-Flux weights in fp16 and the counters, to resume training on another machine (the
-    EMA weights are the shipped pipeline's; Adam restarts with a short warm-up)."""
+    """A run's raw and EMA mini-Flux weights in fp16 and its counters, to resume training on another machine or in
+    another session (Adam restarts with a short warm-up). The export may be ahead of the shipped pipeline: a phase
+    is committed here before it is good enough to ship."""
     ckpt = run_dir / "checkpoint"
     with atomic_dir(out, replace=True) as tmp:
-        save_file({k: v.half().contiguous() for k, v in load_file(str(ckpt / "flux.safetensors")).items()},
-                  str(tmp / "flux.safetensors"))
+        for name in ("flux", "ema_flux"):
+            save_file({k: v.half().contiguous() for k, v in load_file(str(ckpt / f"{name}.safetensors")).items()},
+                      str(tmp / f"{name}.safetensors"))
         (tmp / "state.json").write_text((ckpt / "state.json").read_text())
     return out
 
@@ -94,8 +96,11 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     models = {"flux": model, "ema_flux": ema_model}
 
-    def seed_from_export(export: Path) -> None:  # the raw weights; the EMA from the shipped model
+    def seed_from_export(export: Path) -> None:  # the raw weights; the EMA's too, else the shipped model's
         load_model(model, str(export / "flux.safetensors"), strict=True)
+        if (export / "ema_flux.safetensors").exists():
+            load_model(ema_model, str(export / "ema_flux.safetensors"), strict=True)
+            return
         shipped = registry.FOLDERS["minicanvas-flux"]
         ema_model.transformer.load_state_dict(type(ema_model.transformer).from_pretrained(
             shipped / "transformer", **diffusers_dtype(torch.float32)).state_dict())
