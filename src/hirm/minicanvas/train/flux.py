@@ -71,7 +71,8 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
 
     `caption_dropout` drops both conditionings (for true CFG); `sequence_dropout` / `pooled_dropout` drop
     only the T5 sequence / the pooled CLIP vector, shifting how much the model leans on each pathway. A fresh
-    `run_dir` starts from the committed export in `init_from` (and the shipped EMA weights) when there is one.
+    `run_dir` starts from the committed export in `init_from` when there is one (its EMA weights, or the shipped
+    pipeline's for an export without them).
     `distill` > 0 mixes the shipped mini-SD's velocity into the target (`flux.TeacherVelocity`; 1: the teacher's
     alone), on its caption encodings; `schedule_start` restarts the learning-rate schedule at that step (a new
     phase from a committed export). `device`, `workers` (rendering processes) and `time_budget` are for leased
