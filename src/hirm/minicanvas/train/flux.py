@@ -10,6 +10,7 @@ from safetensors.torch import load_file, load_model, save_file
 from hirm.compat import diffusers_dtype
 from hirm.io import atomic_dir, atomic_file
 from hirm.minicanvas import flux, registry, world
+from hirm.minicanvas.build import training_scheduler
 from hirm.minicanvas.tokenizer import load_tokenizer
 from hirm.minicanvas.train.loop import (
     resume_with_ema,
@@ -112,8 +113,6 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     teacher = text = empty_text = None
     if distill > 0:
         from diffusers import UNet2DConditionModel
-
-        from hirm.minicanvas.build import training_scheduler
 
         unet = UNet2DConditionModel.from_pretrained(registry.FOLDERS["minicanvas"] / "unet",
                                                     **diffusers_dtype(torch.float32)).to(device)
