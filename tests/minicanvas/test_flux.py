@@ -36,6 +36,8 @@ def test_teacher_velocity_is_the_flow_velocity_of_an_exact_noise_estimate():
     """A teacher that returns the true noise gives exactly noise - x0, and it is fed the DDPM state of its timestep."""
     from types import SimpleNamespace
 
+    from torch import nn
+
     from hirm.minicanvas.build import training_scheduler
 
     alphas = training_scheduler().alphas_cumprod
@@ -43,12 +45,12 @@ def test_teacher_velocity_is_the_flow_velocity_of_an_exact_noise_estimate():
     x0, noise = torch.randn(4, 8, 8, 8, generator=g), torch.randn(4, 8, 8, 8, generator=g)
     seen = {}
 
-    def unet(x, k, encoder_hidden_states):
-        seen["x"], seen["k"] = x, k
-        return SimpleNamespace(sample=noise)
+    class ExactUNet(nn.Module):  # returns the true noise, records its input
+        def forward(self, x, k, encoder_hidden_states):
+            seen["x"], seen["k"] = x, k
+            return SimpleNamespace(sample=noise)
 
-    teacher = flux.TeacherVelocity(SimpleNamespace(eval=lambda: SimpleNamespace(requires_grad_=lambda _: unet)),
-                                   alphas)
+    teacher = flux.TeacherVelocity(ExactUNet(), alphas)
     k, inside = teacher.snap(torch.tensor([0.001, 0.2, 0.5, 0.99]))
     assert inside.tolist() == [False, True, True, False]
     assert torch.all(teacher.times[1:] > teacher.times[:-1])
@@ -82,7 +84,7 @@ def test_train_flux_runs_and_resumes_on_a_small_set(tmp_path):
                              distill=0.5)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and state["ema_step"] == 3 and state["distill"] == 0.5
-    # the committed export (raw weights in fp16 + counters) seeds a fresh run elsewhere, which goes on counting
+    # the committed export (raw and EMA weights in fp16 + counters) seeds a fresh run elsewhere, which goes on counting
     export = flux_training.export_flux_resume_state(run, tmp_path / "export")
     elsewhere = tmp_path / "flux-elsewhere"
     # one step at lr 0 from the export: the raw weights stay the export's, and the EMA moves from the export's EMA

@@ -63,7 +63,8 @@ def minicanvas_build(
                                                      "runs/flux")] = None,
     components: Annotated[Path, typer.Option(help="folder with vae/ and text_encoder/ (sd)")] = Path("runs/components"),
     resume_state: Annotated[Path | None, typer.Option(
-        help="where to write the run's resume state (raw weights + counters) for training elsewhere (default: "
+        help="where to write the run's resume state (raw weights, for flux its EMA too, + counters) for training "
+             "elsewhere (default: "
              "the checkout's training/minicanvas-sd-unet or training/minicanvas-flux)")] = None,
     ship: Annotated[bool, typer.Option(help="--no-ship: write only the resume state (flux), keeping the shipped "
                                             "pipeline: a phase committed before it is good enough to ship")] = True,
@@ -73,17 +74,17 @@ def minicanvas_build(
 
     if what not in ("sd", "flux"):
         raise HirmError(f"unknown pipeline {what!r}: use sd or flux")
+    if what == "sd" and not ship:
+        raise HirmError("--no-ship is for flux: mini-SD's resume state is its shipped UNet's raw twin")
     run_dir = run_dir or Path("runs/unet" if what == "sd" else "runs/flux")
     state = run_dir / "checkpoint" / "state.json"
     if not state.exists():
         raise HirmError(f"{run_dir} has no checkpoint: train one with `hirm minicanvas train "
                         f"{'unet' if what == 'sd' else 'flux'}`")
-    metrics = run_dir / "generator_metrics.json"
-    if what == "flux" and not ship:
+    if not ship:
         typer.echo(f"wrote {export_flux_resume_state(run_dir, resume_state or RESUME_STATE['flux'])}")
         return
-    if not ship:
-        raise HirmError("--no-ship is for flux: mini-SD's resume state is its shipped UNet's raw twin")
+    metrics = run_dir / "generator_metrics.json"
     if what == "flux":
         records = {"flux": json.loads(state.read_text())}
         if metrics.exists():

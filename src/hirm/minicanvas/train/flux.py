@@ -88,6 +88,8 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
     with safe_open(str(unet_data), "pt") as f:
         scaling = float(f.metadata()["scaling_factor"])
         latents = f.get_tensor("latents").to(device)
+        if distill > 0:  # the teacher's caption encodings (fp16, converted per batch)
+            text, empty_text = f.get_tensor("text").to(device), f.get_tensor("empty").to(device)
     prepare_flux_data(run_dir / "data.safetensors", unet_data, len(latents), seed, workers)
     data = load_file(str(run_dir / "data.safetensors"), device=device)
     vocab = len(flux.make_t5_tokenizer())
@@ -110,15 +112,13 @@ def train_flux(run_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float
             shipped / "text_encoder_2", dtype=torch.float32).state_dict())
 
     state, ema = resume_with_ema(run_dir, models, opt, ema_model, ema_decay, init_from, seed_from_export)
-    teacher = text = empty_text = None
+    teacher = None
     if distill > 0:
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(registry.FOLDERS["minicanvas"] / "unet",
                                                     **diffusers_dtype(torch.float32)).to(device)
         teacher = flux.TeacherVelocity(unet, training_scheduler().alphas_cumprod)
-        with safe_open(str(unet_data), "pt") as f:  # fp16, converted per batch
-            text, empty_text = f.get_tensor("text").to(device), f.get_tensor("empty").to(device)
 
     def step(i: int) -> dict[str, float]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
