@@ -100,6 +100,30 @@ def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, 
         assert lrs[-1] < 0.1 * max(lrs)  # the schedule ran to its end within the budget
 
 
+def test_schedule_start_restarts_warmup_and_cosine(tmp_path):
+    """A phase resumed at step 500 of a 1,000-step schedule runs at the cosine's middle; with schedule_start=500
+    it warms up from zero and decays over the remaining steps instead."""
+    def lrs_of_phase(schedule_start: int) -> list[float]:
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        seen = []
+
+        def step(i):
+            seen.append(opt.param_groups[0]["lr"])
+            return {"batch": 1}
+
+        loop.run_loop(tmp_path / str(schedule_start), {"m": model}, opt, 1000, step, base_lr=0.1, save_every=10_000,
+                      warmup=10, state=loop.RunState(step=500), schedule_start=schedule_start)
+        return seen
+
+    continued, restarted = lrs_of_phase(0), lrs_of_phase(500)
+    assert len(continued) == len(restarted) == 500
+    assert continued[0] == pytest.approx(loop.cosine_lr(500, 1000, 0.1, warmup=10))
+    assert restarted[0] == pytest.approx(0.1 / 10)  # the warm-up's first step
+    assert restarted[9] == pytest.approx(0.1) and restarted[9] > max(continued)  # the base rate after warm-up
+    assert restarted[-1] < 0.1 * 0.06  # and down to the cosine's floor by the end
+
+
 def test_unet_run_encodes_its_set_once(tmp_path, monkeypatch):
     import diffusers
 

@@ -105,13 +105,15 @@ def _init_from_export(init_from: Path, models: dict[str, nn.Module], ema_source:
 def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: float = 3e-4, seed: int = 0,
                n_images: int = 80000, caption_dropout: float = 0.1, ema_decay: float = 0.999,
                save_every: int = 250, components: Path | None = None, init_from: Path | None = None,
-               device: str = "cpu", workers: int = 1, time_budget: float | None = None):
+               device: str = "cpu", workers: int = 1, time_budget: float | None = None, schedule_start: int = 0):
     """mini-SD: a UNet2DConditionModel on 8x8 VAE latents, conditioned on the frozen text encoder, with
     caption dropout for classifier-free guidance. Trains from a fixed rendered set (latents and caption
     encodings precomputed once: the text encoder would otherwise cost more than the UNet step).
 
     A fresh `run_dir` starts from the committed export in `init_from` when there is one, so training goes on
-    across machines. `device`, `workers` (rendering processes) and `time_budget` are for leased accelerators."""
+    across machines; `schedule_start` restarts the learning-rate schedule at that step (a new phase from a
+    committed export, which would otherwise resume near the cosine's floor). `device`, `workers` (rendering
+    processes) and `time_budget` are for leased accelerators."""
     from diffusers import AutoencoderKL
     from safetensors import safe_open
     from transformers import CLIPTextModel
@@ -159,9 +161,10 @@ def train_unet(run_dir: Path, steps: int = 40000, batch_size: int = 128, lr: flo
 
     def sync_ema() -> dict:
         ema.copy_to(ema_unet.parameters())
-        return {"ema_step": ema.optimization_step}
+        return {"ema_step": ema.optimization_step, "schedule_start": schedule_start}
 
     state = run_loop(run_dir, {"unet": unet, "ema_unet": ema_unet}, opt, steps, step, lr, save_every,
-                     desc="unet", before_save=sync_ema, warmup=200, state=state, time_budget=time_budget)
+                     desc="unet", before_save=sync_ema, warmup=200, state=state, time_budget=time_budget,
+                     schedule_start=schedule_start)
     (run_dir / "scaling_factor.txt").write_text(str(scaling))
     return unet, state
