@@ -37,7 +37,8 @@ def main() -> None:
     teacher = flux.TeacherVelocity(sd.unet.float(), training_scheduler().alphas_cumprod)
     classifier = registry.load_classifier()
     cells = [(o, s) for o in range(len(world.OBJECTS)) for s in range(len(world.STYLES))]
-    prompts = [f"a {world.OBJECTS[o]} image in {world.STYLES[s]} style" for o, s in cells]
+    template = world.EVAL_TEMPLATES[0]  # the grid's prompt, as benchmarks/flux_quality.py samples it
+    prompts = [template.format(object=world.OBJECTS[o], style=world.STYLES[s]) for o, s in cells]
     n, size = len(prompts), sd.unet.config.sample_size
     seeds = [int(s) for s in args.seeds.split(",")]
     with torch.no_grad():

@@ -76,14 +76,8 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize(("clock", "expected"), [
-    (FakeClock(0.005), range(195, 201)),  # measured at step 100: 0.5 s left / 5 ms = 100 more steps
-    (FakeClock(0.005, slow=0.02, slow_after=101), range(126, 131)),  # 4x slower after the measurement: hard stop
-])
-def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, clock, expected):
-    """A run with a time budget shortens its cosine schedule to what fits, stops at 1.05 x the budget whatever
-    the schedule, and saves where it stops."""
-    monkeypatch.setattr(time, "time", clock)
+def run_recording_lr(run_dir, total_steps: int, **run_loop_kwargs) -> tuple[loop.RunState, list[float]]:
+    """`run_loop` (base lr 0.1, warm-up 10) on a tiny model whose step only records the lr it ran at."""
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     lrs = []
@@ -92,8 +86,20 @@ def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, 
         lrs.append(opt.param_groups[0]["lr"])
         return {"batch": 1}
 
-    state = loop.run_loop(tmp_path, {"m": model}, opt, 1_000_000, step, base_lr=0.1, save_every=10_000,
-                              warmup=10, time_budget=1.0)
+    state = loop.run_loop(run_dir, {"m": model}, opt, total_steps, step, base_lr=0.1, save_every=10_000,
+                          warmup=10, **run_loop_kwargs)
+    return state, lrs
+
+
+@pytest.mark.parametrize(("clock", "expected"), [
+    (FakeClock(0.005), range(195, 201)),  # measured at step 100: 0.5 s left / 5 ms = 100 more steps
+    (FakeClock(0.005, slow=0.02, slow_after=101), range(126, 131)),  # 4x slower after the measurement: hard stop
+])
+def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, clock, expected):
+    """A run with a time budget shortens its cosine schedule to what fits, stops at 1.05 x the budget whatever
+    the schedule, and saves where it stops."""
+    monkeypatch.setattr(time, "time", clock)
+    state, lrs = run_recording_lr(tmp_path, 1_000_000, time_budget=1.0)
     assert state.step in expected
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == state.step
     if expected.start > 150:
@@ -103,20 +109,8 @@ def test_time_budget_fits_the_schedule_and_stops_the_run(tmp_path, monkeypatch, 
 def test_schedule_start_restarts_warmup_and_cosine(tmp_path):
     """A phase resumed at step 500 of a 1,000-step schedule runs at the cosine's middle; with schedule_start=500
     it warms up from zero and decays over the remaining steps instead."""
-    def lrs_of_phase(schedule_start: int) -> list[float]:
-        model = torch.nn.Linear(2, 2)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        seen = []
-
-        def step(i):
-            seen.append(opt.param_groups[0]["lr"])
-            return {"batch": 1}
-
-        loop.run_loop(tmp_path / str(schedule_start), {"m": model}, opt, 1000, step, base_lr=0.1, save_every=10_000,
-                      warmup=10, state=loop.RunState(step=500), schedule_start=schedule_start)
-        return seen
-
-    continued, restarted = lrs_of_phase(0), lrs_of_phase(500)
+    continued, restarted = (run_recording_lr(tmp_path / str(start), 1000, state=loop.RunState(step=500),
+                                             schedule_start=start)[1] for start in (0, 500))
     assert len(continued) == len(restarted) == 500
     assert continued[0] == pytest.approx(loop.cosine_lr(500, 1000, 0.1, warmup=10))
     assert restarted[0] == pytest.approx(0.1 / 10)  # the warm-up's first step
