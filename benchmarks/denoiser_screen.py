@@ -10,7 +10,7 @@ Designs (`--designs`, comma-separated):
 - `adv-rR`: the preset's half, then R rounds of: a CCE token learnt against the current edit (seeds 100, 101, ...,
   not the attack's 0), its prompts' embeddings mapped to the same prompts without it, added to the erased set,
   the least squares solved again (RECE's rounds with the attack's own embedding instead of a closed-form one);
-- `advu-rR-G[-sS][-lrL][-kK]`: the preset's half, then R rounds of adversarial training of the UNet (AdvUnlearn's
+- `advu-rR-G[-sS][-lrL][-kK][-nN]`: the preset's half, then R rounds of adversarial training of the UNet (AdvUnlearn's
   design on the denoiser): a placeholder token learnt against the current UNet by textual inversion on hirm's
   generic templates and images of the concept (seeds 100, 101, ...; images 1000: not the attack's), then S AdamW
   steps (lr L) of the UNet's parameter group G (ESD's: xattn, noxattn, full) so that every conditioning met so far
@@ -31,13 +31,12 @@ from compare_minicanvas import ATTACK_BUDGET
 
 from hirm import api
 from hirm.attacks import attack, budget_options
-from hirm.attacks.inversion import CCEConfig, cce_probes
+from hirm.attacks.inversion import CCEConfig, cce_probes, textual_inversion
 from hirm.encoders import find_text_encoders, load_pipeline
 from hirm.erase import ROBUST_DENOISER, ROBUST_DENOISER_OPTIONS, make_config
 from hirm.erase.denoiser import (
     concept_latents,
     cross_attention_projections,
-    denoising_loss,
     encode,
     image_latents,
     unet_parameter_names,
@@ -50,7 +49,7 @@ from hirm.eval.minicanvas import evaluate
 from hirm.minicanvas import registry, world
 from hirm.minicanvas.classifier import to_tensor
 from hirm.patch import SEP, Patch
-from hirm.tokens import embeddings_at, frozen
+from hirm.tokens import embeddings_at
 
 
 def preset_half(pipe, concept: str) -> Patch:
@@ -108,24 +107,6 @@ def adversarial_rounds(pipe, concept: str, rounds: int) -> Patch:
     return patch
 
 
-def learnt_token(pipe, prompts: list[str], token_id: int, latents: torch.Tensor, steps: int, seed: int,
-                 lr: float = 5e-3, batch: int = 4) -> torch.Tensor:
-    """CCE's textual inversion of `token_id` on `prompts` against the pipeline's current UNet."""
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    g = torch.Generator().manual_seed(seed)
-    learned = pipe.text_encoder.get_input_embeddings().weight[token_id].detach().clone()[None].requires_grad_(True)
-    opt = torch.optim.Adam([learned], lr=lr)
-    with frozen(pipe.text_encoder, pipe.unet), embeddings_at(pipe.text_encoder, lambda x: x == token_id, learned):
-        for _ in range(steps):
-            loss = denoising_loss(pipe, ids[torch.randint(len(ids), (batch,), generator=g)],
-                                  latents[torch.randint(len(latents), (batch,), generator=g)], g)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return learned.detach()
-
-
 def adversarial_unet(pipe, concept: str, rounds: int, group: str, steps: int = 100, lr: float = 1e-4,
                      keep_weight: float = 1.0, guidance: float = 0.0, batch: int = 8,
                      placeholder: str = "sks") -> Patch:
@@ -138,6 +119,8 @@ def adversarial_unet(pipe, concept: str, rounds: int, group: str, steps: int = 1
     concept_names = [concept, *known_synonyms(encoders, concept)]
     named = [t.format(n) for n in concept_names for t in GENERIC_TEMPLATES]
     with_token = [t.format(placeholder) for t in GENERIC_TEMPLATES]
+    token_ids = pipe.tokenizer(with_token, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids
     keep = ["", *default_retain_prompts(encoders, concept), *default_preserve(pipe, [concept])]
     latents = concept_latents(pipe, concept, 32, seed=1000)
     keep_latents = image_latents(pipe, to_tensor(world.render_batch(64, seed=1001).images) * 2 - 1)
@@ -154,7 +137,7 @@ def adversarial_unet(pipe, concept: str, rounds: int, group: str, steps: int = 1
 
     for r in range(rounds):
         with temporarily(unet, current):
-            value = learnt_token(pipe, with_token, token_id, latents, steps=50, seed=100 + r)
+            value = textual_inversion(pipe, token_ids, token_id, latents, CCEConfig(steps=50, seed=100 + r))
         with torch.no_grad(), embeddings_at(pipe.text_encoder, lambda x: x == token_id, value):
             conditions.append(encode(pipe, with_token))
         references.append(encode(pipe, [replace_concept(p, [placeholder]) for p in with_token]))
@@ -203,7 +186,7 @@ def design(pipe, name: str, concept: str) -> Patch:
             key, kind_of = fields[prefix]
             values[key] = kind_of(part[len(prefix):])
         return adversarial_unet(pipe, concept, int(rest[0][1:]), rest[1], **values)
-    raise SystemExit(f"unknown design {name!r}: preset, null-rR[-v], adv-rR, advu-rR-G[-sS][-lrL][-kK]")
+    raise SystemExit(f"unknown design {name!r}: preset, null-rR[-v], adv-rR, advu-rR-G[-sS][-lrL][-kK][-nN]")
 
 
 def main() -> None:

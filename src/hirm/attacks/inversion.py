@@ -100,25 +100,30 @@ def cce_probes(pipe, concept: str, patches: list, config: CCEConfig, progress: b
     latents = concept_latents(pipe, concept, config.images, config.seed)
     prompts = _setting_prompts(concept, config.prompts, name=config.placeholder)
     ids = _ids(pipe, prompts)
+    with all_applied(patches, pipe):
+        value = textual_inversion(pipe, ids, token_id, latents, config, desc=f"cce {concept}", progress=progress)
+
+    def setup(p) -> AbstractContextManager:
+        return embeddings_at(p.text_encoder, lambda x: x == token_id, value)
+
+    return [Probe(prompt, "cce", setup=setup) for prompt in prompts]
+
+
+def textual_inversion(pipe, ids: torch.Tensor, token_id: int, latents: torch.Tensor, config: CCEConfig,
+                      desc: str = "textual inversion", progress: bool = False) -> torch.Tensor:
+    """CCE's search: the input embedding ([1, d]) of `token_id` that minimises the pipeline's denoising loss on
+    `latents` under the prompts `ids` (each holding the token), from the token's own embedding; the pipeline's
+    weights as they are (patched or not) and untouched."""
     g = torch.Generator().manual_seed(config.seed)
     learned = pipe.text_encoder.get_input_embeddings().weight[token_id].detach().clone()[None].requires_grad_(True)
     opt = torch.optim.Adam([learned], lr=config.lr)
-
-    def is_placeholder(x: torch.Tensor) -> torch.Tensor:
-        return x == token_id
-
-    with all_applied(patches, pipe), frozen(pipe.text_encoder, pipe.unet, pipe.vae), \
-            embeddings_at(pipe.text_encoder, is_placeholder, learned):
-        for _ in tqdm(range(config.steps), desc=f"cce {concept}", disable=not progress):
+    with frozen(pipe.text_encoder, pipe.unet, pipe.vae), \
+            embeddings_at(pipe.text_encoder, lambda x: x == token_id, learned):
+        for _ in tqdm(range(config.steps), desc=desc, disable=not progress):
             idx = torch.randint(len(latents), (config.batch,), generator=g)
             rows = torch.randint(len(ids), (config.batch,), generator=g)
             loss = denoising_loss(pipe, ids[rows], latents[idx], g)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    value = learned.detach().clone()
-
-    def setup(p) -> AbstractContextManager:
-        return embeddings_at(p.text_encoder, is_placeholder, value)
-
-    return [Probe(prompt, "cce", setup=setup) for prompt in prompts]
+    return learned.detach().clone()
