@@ -56,31 +56,40 @@ def main() -> None:
 
         for spec in args.ranges:
             lo, hi = (float(v) for v in spec.split(":"))
-            objects, styles = [], []
-            for seed in seeds:
-                x = torch.randn(n, teacher.unet.config.in_channels, size, size,
-                                generator=torch.Generator().manual_seed(seed))
-                sigmas = np.append(np.linspace(1.0, 1 / args.steps, args.steps), 0.0)
-                for i in range(args.steps):
-                    t = torch.full((n,), float(sigmas[i]))
-                    if lo <= sigmas[i] < hi:
-                        k, _ = teacher.snap(t.clamp(max=float(teacher.times[-1])))
-                        cond, uncond = (teacher(x, k, c) for c in text)
-                    else:
-                        cond, uncond = (student_velocity(x, t, b) for b in (0, 1))
-                    x = x + float(sigmas[i + 1] - sigmas[i]) * (uncond + args.guidance * (cond - uncond))
-                images = sd.image_processor.postprocess(sd.vae.decode(x / sd.vae.config.scaling_factor).sample,
-                                                         output_type="pil")
-                pred = classify_images(classifier, images)
-                objects.append(pred["object"])
-                styles.append(pred["style"])
-            truth_o = np.tile([c[0] for c in cells], len(seeds))
-            truth_s = np.tile([c[1] for c in cells], len(seeds))
-            ok = np.concatenate(objects) == truth_o
-            per = {world.OBJECTS[o]: round(float(ok[truth_o == o].mean()), 2) for o in range(len(world.OBJECTS))}
-            print(f"teacher on [{lo}, {hi}): object {ok.mean():.3f} style "
-                  f"{(np.concatenate(styles) == truth_s).mean():.3f}  {per}", flush=True)
 
+            def field(x: torch.Tensor, t: torch.Tensor, lo: float = lo, hi: float = hi):
+                if lo <= float(t[0]) < hi:
+                    k, _ = teacher.snap(t.clamp(max=float(teacher.times[-1])))
+                    return tuple(teacher(x, k, c) for c in text)
+                return tuple(student_velocity(x, t, b) for b in (0, 1))
+
+            objects, styles, per = judge_flow(field, sd, classifier, cells, seeds, args.steps, args.guidance)
+            print(f"teacher on [{lo}, {hi}): object {objects:.3f} style {styles:.3f}  {per}", flush=True)
+
+
+def judge_flow(field, sd, classifier, cells: list[tuple[int, int]], seeds: list[int], steps: int,
+               guidance: float) -> tuple[float, float, dict[str, float]]:
+    """FluxPipeline's sampler written out (Euler on linear sigmas, true CFG) with `field(x, t)` -> (cond, uncond)
+    velocities on mini-SD's latents, decoded by its VAE and judged: object and style accuracy over the cells
+    (object, style) x seeds, and the object accuracy per object."""
+    n, size = len(cells), sd.unet.config.sample_size
+    sigmas = np.append(np.linspace(1.0, 1 / steps, steps), 0.0)
+    objects, styles = [], []
+    for seed in seeds:
+        x = torch.randn(n, sd.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
+        for i in range(steps):
+            cond, uncond = field(x, torch.full((n,), float(sigmas[i])))
+            x = x + float(sigmas[i + 1] - sigmas[i]) * (uncond + guidance * (cond - uncond))
+        images = sd.image_processor.postprocess(sd.vae.decode(x / sd.vae.config.scaling_factor).sample,
+                                                 output_type="pil")
+        pred = classify_images(classifier, images)
+        objects.append(pred["object"])
+        styles.append(pred["style"])
+    truth_o = np.tile([c[0] for c in cells], len(seeds))
+    truth_s = np.tile([c[1] for c in cells], len(seeds))
+    ok = np.concatenate(objects) == truth_o
+    per = {world.OBJECTS[o]: round(float(ok[truth_o == o].mean()), 2) for o in range(len(world.OBJECTS))}
+    return float(ok.mean()), float((np.concatenate(styles) == truth_s).mean()), per
 
 if __name__ == "__main__":
     main()

@@ -21,13 +21,12 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import FluxTransformer2DModel
+from flux_handoff import judge_flow
 from safetensors.torch import load_file, load_model, save_file
 
 from hirm.minicanvas import flux, registry, world
-from hirm.minicanvas.classifier import classify_images
 from hirm.minicanvas.train import train_flux
 from hirm.minicanvas.train.flux import export_flux_resume_state
 
@@ -125,26 +124,9 @@ def judge(checkpoint: Path, seeds: tuple[int, ...] = (0, 1), steps: int = 25, gu
                                         encoder_hidden_states=s, txt_ids=s.new_zeros(s.shape[1], 3), img_ids=ids,
                                         return_dict=False)[0])
 
-    sigmas = np.append(np.linspace(1.0, 1 / steps, steps), 0.0)
-    objects, styles = [], []
-    for seed in seeds:
-        x = torch.randn(n, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-        for i in range(steps):
-            t = torch.full((n,), float(sigmas[i]))
-            cond, uncond = velocity(x, t, 0), velocity(x, t, 1)
-            x = x + float(sigmas[i + 1] - sigmas[i]) * (uncond + guidance * (cond - uncond))
-        images = sd.image_processor.postprocess(sd.vae.decode(x / sd.vae.config.scaling_factor).sample,
-                                                 output_type="pil")
-        pred = classify_images(classifier, images)
-        objects.append(pred["object"])
-        styles.append(pred["style"])
-    truth_o = np.tile([c[0] for c in cells], len(seeds))
-    truth_s = np.tile([c[1] for c in cells], len(seeds))
-    ok = np.concatenate(objects) == truth_o
-    per = {world.OBJECTS[o]: round(float(ok[truth_o == o].mean()), 2) for o in range(len(world.OBJECTS))}
-    print(f"{checkpoint}: object {ok.mean():.3f} style {(np.concatenate(styles) == truth_s).mean():.3f}  {per}",
-          flush=True)
-
+    objects, styles, per = judge_flow(lambda x, t: (velocity(x, t, 0), velocity(x, t, 1)), sd, classifier, cells,
+                                      list(seeds), steps, guidance)
+    print(f"{checkpoint}: object {objects:.3f} style {styles:.3f}  {per}", flush=True)
 
 def main() -> None:
     p = argparse.ArgumentParser()
