@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
+from diffusers import FluxPipeline, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 
@@ -32,13 +32,6 @@ from hirm.minicanvas import flux, registry
 from hirm.minicanvas.build import training_scheduler
 
 SIZE, STEPS = 8, 25  # mini-SD's latent side; the evaluation's Euler steps
-
-
-def unpack(v: torch.Tensor) -> torch.Tensor:
-    """[B, (H/2)(W/2), 4C] -> [B, C, H, W], the inverse of flux.pack."""
-    b, _, d = v.shape
-    c = d // 4
-    return v.view(b, SIZE // 2, SIZE // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, SIZE, SIZE)
 
 
 def main() -> None:
@@ -75,27 +68,32 @@ def main() -> None:
     img_ids = flux.image_ids(SIZE, SIZE)
     empty_pooled, empty_ids = data["empty_pooled"].float(), data["empty_t5_ids"].long()
 
-    def branches(m, x, t, pooled, ids):
+    def sequence(m, ids):
+        """T5 states of the captions, then of as many empty prompts."""
+        return m.t5(input_ids=torch.cat([ids, empty_ids.expand(len(ids), -1)])).last_hidden_state
+
+    def branches(m, x, t, pooled, seq):
         """Conditional and unconditional velocity ([B, C, H, W] each) in one batched call."""
         n = len(x)
-        seq = m.t5(input_ids=torch.cat([ids, empty_ids.expand(n, -1)])).last_hidden_state
         v = m.transformer(hidden_states=flux.pack(torch.cat([x, x])), timestep=torch.cat([t, t]),
                           pooled_projections=torch.cat([pooled, empty_pooled.expand(n, -1)]),
                           encoder_hidden_states=seq, txt_ids=seq.new_zeros(seq.shape[1], 3), img_ids=img_ids,
                           return_dict=False)[0]
-        return unpack(v[:n]), unpack(v[n:])
+        v = FluxPipeline._unpack_latents(v, SIZE, SIZE, 1)
+        return v[:n], v[n:]
 
     @torch.no_grad()
     def rollout(n: int):
         idx = torch.randint(0, len(latents), (n,), generator=g)
         pooled, ids = data["pooled"][idx].float(), data["t5_ids"][idx].long()
         x = torch.randn(n, latents.shape[1], SIZE, SIZE, generator=g)
+        seq = sequence(ema, ids)  # the same for every step
         states, times = [], []
         for i in range(STEPS):
             t = torch.full((n,), float(sigmas[i]))
             states.append(x)
             times.append(t)
-            c, u = branches(ema, x, t, pooled, ids)
+            c, u = branches(ema, x, t, pooled, seq)
             x = x + float(sigmas[i + 1] - sigmas[i]) * (u + a.guidance * (c - u))
         x, t, rep = torch.cat(states), torch.cat(times), idx.repeat(STEPS)
         k, _ = teacher.snap(t.clamp(max=float(teacher.times[-1])))
@@ -111,7 +109,8 @@ def main() -> None:
             order, cursor = torch.randperm(len(x), generator=g), 0
         j = order[cursor:cursor + a.on]
         cursor = (cursor + a.on) % len(order)
-        c, u = branches(model, x[j], t[j], data["pooled"][rep[j]].float(), data["t5_ids"][rep[j]].long())
+        c, u = branches(model, x[j], t[j], data["pooled"][rep[j]].float(),
+                        sequence(model, data["t5_ids"][rep[j]].long()))
         on_loss = F.mse_loss(c, tc[j]) + F.mse_loss(u, tu[j])
         guided_loss = F.mse_loss(u + a.guidance * (c - u), tu[j] + a.guidance * (tc[j] - tu[j]))
         loss = on_loss + a.gw * guided_loss

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import FluxPipeline, FluxTransformer2DModel
 from flux_handoff import judge_flow
 from safetensors.torch import load_file, load_model, save_file
 
@@ -110,13 +110,12 @@ def judge(checkpoint: Path, seeds: tuple[int, ...] = (0, 1), steps: int = 25, gu
     cells = [(o, s) for o in range(len(world.OBJECTS)) for s in range(len(world.STYLES))]
     prompts = [world.EVAL_TEMPLATES[0].format(object=world.OBJECTS[o], style=world.STYLES[s]) for o, s in cells]
     n, ids = len(prompts), image_ids(SIZE, SIZE)
-    t5 = flux.make_t5_tokenizer()
-    clip_ids = sd.tokenizer([*prompts, ""], padding="max_length", max_length=77, truncation=True,
-                            return_tensors="pt").input_ids
-    pooled = sd.text_encoder(clip_ids).pooler_output.float()
-    seq = model.t5(input_ids=t5([*prompts, ""], padding="max_length", max_length=flux.T5_MAX_LENGTH,
-                                truncation=True, return_tensors="pt").input_ids).last_hidden_state
-    branches = [(seq[:n], pooled[:n]), (seq[n:].expand(n, -1, -1), pooled[n:].expand(n, -1))]
+    encoder = FluxPipeline(scheduler=None, vae=None, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
+                           text_encoder_2=model.t5, tokenizer_2=flux.make_t5_tokenizer(), transformer=None)
+    (seq, pooled), (empty_seq, empty_pooled) = (
+        encoder.encode_prompt(q, q, device="cpu", max_sequence_length=flux.T5_MAX_LENGTH)[:2]
+        for q in (prompts, [""]))
+    branches = [(seq, pooled), (empty_seq.expand(n, -1, -1), empty_pooled.expand(n, -1))]
 
     def velocity(x: torch.Tensor, t: torch.Tensor, branch: int) -> torch.Tensor:
         s, p = branches[branch]
