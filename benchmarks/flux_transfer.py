@@ -1,19 +1,25 @@
 """Zero-shot transfer of a HiRM patch from mini-SD to mini-Flux (the paper's SD -> Flux claim), measured.
 
-For each concept: the HiRM-R patch made on mini-SD's CLIP encoder, scored on mini-SD and, unchanged, on
-mini-Flux (same encoder, which Flux reads only through its pooled vector), also with the T5 pathway blanked
-(the limit of a Flux that leans only on the pooled vector); then the same recipe with `--encoder all`, which
-also misdirects mini-Flux's T5 encoder. Before that, where prompts reach mini-Flux: classifier accuracy with the
-prompt in both pathways, in the pooled CLIP vector only, in the T5 sequence only. Also each model's
-UA with the concept's word left out of its prompts (`unnamed_ua`), a reference for a text-side erasure.
+For each concept: the patch made on mini-SD's CLIP encoder (hirm's default method unless `--method`), scored on
+mini-SD and, unchanged, on mini-Flux (same encoder, which Flux reads only through its pooled vector), also with
+the T5 pathway blanked (the limit of a Flux that leans only on the pooled vector); then the same recipe with
+`--encoder all`, which also misdirects mini-Flux's T5 encoder; then the paper's synergy (EraseAnything + HiRM on
+Flux): a denoiser eraser on the transformer (`--denoiser`, ESD-x in its velocity form at the mini-Flux budget of
+docs/baselines.md) alone, with the SD-made patch and with the CLIP + T5 patch (each of the first HiRM seed).
+Before that, where prompts reach mini-Flux: classifier accuracy with the prompt in both pathways, in the pooled
+CLIP vector only, in the T5 sequence only. Also each model's UA with the concept's word left out of its prompts
+(`unnamed_ua`), a reference for a text-side erasure.
 
-    python benchmarks/flux_transfer.py [--concepts circle,heart,...] [--flux PATH ...] [--seeds 0]
-        [--erase-seeds 42,0,1] [--out DIR]
+    python benchmarks/flux_transfer.py [--concepts circle,heart,...|all] [--flux PATH ...] [--seeds 0,1]
+        [--erase-seeds 42,0,1] [--method hirm] [--denoiser esd-x|none] [--out DIR]
 
+The report (`DIR/transfer.json`) is written after each concept, and a run started again with the same settings
+goes on from the concepts it has (22 concepts x 3 HiRM seeds take about two hours on 2 CPU threads).
 `--flux` takes one or more mini-Flux pipeline folders (default: the shipped one), e.g. variants trained with
-more or less sequence dropout, to see how the pathway split changes transfer. `--erase-seeds`: HiRM-R's random
-target decides what the model draws instead of the concept, so one target can land on another concept (or on
-the concept itself); several seeds give the mean (the pooled-only column uses the first).
+more or less sequence dropout, to see how the pathway split changes transfer. `--erase-seeds`: a HiRM patch's
+seed decides (HiRM-R: its random target) what the model draws instead of the concept, so one seed can land on
+another concept (or on the concept itself); several seeds give the mean (the mini-SD, pooled-only and synergy
+columns use the first).
 """
 
 import argparse
@@ -27,6 +33,7 @@ import torch
 import hirm
 from hirm.encoders import load_pipeline
 from hirm.erase import HiRMConfig
+from hirm.errors import HirmError
 from hirm.eval.minicanvas import evaluate, score, unnamed_ua
 from hirm.eval.pathways import ablate, pathway_split
 from hirm.images import write_text_atomic
@@ -34,70 +41,112 @@ from hirm.minicanvas import registry, world
 
 CONCEPTS = "circle,heart,square,cross,striped,watercolor,polka-dot,outline"
 METRICS = ("ua", "ira", "cra")
+# the mini-Flux budget of docs/baselines.md (hirm compare --model minicanvas-flux ...)
+DENOISER_OPTIONS = {"esd-x": {"steps": 200, "lr": 1e-4, "ddim_steps": 25}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--concepts", default=CONCEPTS, help="comma-separated, or 'all'")
     p.add_argument("--flux", nargs="*", default=[], help="mini-Flux pipeline folders (default: the shipped one)")
-    p.add_argument("--seeds", default="0", help="image seeds of the evaluation grid")
+    p.add_argument("--seeds", default="0,1", help="image seeds of the evaluation grid")
     p.add_argument("--erase-seeds", default=str(HiRMConfig.seed),
-                   help="HiRM seeds (its random target); with several, each patch is scored and the mean reported")
+                   help="HiRM seeds; with several, each patch is scored and the mean reported")
+    p.add_argument("--method", default="hirm", help="the text-encoder method (hirm's default, hirm-r, ...)")
+    p.add_argument("--denoiser", default="esd-x", help="the transformer eraser of the synergy columns, or none")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/flux-transfer")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    concepts = [*world.OBJECTS, *world.STYLES] if a.concepts == "all" else a.concepts.split(",")
+    concepts = _interleaved() if a.concepts == "all" else a.concepts.split(",")
     seeds = tuple(int(s) for s in a.seeds.split(","))
     erase_seeds = [int(s) for s in a.erase_seeds.split(",")]
-    out = Path(a.out)
+    denoiser = None if a.denoiser == "none" else a.denoiser
+    settings = {"seeds": list(seeds), "erase_seeds": erase_seeds, "method": a.method, "denoiser": denoiser,
+                "denoiser_options": DENOISER_OPTIONS.get(denoiser or "", {})}
+    path = Path(a.out) / "transfer.json"
+    report = _resume(path, settings)
     classifier = registry.load_classifier()
     sd = load_pipeline("minicanvas")
-    sd_grid = {"seeds": seeds, **_sampling("minicanvas"), "progress": False}
-    flux_grid = {"seeds": seeds, **_sampling("minicanvas-flux"), "progress": False}
+    sd_grid = {"seeds": seeds, **_sampling(), "progress": False}
     fluxes = {Path(f).name: load_pipeline(f) for f in a.flux} or {"minicanvas-flux": load_pipeline("minicanvas-flux")}
 
-    report: dict = {"seeds": list(seeds), "erase_seeds": erase_seeds, "models": {}}
-    base_sd = evaluate(sd, None, classifier, **sd_grid)[1]
-    sd_patches = {c: [hirm.erase(sd, c, method="hirm-r", seed=e, progress=False) for e in erase_seeds]
-                  for c in concepts}
-    sd_rows = [{"concept": c, "base_acc": _base_acc(base_sd, c), "base": _metrics(score(base_sd, c)),
-                "unnamed_ua": _unnamed(sd, classifier, c, sd_grid),
-                **_per_seed("sd_patch", [evaluate(sd, c, classifier, [p], **sd_grid)[0] for p in sd_patches[c]])}
-               for c in concepts]
-    report["models"]["minicanvas"] = {"rows": sd_rows}
-    for key in ("base", "sd_patch"):
-        _print("minicanvas", key, [r[key] for r in sd_rows])
-    _print_unnamed("minicanvas", sd_rows)
+    models = report["models"]
+    models.setdefault("minicanvas", {"rows": []})
+    # base grids are drawn again on a resumed run (a minute): same seeds, same images
+    bases = {"minicanvas": evaluate(sd, None, classifier, **sd_grid)[1]}
     for name, flux in fluxes.items():
-        start = time.perf_counter()
-        split = pathway_split(flux, classifier, **flux_grid)
-        print(f"{name} pathways ({time.perf_counter() - start:.0f}s): {json.dumps(split)}", flush=True)
-        base = evaluate(flux, None, classifier, **flux_grid)[1]
+        if name not in models:
+            start = time.perf_counter()
+            split = pathway_split(flux, classifier, **sd_grid)
+            print(f"{name} pathways ({time.perf_counter() - start:.0f}s): {json.dumps(split)}", flush=True)
+            models[name] = {"pathways": split, "rows": []}
         with ablate(flux, "pooled"):
-            base_pooled = evaluate(flux, None, classifier, **flux_grid)[1]
-        rows = []
-        for c in concepts:
-            transfer = [evaluate(flux, c, classifier, [p], **flux_grid)[0] for p in sd_patches[c]]
-            with ablate(flux, "pooled"):  # the extreme split: a mini-Flux that reads the prompt only from CLIP
-                pooled_only = _metrics(evaluate(flux, c, classifier, sd_patches[c][:1], **flux_grid)[0])
-            with_t5 = [evaluate(flux, c, classifier, [hirm.erase(flux, c, method="hirm-r", encoder="all", seed=e,
-                                                                 progress=False)], **flux_grid)[0]
-                       for e in erase_seeds]
-            rows.append({"concept": c, "base_acc": _base_acc(base, c), "base": _metrics(score(base, c)),
-                         "unnamed_ua": _unnamed(flux, classifier, c, flux_grid),
-                         **_per_seed("sd_patch", transfer), **_per_seed("clip_and_t5", with_t5),
-                         "pooled_only_base": _metrics(score(base_pooled, c)), "pooled_only_sd_patch": pooled_only})
-            print(json.dumps({"model": name, **rows[-1]}), flush=True)
-        report["models"][name] = {"pathways": split, "rows": rows}
-        for key in ("base", "sd_patch", "clip_and_t5", "pooled_only_base", "pooled_only_sd_patch"):
-            _print(name, key, [r[key] for r in rows])
-        _print_unnamed(name, rows)
-    write_text_atomic(json.dumps(report, indent=1), out / "transfer.json")
-    print(f"wrote {out / 'transfer.json'}")
+            bases[name + "/pooled"] = evaluate(flux, None, classifier, **sd_grid)[1]
+        bases[name] = evaluate(flux, None, classifier, **sd_grid)[1]
+
+    for c in concepts:
+        if all(c in {r["concept"] for r in m["rows"]} for m in models.values()):
+            continue
+        start = time.perf_counter()
+        patches = [hirm.erase(sd, c, method=a.method, seed=e, progress=False) for e in erase_seeds]
+        sd_base = bases["minicanvas"]
+        models["minicanvas"]["rows"].append({
+            "concept": c, "base_acc": _base_acc(sd_base, c), "base": _metrics(score(sd_base, c)),
+            "unnamed_ua": _unnamed(sd, classifier, c, sd_grid),
+            "sd_patch": _metrics(evaluate(sd, c, classifier, patches[:1], **sd_grid)[0])})
+        for name, flux in fluxes.items():
+            models[name]["rows"].append(_flux_row(flux, c, classifier, patches, a.method, erase_seeds, denoiser,
+                                                  sd_grid, bases[name], bases[name + "/pooled"]))
+            seconds = round(time.perf_counter() - start)
+            print(json.dumps({"model": name, "seconds": seconds, **models[name]["rows"][-1]}), flush=True)
+        write_text_atomic(json.dumps(report, indent=1), path)
+    for name, m in models.items():
+        keys = [k for k in m["rows"][0] if isinstance(m["rows"][0][k], dict)] if m["rows"] else []
+        for key in keys:
+            _print(name, key, [r[key] for r in m["rows"]])
+        _print_unnamed(name, m["rows"])
+    print(f"wrote {path}")
 
 
-def _sampling(model: str) -> dict:
+def _flux_row(flux, c: str, classifier, sd_patches: list, method: str, erase_seeds: list[int],
+              denoiser: str | None, grid: dict, base, base_pooled) -> dict:
+    transfer = [evaluate(flux, c, classifier, [p], **grid)[0] for p in sd_patches]
+    with ablate(flux, "pooled"):  # the extreme split: a mini-Flux that reads the prompt only from CLIP
+        pooled_only = _metrics(evaluate(flux, c, classifier, sd_patches[:1], **grid)[0])
+    both = [hirm.erase(flux, c, method=method, encoder="all", seed=e, progress=False) for e in erase_seeds]
+    row = {"concept": c, "base_acc": _base_acc(base, c), "base": _metrics(score(base, c)),
+           "unnamed_ua": _unnamed(flux, classifier, c, grid),
+           **_per_seed("sd_patch", transfer),
+           **_per_seed("clip_and_t5", [evaluate(flux, c, classifier, [p], **grid)[0] for p in both]),
+           "pooled_only_base": _metrics(score(base_pooled, c)), "pooled_only_sd_patch": pooled_only}
+    if denoiser:
+        den = hirm.erase(flux, c, method=denoiser, progress=False, **DENOISER_OPTIONS.get(denoiser, {}))
+        for key, patches in (("denoiser", [den]), ("denoiser_and_sd_patch", [sd_patches[0], den]),
+                             ("denoiser_and_clip_and_t5", [both[0], den])):
+            row[key] = _metrics(evaluate(flux, c, classifier, patches, **grid)[0])
+    return row
+
+
+def _interleaved() -> list[str]:
+    """Every concept, objects and styles alternating: a run stopped part-way has scored both kinds."""
+    out = []
+    for i in range(max(len(world.OBJECTS), len(world.STYLES))):
+        out += [*world.OBJECTS[i:i + 1], *world.STYLES[i:i + 1]]
+    return out
+
+
+def _resume(path: Path, settings: dict) -> dict:
+    if not path.exists():
+        return {**settings, "models": {}}
+    report = json.loads(path.read_text())
+    if {k: report.get(k) for k in settings} != settings:
+        raise HirmError(f"{path} was made with other settings ({ {k: report.get(k) for k in settings} }): "
+                        "pass another --out")
+    return report
+
+
+def _sampling() -> dict:
     s = registry.SAMPLING
     return {"steps": s["steps"], "guidance": s["guidance"]}
 
