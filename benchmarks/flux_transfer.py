@@ -12,6 +12,7 @@ CLIP vector only, in the T5 sequence only. Also each model's UA with the concept
 
     python benchmarks/flux_transfer.py [--concepts circle,heart,...|all] [--flux PATH ...] [--seeds 0,1]
         [--erase-seeds 42,0,1] [--method hirm] [--denoiser esd-x|none] [--out DIR]
+    python benchmarks/flux_transfer.py --out DIR --markdown    # the report's tables, as in docs/flux.md
 
 The report (`DIR/transfer.json`) is written after each concept, and a run started again with the same settings
 goes on from the concepts it has (22 concepts x 3 HiRM seeds take about two hours on 2 CPU threads).
@@ -56,7 +57,11 @@ def main() -> None:
     p.add_argument("--denoiser", default="esd-x", help="the transformer eraser of the synergy columns, or none")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/flux-transfer")
+    p.add_argument("--markdown", action="store_true", help="print the tables of the report in --out and stop")
     a = p.parse_args()
+    if a.markdown:
+        print(markdown(json.loads((Path(a.out) / "transfer.json").read_text())))
+        return
     torch.set_num_threads(a.threads)
     concepts = _interleaved() if a.concepts == "all" else a.concepts.split(",")
     seeds = tuple(int(s) for s in a.seeds.split(","))
@@ -126,6 +131,63 @@ def _flux_row(flux, c: str, classifier, sd_patches: list, method: str, erase_see
                              ("denoiser_and_clip_and_t5", [both[0], den])):
             row[key] = _metrics(evaluate(flux, c, classifier, patches, **grid)[0])
     return row
+
+
+def markdown(report: dict) -> str:
+    """Per mini-Flux model: the transfer table (UA per HiRM seed and mean; means of IRA / CRA in the last row) and,
+    where the report has them, the synergy table (a denoiser patch on the transformer alone and with each patch)."""
+    sd_rows = {r["concept"]: r for r in report["models"]["minicanvas"]["rows"]}
+    out = []
+    for name, m in report["models"].items():
+        if name == "minicanvas" or not m["rows"]:
+            continue
+        rows = m["rows"]
+        out += [f"### {name}: transfer ({len(rows)} concepts, HiRM seeds {report['erase_seeds']}, image seeds "
+                f"{report['seeds']}, method {report['method']})", "",
+                "| concept | mini-SD: UA (seed " + str(report["erase_seeds"][0]) + ") | mini-Flux base acc | "
+                "word left out | SD patch: UA per seed (mean) | CLIP + T5 patch: UA per seed (mean) | "
+                "pooled pathway only: base UA -> SD patch UA |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| {r['concept']} | {sd_rows[r['concept']]['sd_patch']['ua']:.2f} | {r['base_acc']:.2f} | "
+                       f"{r['unnamed_ua']:.2f} | {_seeds(r, 'sd_patch')} | {_seeds(r, 'clip_and_t5')} | "
+                       f"{r['pooled_only_base']['ua']:.2f} -> {r['pooled_only_sd_patch']['ua']:.2f} |")
+        mean = {k: _mean(rows, k) for k in ("base", "sd_patch", "clip_and_t5", "pooled_only_base",
+                                            "pooled_only_sd_patch")}
+        sd_mean = _mean(list(sd_rows.values()), "sd_patch")
+        out += [f"| **mean** | {_fmt(sd_mean)} | base {_fmt(mean['base'])} | "
+                f"{statistics.mean(r['unnamed_ua'] for r in rows):.3f} | **{_fmt(mean['sd_patch'])}** | "
+                f"**{_fmt(mean['clip_and_t5'])}** | {_fmt(mean['pooled_only_base'])} -> "
+                f"{_fmt(mean['pooled_only_sd_patch'])} |", "",
+                "(mean cells: UA, IRA, CRA)", ""]
+        if "denoiser" not in rows[0]:
+            continue
+        keys, den = ("denoiser", "denoiser_and_sd_patch", "denoiser_and_clip_and_t5"), report["denoiser"]
+        out += [f"### {name}: synergy ({den} {report['denoiser_options']} on the transformer, "
+                f"HiRM seed {report['erase_seeds'][0]})", "",
+                f"| concept | base UA / IRA / CRA | {den} | SD patch | {den} + SD patch | "
+                f"CLIP + T5 patch | {den} + CLIP + T5 patch |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            first = {k: r[f"{k}_per_seed"][0] for k in ("sd_patch", "clip_and_t5")}
+            out.append(f"| {r['concept']} | {_fmt(r['base'])} | {_fmt(r[keys[0]])} | {_fmt(first['sd_patch'])} | "
+                       f"{_fmt(r[keys[1]])} | {_fmt(first['clip_and_t5'])} | {_fmt(r[keys[2]])} |")
+        firsts = {k: {m_: statistics.mean(r[f"{k}_per_seed"][0][m_] for r in rows) for m_ in METRICS}
+                  for k in ("sd_patch", "clip_and_t5")}
+        out += [f"| **mean** | {_fmt(mean['base'])} | {_fmt(_mean(rows, keys[0]))} | {_fmt(firsts['sd_patch'])} | "
+                f"**{_fmt(_mean(rows, keys[1]))}** | {_fmt(firsts['clip_and_t5'])} | "
+                f"**{_fmt(_mean(rows, keys[2]))}** |", ""]
+    return "\n".join(out)
+
+
+def _seeds(row: dict, key: str) -> str:
+    return " / ".join(f"{s['ua']:.2f}" for s in row[f"{key}_per_seed"]) + f" ({row[key]['ua']:.2f})"
+
+
+def _mean(rows: list[dict], key: str) -> dict:
+    return {k: statistics.mean(r[key][k] for r in rows) for k in METRICS}
+
+
+def _fmt(m: dict) -> str:
+    return " / ".join(f"{m[k]:.3f}" for k in METRICS)
 
 
 def _interleaved() -> list[str]:
