@@ -73,22 +73,22 @@ def main() -> None:
     report = _resume(path, settings)
     classifier = registry.load_classifier()
     sd = load_pipeline("minicanvas")
-    sd_grid = {"seeds": seeds, **_sampling(), "progress": False}
+    grid = {"seeds": seeds, **_sampling(), "progress": False}
     fluxes = {Path(f).name: load_pipeline(f) for f in a.flux} or {"minicanvas-flux": load_pipeline("minicanvas-flux")}
 
     models = report["models"]
     models.setdefault("minicanvas", {"rows": []})
     # base grids are drawn again on a resumed run (a minute): same seeds, same images
-    bases = {"minicanvas": evaluate(sd, None, classifier, **sd_grid)[1]}
+    bases = {"minicanvas": evaluate(sd, None, classifier, **grid)[1]}
     for name, flux in fluxes.items():
         if name not in models:
             start = time.perf_counter()
-            split = pathway_split(flux, classifier, **sd_grid)
+            split = pathway_split(flux, classifier, **grid)
             print(f"{name} pathways ({time.perf_counter() - start:.0f}s): {json.dumps(split)}", flush=True)
             models[name] = {"pathways": split, "rows": []}
         with ablate(flux, "pooled"):
-            bases[name + "/pooled"] = evaluate(flux, None, classifier, **sd_grid)[1]
-        bases[name] = evaluate(flux, None, classifier, **sd_grid)[1]
+            bases[name + "/pooled"] = evaluate(flux, None, classifier, **grid)[1]
+        bases[name] = evaluate(flux, None, classifier, **grid)[1]
 
     for c in concepts:
         if all(c in {r["concept"] for r in m["rows"]} for m in models.values()):
@@ -98,11 +98,11 @@ def main() -> None:
         sd_base = bases["minicanvas"]
         models["minicanvas"]["rows"].append({
             "concept": c, "base_acc": _base_acc(sd_base, c), "base": _metrics(score(sd_base, c)),
-            "unnamed_ua": _unnamed(sd, classifier, c, sd_grid),
-            "sd_patch": _metrics(evaluate(sd, c, classifier, patches[:1], **sd_grid)[0])})
+            "unnamed_ua": _unnamed(sd, classifier, c, grid),
+            "sd_patch": _metrics(evaluate(sd, c, classifier, patches[:1], **grid)[0])})
         for name, flux in fluxes.items():
             models[name]["rows"].append(_flux_row(flux, c, classifier, patches, a.method, erase_seeds, denoiser,
-                                                  sd_grid, bases[name], bases[name + "/pooled"]))
+                                                  grid, bases[name], bases[name + "/pooled"]))
             seconds = round(time.perf_counter() - start)
             print(json.dumps({"model": name, "seconds": seconds, **models[name]["rows"][-1]}), flush=True)
         write_text_atomic(json.dumps(report, indent=1), path)
