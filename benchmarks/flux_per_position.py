@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers import FluxPipeline
 from flux_handoff import judge_flow
 from safetensors.torch import load_file, load_model, save_file
 
@@ -31,13 +31,14 @@ from hirm.minicanvas.train import train_flux
 from hirm.minicanvas.train.flux import export_flux_resume_state
 
 SIZE, CHANNELS = 8, 8  # mini-SD's latents: 8 x 8 positions of 8 channels
+# flux's own builders, held before per_position() swaps them for the ones below (which call them)
+PACKED_TRANSFORMER, PACKED_IMAGE_IDS = flux.make_transformer, flux.image_ids
 
 
 def make_transformer(latent_channels: int = CHANNELS, pooled_dim: int = 256, sequence_dim: int = 128):
-    """flux.make_transformer's model with one latent position per token."""
-    return FluxTransformer2DModel(patch_size=1, in_channels=latent_channels, num_layers=2, num_single_layers=4,
-                                  attention_head_dim=32, num_attention_heads=4, joint_attention_dim=sequence_dim,
-                                  pooled_projection_dim=pooled_dim, guidance_embeds=False, axes_dims_rope=(8, 12, 12))
+    """flux.make_transformer's model with one latent position per token: its model for latents of a quarter of the
+    channels at twice the side, packed 2x2 (the 16x16x2 layout), so each token holds one position's channels."""
+    return PACKED_TRANSFORMER(latent_channels // 4, pooled_dim, sequence_dim)
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -52,11 +53,8 @@ def unpack(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def image_ids(h: int, w: int) -> torch.Tensor:
-    """Positional ids (0, row, column) of every position."""
-    ids = torch.zeros(h, w, 3)
-    ids[..., 1] = torch.arange(h)[:, None]
-    ids[..., 2] = torch.arange(w)[None, :]
-    return ids.reshape(-1, 3)
+    """Positional ids (0, row, column) of every position: flux.image_ids of the latents at twice the side."""
+    return PACKED_IMAGE_IDS(2 * h, 2 * w)
 
 
 @contextmanager
